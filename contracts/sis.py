@@ -1,0 +1,28 @@
+"""Events that a district's student information system (SIS) publishes into Caseflow.
+
+These come from outside systems, often not written in Python: they are accepted in
+CloudEvents binary mode (attributes in ce_* headers, the payload as the body).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import Field
+
+from contracts.envelope import Event
+
+
+class SisStudentEnrolled(Event):
+    """A district's SIS says a student is enrolled in one of its schools."""
+
+    event_type: Literal["sis.student_enrolled.v1"] = Field(default="sis.student_enrolled.v1", description="Event type and major version.")
+    source_id: str = Field(min_length=1, max_length=128, description="The student's id in the SIS (OneRoster sourcedId).")
+    school_id: str = Field(min_length=1, max_length=128, description="The school's id in the SIS (OneRoster org sourcedId).")
+    grade: str = Field(min_length=1, max_length=8, description="Grade level as OneRoster writes it: PK, KG, 01..12.")
+    given_name: str = Field(min_length=1, max_length=200, description="Student's given name (personal data: never logged).")
+    family_name: str = Field(min_length=1, max_length=200, description="Student's family name (personal data: never logged).")
+    birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
+    email: str | None = Field(default=None, max_length=320, description="Student's email, if any (personal data: never logged).")
+    state_id: str | None = Field(default=None, max_length=64, description="State or city student id (e.g. OSIS number).")

@@ -1,0 +1,70 @@
+"""The topic registry: which topic carries which events, keyed by which entity.
+
+Events of one entity that must stay in order share one topic keyed by that entity's id,
+so a student's enrolment and withdrawal never overtake each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts.envelope import Event
+from contracts.roster import StudentEnrolled, StudentUpdated
+from contracts.sis import SisStudentEnrolled
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    key_field: str
+    partitions: int
+    events: tuple[type[Event], ...]
+    description: str
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.name}.DLT"
+
+    def event_class(self, event_type: str) -> type[Event] | None:
+        for cls in self.events:
+            if event_type_of(cls) == event_type:
+                return cls
+        return None
+
+
+def event_type_of(cls: type[Event]) -> str:
+    return cls.model_fields["event_type"].default
+
+
+SIS_STUDENTS = Topic(
+    name="sis.students.v1",
+    key_field="source_id",
+    partitions=6,
+    events=(SisStudentEnrolled,),
+    description="Student facts from districts' SIS systems, keyed by the student's SIS id.",
+)
+
+ROSTER_STUDENTS = Topic(
+    name="roster.students.v1",
+    key_field="student_id",
+    partitions=6,
+    events=(StudentEnrolled, StudentUpdated),
+    description="The roster's students as Caseflow holds them, keyed by student id.",
+)
+
+TOPICS: dict[str, Topic] = {t.name: t for t in (SIS_STUDENTS, ROSTER_STUDENTS)}
+
+EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}
+
+
+def topic_for(event: Event | type[Event]) -> Topic:
+    event_type = event.event_type if isinstance(event, Event) else event_type_of(event)
+    for topic in TOPICS.values():
+        if topic.event_class(event_type) is not None:
+            return topic
+    raise LookupError(f"no topic carries {event_type}")
+
+
+def partition_key(event: Event) -> str:
+    """The id of the entity whose events must stay in order: the Kafka message key."""
+    return str(getattr(event, topic_for(event).key_field))

@@ -1,0 +1,4 @@
+from services.cases.app import definition
+from services.kit.runtime import main
+
+main(definition)

@@ -1,0 +1,100 @@
+"""Who is calling: a signed bearer token (JWT) with the user's email, district, schools
+and roles. Development signs with a local secret (HS256); production verifies against
+the identity provider's public key (RS256/ES256). Missing, expired or tampered: 401."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, HTTPException, Request, status
+
+from services.kit.settings import AuthSettings
+
+ROLES = frozenset(
+    {"caseload_viewer", "caseload_editor", "manage_cases", "district_admin", "school_admin", "provider", "supervisor"}
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    email: str
+    district_id: str
+    schools: frozenset[str]
+    roles: frozenset[str]
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+    @property
+    def district_wide(self) -> bool:
+        return "district_admin" in self.roles
+
+    def may_see_school(self, school_id: str) -> bool:
+        return self.district_wide or school_id in self.schools
+
+
+class TokenVerifier:
+    def __init__(self, auth: AuthSettings) -> None:
+        if auth.public_key:
+            self._key, self._algorithms = auth.public_key, ["RS256", "ES256"]
+        elif auth.secret:
+            self._key, self._algorithms = auth.secret, ["HS256"]
+        else:
+            raise RuntimeError("no token key: set CASEFLOW_JWT_PUBLIC_KEY (production) or CASEFLOW_JWT_SECRET (development)")
+        self._issuer = auth.issuer
+        self._audience = auth.audience
+
+    def verify(self, token: str) -> Identity:
+        claims = jwt.decode(
+            token,
+            self._key,
+            algorithms=self._algorithms,
+            audience=self._audience,
+            issuer=self._issuer,
+            options={"require": ["exp", "iss", "aud", "sub", "district_id"]},
+        )
+        roles = frozenset(claims.get("roles", []))
+        unknown = roles - ROLES
+        if unknown:
+            raise jwt.InvalidTokenError(f"unknown roles: {sorted(unknown)}")
+        return Identity(
+            email=claims.get("email") or claims["sub"],
+            district_id=str(claims["district_id"]),
+            schools=frozenset(str(s) for s in claims.get("schools", [])),
+            roles=roles,
+        )
+
+
+def mint(secret: str, *, email: str, district_id: str, schools: list[str], roles: list[str],
+         ttl_seconds: int = 8 * 3600, issuer: str = "caseflow", audience: str = "caseflow") -> str:
+    """A development token signed with the local secret (`caseflow token`)."""
+    now = int(time.time())
+    claims = {
+        "sub": email, "email": email, "district_id": district_id, "schools": schools, "roles": roles,
+        "iat": now, "exp": now + ttl_seconds, "iss": issuer, "aud": audience,
+    }
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def current_identity(request: Request) -> Identity:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        return request.app.state.verifier.verify(token)
+    except jwt.ExpiredSignatureError:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token expired", headers={"WWW-Authenticate": "Bearer"}) from None
+    except jwt.InvalidTokenError as e:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"invalid token: {e}", headers={"WWW-Authenticate": "Bearer"}) from None
+
+
+Caller = Annotated[Identity, Depends(current_identity)]
+
+
+def not_found(what: str = "not found") -> HTTPException:
+    """Outside the caller's scope and absent look the same: never reveal existence."""
+    return HTTPException(status.HTTP_404_NOT_FOUND, what)

@@ -1,0 +1,294 @@
+"""Consuming events with exactly-once effects.
+
+One consumed batch is handled in one database transaction:
+  decode every record (bad ones become dead letters)
+  -> claim the event ids in the inbox (ids already there are skipped: duplicates)
+  -> run the service's handlers on runs of same-type events, in order
+  -> write emitted events and dead letters to the outbox
+  -> commit -> only then commit the Kafka offsets.
+A crash anywhere before the offset commit redelivers the batch, and the inbox turns the
+second delivery into no effect. A handler that fails on one event for good sends that
+event to the dead-letter topic (the batch is replayed event by event, each in a savepoint,
+to find it) and the rest proceed; transient failures are retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import groupby
+from typing import Any
+
+import asyncpg
+from aiokafka import ConsumerRecord, TopicPartition
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from contracts import cloudevents
+from contracts.envelope import Event
+from contracts.topics import Topic
+from services.kit import logs, outbox
+from services.kit.crash import crashpoint
+from services.kit.metrics import Metrics
+from services.kit.settings import Settings
+
+log = logs.get("caseflow.consumer")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+RETRY_FOR_SECONDS = 60.0
+
+
+class UnitOfWork:
+    """The handler's view of one transaction: its connection, and what it emits."""
+
+    def __init__(self, conn: asyncpg.Connection, *, source: str, settings: Settings) -> None:
+        self.conn = conn
+        self._source = source
+        self._settings = settings
+        self.outgoing: list[outbox.OutgoingMessage] = []
+
+    def emit(self, event: Event) -> None:
+        """Publish this event if, and only if, the transaction commits."""
+        self.outgoing.append(outbox.message_for(event, source=self._source, kafka=self._settings.kafka))
+
+
+Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A consumer group reading one topic, with a handler per event type it acts on.
+    Event types on the topic with no handler are acknowledged and skipped."""
+
+    topic: Topic
+    consumer: str
+    handlers: dict[type[Event], Handler]
+    description: str = ""
+
+
+@dataclass
+class _DeadLetter:
+    record: ConsumerRecord
+    reason: str
+
+
+@dataclass
+class _Batch:
+    events: list[tuple[ConsumerRecord, Event]] = field(default_factory=list)
+    dead: list[_DeadLetter] = field(default_factory=list)
+
+
+class _HandlerFailed(Exception):
+    pass
+
+
+class EventConsumer:
+    def __init__(self, subscription: Subscription, *, pool: asyncpg.Pool, settings: Settings, metrics: Metrics,
+                 after_commit: Callable[[], None]) -> None:
+        self.subscription = subscription
+        self._pool = pool
+        self._settings = settings
+        self._metrics = metrics
+        self._after_commit = after_commit
+        self._source = f"caseflow.{settings.service}"
+        self._topic_name = settings.kafka.topic(subscription.topic.name)
+
+    def attach(self, broker: KafkaBroker) -> None:
+        sub = self.subscription
+
+        async def consume(body: Any, message: KafkaMessage) -> None:  # noqa: ARG001 - records are read raw
+            await self.on_batch(message)
+
+        broker.subscriber(
+            self._topic_name,
+            group_id=sub.consumer,
+            batch=True,
+            max_records=self._settings.consumer_batch_size,
+            batch_timeout_ms=100,
+            # Offsets are committed by on_batch, after the database commit; never before.
+            ack_policy=AckPolicy.MANUAL,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            decoder=_undecoded,
+            title=f"{sub.consumer}:{sub.topic.name}",
+            description=sub.description or sub.topic.description,
+        )(consume)
+
+    async def on_batch(self, message: Any) -> None:
+        records: Sequence[ConsumerRecord] = message.raw_message
+        if not records:
+            return
+        started = time.perf_counter()
+        try:
+            await self.handle(records)
+        except asyncio.CancelledError:
+            raise  # shutting down: neither acked nor nacked, so redelivered to whoever runs next
+        except Exception as e:  # noqa: BLE001 - every failure must rewind, or the next ack skips this batch
+            log.error("batch not handled; it will be redelivered", topic=self._topic_name, error=repr(e))
+            self._metrics.failed.labels(stage="consume").inc()
+            await message.nack()
+            await asyncio.sleep(1.0)
+            return
+        crashpoint("consumer.after_db_commit")
+        await message.ack()
+        crashpoint("consumer.after_offset_commit")
+        self._metrics.batch_seconds.labels(topic=self._topic_name).observe(time.perf_counter() - started)
+        self._observe_lag(message.consumer, records)
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        """Handle one batch of records in one transaction; retry transient failures."""
+        self._metrics.consumed.labels(topic=self._topic_name).inc(len(records))
+        batch = self._decode(records)
+        deadline = time.monotonic() + RETRY_FOR_SECONDS
+        delay = 0.2
+        isolate = False
+        while True:
+            try:
+                await self._apply(batch, isolate=isolate)
+                self._after_commit()
+                return
+            except _HandlerFailed:
+                isolate = True  # find the failing event(s), one savepoint each
+            except TRANSIENT_ERRORS as e:
+                if time.monotonic() > deadline:
+                    raise
+                self._metrics.failed.labels(stage="consume").inc()
+                log.warning("transient failure; retrying", topic=self._topic_name, error=repr(e), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _decode(self, records: Sequence[ConsumerRecord]) -> _Batch:
+        batch = _Batch()
+        for r in records:
+            try:
+                received = datetime.fromtimestamp(r.timestamp / 1000, UTC)
+                batch.events.append((r, cloudevents.decode(self.subscription.topic, r.value, r.headers, received)))
+            except cloudevents.BadMessage as e:
+                batch.dead.append(_DeadLetter(r, str(e)))
+        return batch
+
+    async def _apply(self, batch: _Batch, *, isolate: bool) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            fresh = await self._claim(conn, batch.events)
+            uow = UnitOfWork(conn, source=self._source, settings=self._settings)
+            dead = list(batch.dead)
+            if isolate:
+                dead += await self._dispatch_one_by_one(uow, fresh)
+            else:
+                try:
+                    await self._dispatch(uow, [e for _, e in fresh])
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as e:
+                    log.warning("handler failed in batch; isolating", topic=self._topic_name, error=repr(e))
+                    raise _HandlerFailed from e
+            await outbox.write(conn, [*uow.outgoing, *(self._dead_letter(d) for d in dead)])
+        self._metrics.handled.labels(topic=self._topic_name).inc(len(fresh))
+        self._metrics.duplicates.labels(topic=self._topic_name).inc(len(batch.events) - len(fresh))
+        for d in dead:
+            self._metrics.dead_lettered.labels(topic=self._topic_name).inc()
+            log.warning(
+                "dead-lettered",
+                topic=d.record.topic, partition=d.record.partition, offset=d.record.offset, reason=d.reason,
+            )
+
+    async def _claim(self, conn: asyncpg.Connection, events: list[tuple[ConsumerRecord, Event]]):
+        """Insert the batch's event ids into the inbox; keep the ones not seen before, once each."""
+        if not events:
+            return []
+        claimed = await conn.fetch(
+            """INSERT INTO inbox (consumer, event_id, topic, partition, "offset")
+               SELECT $1, u.event_id, $2, u.partition, u.off
+               FROM unnest($3::uuid[], $4::int[], $5::bigint[]) AS u(event_id, partition, off)
+               ON CONFLICT DO NOTHING RETURNING event_id""",
+            self.subscription.consumer,
+            self.subscription.topic.name,
+            [e.event_id for _, e in events],
+            [r.partition for r, _ in events],
+            [r.offset for r, _ in events],
+        )
+        new_ids = {row["event_id"] for row in claimed}
+        fresh = []
+        for record, event in events:
+            if event.event_id in new_ids:
+                new_ids.discard(event.event_id)
+                fresh.append((record, event))
+        return fresh
+
+    async def _dispatch(self, uow: UnitOfWork, events: list[Event]) -> None:
+        # Consecutive events of one type go to their handler together: batching without
+        # reordering (an enrolment and a withdrawal of one student keep their order).
+        for cls, run in groupby(events, key=type):
+            handler = self.subscription.handlers.get(cls)
+            if handler is not None:
+                await handler(uow, list(run))
+
+    async def _dispatch_one_by_one(self, uow: UnitOfWork, fresh) -> list[_DeadLetter]:
+        dead = []
+        for record, event in fresh:
+            emitted = len(uow.outgoing)
+            try:
+                async with uow.conn.transaction():  # a savepoint: undo only this event's effects
+                    await self._dispatch(uow, [event])
+            except TRANSIENT_ERRORS:
+                raise
+            except Exception as e:  # noqa: BLE001 - a handler failing for good on one event
+                del uow.outgoing[emitted:]
+                dead.append(_DeadLetter(record, f"handler failed: {type(e).__name__}: {_safe_message(e)}"))
+        return dead
+
+    def _dead_letter(self, d: _DeadLetter) -> outbox.OutgoingMessage:
+        r = d.record
+        headers = [(n, v.decode(errors="replace")) for n, v in r.headers]
+        headers += [
+            ("dlt_reason", d.reason),
+            ("dlt_topic", r.topic),
+            ("dlt_partition", str(r.partition)),
+            ("dlt_offset", str(r.offset)),
+            ("dlt_consumer", self.subscription.consumer),
+            ("dlt_failed_at", datetime.now(UTC).isoformat()),
+        ]
+        return outbox.OutgoingMessage(
+            topic=self._settings.kafka.topic(self.subscription.topic.dead_letter),
+            key=r.key,
+            payload=r.value or b"",
+            headers=headers,
+        )
+
+    def _observe_lag(self, consumer: Any, records: Sequence[ConsumerRecord]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for r in records:
+            last[(r.topic, r.partition)] = r.offset
+        for (topic, partition), offset in last.items():
+            try:
+                end = consumer.highwater(TopicPartition(topic, partition))
+            except Exception:  # noqa: BLE001 - lag is best effort (test brokers, revoked partitions)
+                continue
+            if end is not None:
+                self._metrics.lag.labels(topic=topic, partition=str(partition)).set(max(end - offset - 1, 0))
+
+
+def _safe_message(e: Exception) -> str:
+    # Database errors say which constraint failed, not which values; other messages are
+    # trimmed and pass through the log redaction when logged.
+    text = str(e).splitlines()[0] if str(e) else ""
+    return logs.redact(text)[:300]
+
+
+async def _undecoded(message: Any) -> Any:
+    """Leave records as bytes: each one is decoded (or dead-lettered) on its own."""
+    return None

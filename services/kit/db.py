@@ -1,0 +1,108 @@
+"""asyncpg pool and forward-only SQL migrations.
+
+Every service applies the kit's migrations (inbox, outbox) and then its own, in file
+name order, each once, under an advisory lock so that instances starting together do
+not race. An applied migration whose file changed is an error: migrations only go forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+KIT_MIGRATIONS = Path(__file__).parent / "migrations"
+_MIGRATION_LOCK = 7_461_001
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations_for(service: str, service_dir: Path) -> list[Migration]:
+    found = [Migration(f"kit/{p.name}", p.read_text()) for p in sorted(KIT_MIGRATIONS.glob("*.sql"))]
+    found += [Migration(f"{service}/{p.name}", p.read_text()) for p in sorted((service_dir / "migrations").glob("*.sql"))]
+    return found
+
+
+def _jsonb_encode(value) -> bytes:
+    return b"\x01" + json.dumps(value).encode()  # jsonb's binary form: version 1, then the text
+
+
+def _jsonb_decode(data: bytes):
+    return json.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary, so that COPY (the outbox's bulk write) can carry jsonb too.
+    await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary")
+
+
+async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+    )
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+    """Apply what is missing; return the names applied now."""
+    applied_now = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   name text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["name"]: r["checksum"] for r in await conn.fetch("SELECT name, checksum FROM schema_migrations")}
+        for m in migrations:
+            if m.name in done:
+                if done[m.name] != m.checksum:
+                    raise RuntimeError(f"migration {m.name} changed after it was applied; add a new migration instead")
+                continue
+            async with conn.transaction():
+                await conn.execute(m.sql)
+                await conn.execute("INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)", m.name, m.checksum)
+            applied_now.append(m.name)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+async def pending(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+    exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+    done = set()
+    if exists:
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    return [m.name for m in migrations if m.name not in done]
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create the service's database if missing (local stack and tests; needs CREATEDB)."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/")
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    conn = await asyncpg.connect(admin)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass
+    finally:
+        await conn.close()

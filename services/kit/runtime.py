@@ -1,0 +1,186 @@
+"""Running one service: settings, pool, migrations, broker and its consumers, the outbox
+relay and the HTTP server, started in that order and stopped in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import uvicorn
+from fastapi import APIRouter
+from faststream.kafka import KafkaBroker
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+from faststream.specification import AsyncAPI
+
+from contracts.topics import Topic
+from services.kit import db, logs, settings as settings_module
+from services.kit.auth import TokenVerifier
+from services.kit.consumer import EventConsumer, Subscription
+from services.kit.http import CachedCheck, build_app
+from services.kit.metrics import Metrics
+from services.kit.outbox import OutboxRelay, producer_for
+from services.kit.settings import KafkaSettings, Settings
+
+log = logs.get("caseflow.runtime")
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    """What a service is made of; each service's app.py builds one, explicitly."""
+
+    name: str
+    directory: Path
+    description: str
+    subscriptions: list[Subscription] = field(default_factory=list)
+    routers: list[APIRouter] = field(default_factory=list)
+    publishes: list[Topic] = field(default_factory=list)
+
+
+class ServiceRuntime:
+    def __init__(self, definition: ServiceDefinition, settings: Settings) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.settings = settings
+        self.metrics = Metrics(definition.name)
+        self.verifier = TokenVerifier(settings.auth)
+        self.migrations = db.migrations_for(definition.name, definition.directory)
+        self.pool = None
+        self.broker: KafkaBroker | None = None
+        self.relay: OutboxRelay | None = None
+        self._relay_task: asyncio.Task | None = None
+        self.readiness = CachedCheck(self._check_readiness)
+
+    async def start(self) -> None:
+        s = self.settings
+        conn = await db.connect(s.database_url)
+        try:
+            applied = await db.migrate(conn, self.migrations)
+        finally:
+            await conn.close()
+        if applied:
+            log.info("migrations applied", applied=applied)
+        self.pool = await db.create_pool(s.database_url)
+        self.relay = OutboxRelay(
+            dsn=s.database_url,
+            pool=self.pool,
+            producer_factory=lambda: producer_for(s.kafka),
+            metrics=self.metrics,
+            inbox_retention_days=s.inbox_retention_days,
+        )
+        self.broker = KafkaBroker(
+            s.kafka.bootstrap_servers,
+            security=_security(s.kafka),
+            client_id=f"caseflow-{self.name}",
+            allow_auto_create_topics=False,  # topics are provisioned from the registry
+            logger=logging.getLogger(f"caseflow.{self.name}.broker"),
+            log_level=logging.DEBUG,
+            graceful_timeout=15.0,
+        )
+        for subscription in self.definition.subscriptions:
+            EventConsumer(
+                subscription, pool=self.pool, settings=s, metrics=self.metrics, after_commit=self.relay.wake
+            ).attach(self.broker)
+        for topic in self.definition.publishes:
+            self.broker.publisher(
+                s.kafka.topic(topic.name),
+                schema=Union[topic.events] if len(topic.events) > 1 else topic.events[0],  # noqa: UP007
+                title=f"{self.name}:{topic.name}",
+                description=f"{topic.description} Key: {topic.key_field}. Published through the outbox.",
+            )
+        await self.broker.start()
+        self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
+        log.info("service started", topics=[sub.topic.name for sub in self.definition.subscriptions])
+
+    async def stop(self) -> None:
+        if self.broker is not None:
+            await self.broker.stop()  # waits for in-flight batches (graceful_timeout)
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            await asyncio.gather(self._relay_task, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+        log.info("service stopped")
+
+    async def _check_readiness(self) -> dict:
+        checks: dict[str, dict[str, Any]] = {}
+        try:
+            async with self.pool.acquire() as conn:
+                missing = await db.pending(conn, self.migrations)
+            checks["database"] = {"ok": True}
+            checks["migrations"] = {"ok": not missing, "pending": missing}
+        except Exception as e:  # noqa: BLE001 - reported, not raised: this is a probe
+            checks["database"] = {"ok": False, "error": type(e).__name__}
+        broker_ok = bool(self.broker) and await self.broker.ping(timeout=2.0)
+        checks["broker"] = {"ok": broker_ok}
+        checks["outbox_relay"] = {"ok": True, "role": "leader" if self.relay and self.relay.leading else "standby"}
+        return checks
+
+    def asyncapi(self) -> dict:
+        spec = AsyncAPI(
+            self.broker,
+            title=f"Caseflow {self.name}",
+            version="1.0.0",
+            description=self.definition.description,
+            schema_version="3.0.0",
+        ).to_specification().to_jsonable()
+        return _with_subscribed_payloads(spec, self.definition, self.settings.kafka)
+
+    def http_app(self):
+        return build_app(self, self.definition.routers)
+
+
+def _with_subscribed_payloads(spec: dict, definition: ServiceDefinition, kafka: KafkaSettings) -> dict:
+    """Consumers read records raw (so one bad record cannot fail a batch); document the
+    events each subscribed topic carries from the contracts instead of the signature."""
+    from pydantic import TypeAdapter
+
+    components = spec.setdefault("components", {})
+    for sub in definition.subscriptions:
+        adapter = TypeAdapter(Union[sub.topic.events] if len(sub.topic.events) > 1 else sub.topic.events[0])  # noqa: UP007
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub_schema in schema.pop("$defs", {}).items():
+            components.setdefault("schemas", {})[name] = sub_schema
+        for message in components.get("messages", {}).values():
+            if message.get("title", "").startswith(f"{sub.consumer}:{sub.topic.name}"):
+                message["payload"] = schema
+    return spec
+
+
+def _security(kafka: KafkaSettings) -> BaseSecurity | None:
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile) if kafka.ssl_cafile else None
+    use_ssl = kafka.security_protocol.upper() in ("SSL", "SASL_SSL")
+    mechanism = (kafka.sasl_mechanism or "").upper()
+    if mechanism == "PLAIN":
+        return SASLPlaintext(kafka.sasl_username or "", kafka.sasl_password or "", ssl_context=context, use_ssl=use_ssl)
+    if mechanism == "SCRAM-SHA-256":
+        return SASLScram256(kafka.sasl_username or "", kafka.sasl_password or "", ssl_context=context, use_ssl=use_ssl)
+    if mechanism == "SCRAM-SHA-512":
+        return SASLScram512(kafka.sasl_username or "", kafka.sasl_password or "", ssl_context=context, use_ssl=use_ssl)
+    if use_ssl:
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    return None
+
+
+async def serve(definition: ServiceDefinition, settings: Settings | None = None) -> None:
+    settings = settings or settings_module.load(definition.name)
+    logs.configure(definition.name, settings.log_level)
+    runtime = ServiceRuntime(definition, settings)
+    await runtime.start()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            runtime.http_app(), host=settings.http_host, port=settings.http_port,
+            log_config=None, access_log=False, lifespan="off",
+        )
+    )
+    try:
+        await server.serve()  # returns on SIGINT/SIGTERM
+    finally:
+        await runtime.stop()
+
+
+def main(definition_factory) -> None:
+    asyncio.run(serve(definition_factory()))

@@ -1,0 +1,131 @@
+"""Settings from the environment (12-factor). Each service has its own database."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field
+
+SERVICES = ("roster", "caseload", "cases", "transfers", "notify")
+DEFAULT_PORTS = {"roster": 8101, "caseload": 8102, "cases": 8103, "transfers": 8104, "notify": 8105}
+HOME = Path(os.environ.get("CASEFLOW_HOME", Path(__file__).resolve().parents[2] / ".caseflow"))
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = Field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    # Off only against brokers without InitProducerId (the embedded dev broker).
+    enable_idempotence: bool = True
+    topic_prefix: str = ""
+
+    def client_options(self) -> dict:
+        """Connection options for aiokafka clients, SASL/TLS passed through."""
+        options: dict = {"bootstrap_servers": self.bootstrap_servers, "security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.ssl_cafile:
+            import ssl
+
+            options["ssl_context"] = ssl.create_default_context(cafile=self.ssl_cafile)
+        return options
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+class AuthSettings(BaseModel):
+    # Production verifies tokens against an issuer's public key (RS256/ES256);
+    # development signs and verifies with a local shared secret (HS256).
+    public_key: str | None = Field(default=None, repr=False)
+    secret: str | None = Field(default=None, repr=False)
+    issuer: str = "caseflow"
+    audience: str = "caseflow"
+
+
+class Settings(BaseModel):
+    service: str
+    database_url: str = Field(repr=False)
+    kafka: KafkaSettings
+    auth: AuthSettings
+    http_host: str = "127.0.0.1"
+    http_port: int
+    consumer_batch_size: int = 2000
+    inbox_retention_days: int = 14
+    log_level: str = "INFO"
+
+
+def load(service: str, env: dict[str, str] | None = None) -> Settings:
+    """Read one service's settings: CASEFLOW_<SERVICE>_* first, then the shared names."""
+    env = dict(os.environ if env is None else env)
+    own = f"CASEFLOW_{service.upper()}_"
+
+    def get(name: str, default: str | None = None) -> str | None:
+        return env.get(own + name) or env.get(f"CASEFLOW_{name}") or default
+
+    kafka = KafkaSettings(
+        bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+        security_protocol=env.get("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        sasl_mechanism=env.get("KAFKA_SASL_MECHANISM"),
+        sasl_username=env.get("KAFKA_SASL_USERNAME"),
+        sasl_password=env.get("KAFKA_SASL_PASSWORD"),
+        ssl_cafile=env.get("KAFKA_SSL_CAFILE"),
+        enable_idempotence=env.get("KAFKA_ENABLE_IDEMPOTENCE", "true").lower() in ("1", "true", "yes"),
+        topic_prefix=env.get("CASEFLOW_TOPIC_PREFIX", ""),
+    )
+    auth = AuthSettings(
+        public_key=_read_key(get("JWT_PUBLIC_KEY")),
+        secret=get("JWT_SECRET"),
+        issuer=get("JWT_ISSUER", "caseflow"),
+        audience=get("JWT_AUDIENCE", "caseflow"),
+    )
+    return Settings(
+        service=service,
+        database_url=database_url(service, env),
+        kafka=kafka,
+        auth=auth,
+        http_host=get("HTTP_HOST", "127.0.0.1"),
+        http_port=int(get("HTTP_PORT", str(DEFAULT_PORTS[service]))),
+        consumer_batch_size=int(get("CONSUMER_BATCH_SIZE", "2000")),
+        inbox_retention_days=int(get("INBOX_RETENTION_DAYS", "14")),
+        log_level=get("LOG_LEVEL", "INFO"),
+    )
+
+
+def database_url(service: str, env: dict[str, str]) -> str:
+    """CASEFLOW_<SERVICE>_DATABASE_URL, or database caseflow_<service> on DATABASE_URL's server.
+
+    Services never share a database, even when one server hosts all five.
+    """
+    own = env.get(f"CASEFLOW_{service.upper()}_DATABASE_URL")
+    if own:
+        return own
+    server = env.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    parts = urlsplit(server)
+    return urlunsplit(parts._replace(path=f"/caseflow_{service}"))
+
+
+def _read_key(value: str | None) -> str | None:
+    if value and not value.lstrip().startswith("-----") and Path(value).is_file():
+        return Path(value).read_text()
+    return value
+
+
+def dev_secret() -> str:
+    """The local development signing secret, made once under .caseflow/."""
+    path = HOME / "dev-jwt-secret"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(48))
+        path.chmod(0o600)
+    return path.read_text().strip()

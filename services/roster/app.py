@@ -1,0 +1,31 @@
+"""The roster service: district enrolment facts in, the district's roster and its exact
+changes out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from contracts.sis import SisStudentEnrolled
+from contracts.topics import ROSTER_STUDENTS, SIS_STUDENTS
+from services.kit.consumer import Subscription
+from services.kit.runtime import ServiceDefinition
+from services.roster import api, handlers
+
+
+def definition() -> ServiceDefinition:
+    return ServiceDefinition(
+        name="roster",
+        directory=Path(__file__).parent,
+        description="Turns district enrolment files and SIS events into students, classes, staff and enrolments, "
+        "and publishes each exact change.",
+        subscriptions=[
+            Subscription(
+                topic=SIS_STUDENTS,
+                consumer="caseflow.roster.sis-students",
+                handlers={SisStudentEnrolled: handlers.on_sis_students_enrolled},
+                description="Student facts from districts' SIS systems.",
+            )
+        ],
+        routers=[api.router],
+        publishes=[ROSTER_STUDENTS],
+    )

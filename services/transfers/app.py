@@ -1,0 +1,16 @@
+"""The transfers service. Not built yet: it starts, migrates its database (inbox and
+outbox) and serves health, so the whole system runs and deploys from day one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.kit.runtime import ServiceDefinition
+
+
+def definition() -> ServiceDefinition:
+    return ServiceDefinition(
+        name="transfers",
+        directory=Path(__file__).parent,
+        description="The district-to-district transfer portal.",
+    )

@@ -1,0 +1,139 @@
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from uuid import UUID, uuid4
+
+import pytest
+from pydantic import ValidationError
+
+from contracts import cloudevents
+from contracts.roster import StudentEnrolled
+from contracts.sis import SisStudentEnrolled
+from contracts.topics import EVENT_TYPES, SIS_STUDENTS, TOPICS, partition_key, topic_for
+
+FACTS = {"district_id": "d1", "source_id": "S-1", "school_id": "02M001", "grade": "05",
+         "given_name": "Ana", "family_name": "Reyes"}
+
+
+def test_an_event_carries_the_envelope():
+    event = SisStudentEnrolled(**FACTS)
+    assert isinstance(event.event_id, UUID)
+    assert event.event_type == "sis.student_enrolled.v1"
+    assert event.occurred_at.tzinfo is not None
+
+
+def test_times_are_kept_in_utc():
+    event = SisStudentEnrolled(**FACTS, occurred_at=datetime(2026, 9, 1, 8, 0, tzinfo=timezone(timedelta(hours=-4))))
+    assert event.occurred_at == datetime(2026, 9, 1, 12, 0, tzinfo=UTC)
+    assert event.occurred_at.utcoffset() == timedelta(0)
+
+
+def test_unknown_fields_from_a_newer_producer_are_tolerated():
+    event = SisStudentEnrolled.model_validate({**FACTS, "homeroom_color": "blue"})
+    assert event.source_id == "S-1"
+
+
+def test_a_missing_required_field_is_rejected():
+    with pytest.raises(ValidationError):
+        SisStudentEnrolled.model_validate({k: v for k, v in FACTS.items() if k != "grade"})
+
+
+def test_a_naive_time_is_rejected():
+    with pytest.raises(ValidationError):
+        SisStudentEnrolled.model_validate({**FACTS, "occurred_at": "2026-09-01T08:00:00"})
+
+
+def test_every_event_type_names_its_major_version_and_is_carried_by_one_topic():
+    for event_type, cls in EVENT_TYPES.items():
+        assert event_type.rsplit(".", 1)[1].startswith("v")
+        carriers = [t for t in TOPICS.values() if cls in t.events]
+        assert len(carriers) == 1, event_type
+
+
+def test_every_event_on_a_topic_has_the_topic_key_field():
+    for topic in TOPICS.values():
+        for cls in topic.events:
+            assert topic.key_field in cls.model_fields, (topic.name, cls.__name__)
+
+
+def test_the_key_is_the_entity_id_so_one_students_events_keep_their_order():
+    event = SisStudentEnrolled(**FACTS)
+    assert topic_for(event) is SIS_STUDENTS
+    assert partition_key(event) == "S-1"
+
+
+def test_cloudevents_binary_mode_headers_are_written():
+    event = SisStudentEnrolled(**FACTS, correlation_id="import-7")
+    headers = dict(cloudevents.headers_for(event, "caseflow.roster"))
+    assert headers["ce_specversion"] == b"1.0"
+    assert headers["ce_id"] == str(event.event_id).encode()
+    assert headers["ce_type"] == b"sis.student_enrolled.v1"
+    assert headers["ce_source"] == b"caseflow.roster"
+    assert datetime.fromisoformat(headers["ce_time"].decode()) == event.occurred_at
+    assert headers["content-type"] == b"application/json"
+    assert headers["ce_correlationid"] == b"import-7"
+
+
+def test_an_encoded_event_decodes_to_itself():
+    event = SisStudentEnrolled(**FACTS)
+    decoded = cloudevents.decode(SIS_STUDENTS, cloudevents.encode(event), cloudevents.headers_for(event, "x"))
+    assert decoded == event
+
+
+def test_an_outside_system_may_send_the_envelope_in_headers_only():
+    body = json.dumps({k: v for k, v in FACTS.items() if k != "district_id"}).encode()
+    headers = [("ce_specversion", b"1.0"), ("ce_id", b"sis-42"), ("ce_type", b"sis.student_enrolled.v1"),
+               ("ce_source", b"powerschool"), ("ce_time", b"2026-09-01T12:00:00Z"), ("ce_districtid", b"d1")]
+    event = cloudevents.decode(SIS_STUDENTS, body, headers)
+    assert event.district_id == "d1"
+    assert event.occurred_at == datetime(2026, 9, 1, 12, tzinfo=UTC)
+    # A non-UUID ce_id maps to the same UUID every time, so redelivery is still deduplicated.
+    assert event.event_id == cloudevents.decode(SIS_STUDENTS, body, headers).event_id
+    other_source = [(n, b"infinite-campus" if n == "ce_source" else v) for n, v in headers]
+    assert event.event_id != cloudevents.decode(SIS_STUDENTS, body, other_source).event_id
+
+
+def test_a_uuid_ce_id_is_the_event_id():
+    event_id = uuid4()
+    body = json.dumps(FACTS).encode()
+    event = cloudevents.decode(SIS_STUDENTS, body, [("ce_id", str(event_id).encode()), ("ce_type", b"sis.student_enrolled.v1")])
+    assert event.event_id == event_id
+
+
+def test_an_event_without_a_time_takes_the_record_time():
+    body = json.dumps({**FACTS, "event_type": "sis.student_enrolled.v1"}).encode()
+    received = datetime(2026, 9, 2, tzinfo=UTC)
+    assert cloudevents.decode(SIS_STUDENTS, body, [], received).occurred_at == received
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "reason"),
+    [
+        (b"{not json", [("ce_type", b"sis.student_enrolled.v1")], "not JSON"),
+        (b"", [("ce_type", b"sis.student_enrolled.v1")], "empty body"),
+        (b"[1, 2]", [("ce_type", b"sis.student_enrolled.v1")], "not a JSON object"),
+        (json.dumps(FACTS).encode(), [], "no event type"),
+        (json.dumps(FACTS).encode(), [("ce_type", b"sis.student_exploded.v1")], "unknown event type"),
+        (json.dumps(FACTS).encode(), [("ce_type", b"roster.student_enrolled.v1")], "unknown event type"),
+        (json.dumps(FACTS).encode(), [("ce_type", b"sis.student_enrolled.v1"), ("content-type", b"text/xml")],
+         "content-type"),
+        (json.dumps({**FACTS, "event_type": "sis.student_enrolled.v1"}).encode(),
+         [("ce_type", b"sis.student_enrolled.v2")], "disagrees"),
+        (json.dumps({**FACTS, "grade": None}).encode(), [("ce_type", b"sis.student_enrolled.v1")], "grade"),
+    ],
+)
+def test_a_bad_message_is_refused_with_a_reason(body, headers, reason):
+    with pytest.raises(cloudevents.BadMessage, match=reason):
+        cloudevents.decode(SIS_STUDENTS, body, headers)
+
+
+def test_a_refusal_never_quotes_personal_data():
+    body = json.dumps({**FACTS, "birth_date": "Ana's birthday", "given_name": ""}).encode()
+    with pytest.raises(cloudevents.BadMessage) as refused:
+        cloudevents.decode(SIS_STUDENTS, body, [("ce_type", b"sis.student_enrolled.v1")])
+    assert "birth_date" in str(refused.value) and "given_name" in str(refused.value)
+    assert "Ana" not in str(refused.value)
+
+
+def test_roster_events_describe_themselves_for_subscribers():
+    schema = StudentEnrolled.model_json_schema()
+    assert all("description" in prop for prop in schema["properties"].values())
