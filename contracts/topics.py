@@ -6,7 +6,7 @@ so a student's enrolment and withdrawal never overtake each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from contracts.envelope import Event
 from contracts.roster import StudentEnrolled, StudentUpdated
@@ -20,16 +20,17 @@ class Topic:
     partitions: int
     events: tuple[type[Event], ...]
     description: str
+    _by_type: dict[str, type[Event]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_type", {event_type_of(cls): cls for cls in self.events})
 
     @property
     def dead_letter(self) -> str:
         return f"{self.name}.DLT"
 
     def event_class(self, event_type: str) -> type[Event] | None:
-        for cls in self.events:
-            if event_type_of(cls) == event_type:
-                return cls
-        return None
+        return self._by_type.get(event_type)
 
 
 def event_type_of(cls: type[Event]) -> str:
@@ -55,14 +56,15 @@ ROSTER_STUDENTS = Topic(
 TOPICS: dict[str, Topic] = {t.name: t for t in (SIS_STUDENTS, ROSTER_STUDENTS)}
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}
+_TOPIC_OF: dict[str, Topic] = {event_type_of(cls): t for t in TOPICS.values() for cls in t.events}
 
 
 def topic_for(event: Event | type[Event]) -> Topic:
     event_type = event.event_type if isinstance(event, Event) else event_type_of(event)
-    for topic in TOPICS.values():
-        if topic.event_class(event_type) is not None:
-            return topic
-    raise LookupError(f"no topic carries {event_type}")
+    try:
+        return _TOPIC_OF[event_type]
+    except KeyError:
+        raise LookupError(f"no topic carries {event_type}") from None
 
 
 def partition_key(event: Event) -> str:

@@ -255,7 +255,8 @@ class EventConsumer:
 
     def _dead_letter(self, d: _DeadLetter) -> outbox.OutgoingMessage:
         r = d.record
-        headers = [(n, v.decode(errors="replace")) for n, v in r.headers]
+        # Header values are kept as text: undecodable bytes and NULs become U+FFFD.
+        headers = [(n, v.decode(errors="replace").replace("\x00", "\ufffd")) for n, v in r.headers]
         headers += [
             ("dlt_reason", d.reason),
             ("dlt_topic", r.topic),

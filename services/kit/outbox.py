@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -49,7 +50,7 @@ def message_for(event: Event, *, source: str, kafka: KafkaSettings) -> OutgoingM
 
 async def write(conn: asyncpg.Connection, messages: Iterable[OutgoingMessage]) -> int:
     """Add messages to the outbox inside the caller's transaction (binary COPY, in order)."""
-    records = [(m.topic, m.key, m.payload, [list(h) for h in m.headers]) for m in messages]
+    records = [(m.topic, m.key, m.payload, [part for header in m.headers for part in header]) for m in messages]
     if records:
         await conn.copy_records_to_table("outbox", records=records, columns=["topic", "key", "payload", "headers"])
     return len(records)
@@ -146,20 +147,16 @@ class OutboxRelay:
             return 0
         crashpoint("relay.before_publish")
         deliveries = []
-        for row in rows:
-            deliveries.append(
-                await producer.send(
-                    row["topic"],
-                    row["payload"],
-                    key=row["key"],
-                    headers=[(n, v.encode()) for n, v in row["headers"]],
-                )
-            )
+        per_topic: Counter[str] = Counter()
+        for _id, topic, key, payload, flat in rows:
+            headers = [(flat[i], flat[i + 1].encode()) for i in range(0, len(flat), 2)]
+            deliveries.append(await producer.send(topic, payload, key=key, headers=headers))
+            per_topic[topic] += 1
         await asyncio.gather(*deliveries)
         crashpoint("relay.after_publish")
-        await self._pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
-        for row in rows:
-            self._metrics.published.labels(topic=row["topic"]).inc()
+        await self._pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r[0] for r in rows])
+        for topic, n in per_topic.items():
+            self._metrics.published.labels(topic=topic).inc(n)
         return len(rows)
 
     async def _forget_old_inbox(self) -> None:

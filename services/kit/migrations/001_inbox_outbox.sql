@@ -18,7 +18,7 @@ CREATE TABLE outbox (
     topic      text        NOT NULL,
     key        bytea,
     payload    bytea       NOT NULL,
-    headers    jsonb       NOT NULL,
+    headers    text[]      NOT NULL, -- name, value, name, value, ...
     created_at timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_cost_delay = 0);

@@ -100,9 +100,24 @@ def test_a_uuid_ce_id_is_the_event_id():
 
 
 def test_an_event_without_a_time_takes_the_record_time():
-    body = json.dumps({**FACTS, "event_type": "sis.student_enrolled.v1"}).encode()
+    body = json.dumps({**FACTS, "event_type": "sis.student_enrolled.v1", "event_id": str(uuid4())}).encode()
     received = datetime(2026, 9, 2, tzinfo=UTC)
     assert cloudevents.decode(SIS_STUDENTS, body, [], received).occurred_at == received
+    with_type_header = [("ce_type", b"sis.student_enrolled.v1")]
+    assert cloudevents.decode(SIS_STUDENTS, body, with_type_header, received).occurred_at == received
+
+
+def test_an_event_without_an_id_is_refused_since_its_redelivery_could_not_be_recognised():
+    body = json.dumps({**FACTS, "event_type": "sis.student_enrolled.v1"}).encode()
+    with pytest.raises(cloudevents.BadMessage, match="no event id"):
+        cloudevents.decode(SIS_STUDENTS, body, [("ce_type", b"sis.student_enrolled.v1")])
+
+
+def test_headers_that_disagree_with_a_whole_event_body_are_refused():
+    event = SisStudentEnrolled(**FACTS)
+    headers = [(n, b"other-district" if n == "ce_districtid" else v) for n, v in cloudevents.headers_for(event, "x")]
+    with pytest.raises(cloudevents.BadMessage, match="disagrees"):
+        cloudevents.decode(SIS_STUDENTS, cloudevents.encode(event), headers)
 
 
 @pytest.mark.parametrize(
@@ -111,7 +126,7 @@ def test_an_event_without_a_time_takes_the_record_time():
         (b"{not json", [("ce_type", b"sis.student_enrolled.v1")], "not JSON"),
         (b"", [("ce_type", b"sis.student_enrolled.v1")], "empty body"),
         (b"[1, 2]", [("ce_type", b"sis.student_enrolled.v1")], "not a JSON object"),
-        (json.dumps(FACTS).encode(), [], "no event type"),
+        (json.dumps({**FACTS, "event_id": str(uuid4())}).encode(), [], "no event type"),
         (json.dumps(FACTS).encode(), [("ce_type", b"sis.student_exploded.v1")], "unknown event type"),
         (json.dumps(FACTS).encode(), [("ce_type", b"roster.student_enrolled.v1")], "unknown event type"),
         (json.dumps(FACTS).encode(), [("ce_type", b"sis.student_enrolled.v1"), ("content-type", b"text/xml")],
