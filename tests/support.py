@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from contracts import cloudevents
 from contracts.envelope import Event
-from contracts.topics import partition_key, topic_for
+from contracts.topics import Topic, partition_key, topic_for
 from services.kit import db
 from services.kit.auth import mint
 from services.kit.settings import KafkaSettings
@@ -115,6 +115,11 @@ class Stack:
             key=(key or partition_key(event)).encode(), headers=cloudevents.headers_for(event, source),
             partition=partition,
         )
+
+    async def publish_to(self, topic: Topic, event: Event, *, source: str = "tests") -> None:
+        """Publish an event of a test-only topic (not in the registry)."""
+        await self.produce_raw(topic.name, cloudevents.encode(event), key=str(getattr(event, topic.key_field)).encode(),
+                               headers=cloudevents.headers_for(event, source))
 
     async def produce_raw(self, topic: str, value: bytes, *, key: bytes | None, headers: list[tuple[str, bytes]],
                           partition: int | None = None) -> None:
