@@ -39,30 +39,34 @@ async def record_marks(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
         await uow.conn.execute("INSERT INTO marks (student, mark) VALUES ($1, $2)", e.student, e.mark)
 
 
-async def test_a_handler_failing_on_one_event_dead_letters_it_and_applies_the_rest(system: Stack, tmp_path: Path):
+async def marks_service(system: Stack, tmp_path: Path, handler) -> tuple:
+    """A tiny service of marks on the kit: its topic, its database, a consumer on a broker."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=system.backends.kafka)
     await admin.start()
     await admin.create_topics([NewTopic(system.topic(MARKS.name), 1, 1), NewTopic(system.topic(MARKS.dead_letter), 1, 1)])
     await admin.close()
-
     (tmp_path / "migrations").mkdir()
     (tmp_path / "migrations" / "001_marks.sql").write_text("CREATE TABLE marks (student text, mark int);")
     dsn = system.database_url("marks")
     await db.ensure_database(dsn)
     conn = await db.connect(dsn)
     await db.migrate(conn, db.migrations_for("marks", tmp_path))
-
-    for student, mark in (("a", 90), ("b", -1), ("c", 75)):
-        await system.publish_to(MARKS, MarkRecorded(district_id="d", student=student, mark=mark))
-
     settings = Settings(service="marks", database_url=dsn, kafka=system.kafka_settings,
                         auth=AuthSettings(secret="x" * 40), http_port=0)
     pool = await db.create_pool(dsn)
     broker = KafkaBroker(system.backends.kafka)
-    EventConsumer(Subscription(MARKS, f"test-{uuid.uuid4().hex[:6]}", {MarkRecorded: record_marks}),
-                  pool=pool, settings=settings, metrics=Metrics("marks"), after_commit=lambda: None).attach(broker)
+    metrics = Metrics("marks")
+    EventConsumer(Subscription(MARKS, f"test-{uuid.uuid4().hex[:6]}", {MarkRecorded: handler}),
+                  pool=pool, settings=settings, metrics=metrics, after_commit=lambda: None).attach(broker)
+    return conn, pool, broker, metrics
+
+
+async def test_a_handler_failing_on_one_event_dead_letters_it_and_applies_the_rest(system: Stack, tmp_path: Path):
+    conn, pool, broker, _ = await marks_service(system, tmp_path, record_marks)
+    for student, mark in (("a", 90), ("b", -1), ("c", 75)):
+        await system.publish_to(MARKS, MarkRecorded(district_id="d", student=student, mark=mark))
     await broker.start()
     try:
         await eventually(lambda: conn.fetchval("SELECT count(*) = 2 FROM marks"), what="the two good marks")
@@ -78,3 +82,26 @@ async def test_a_handler_failing_on_one_event_dead_letters_it_and_applies_the_re
         await pool.close()
         await conn.close()
         await asyncio.sleep(0)
+
+
+async def test_a_transient_failure_is_retried_and_applied_once(system: Stack, tmp_path: Path):
+    attempts = []
+
+    async def flaky(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
+        attempts.append(len(events))
+        if len(attempts) <= 2:
+            raise ConnectionResetError("database went away")  # what a dropped connection raises
+        await record_marks(uow, events)
+
+    conn, pool, broker, metrics = await marks_service(system, tmp_path, flaky)
+    await system.publish_to(MARKS, MarkRecorded(district_id="d", student="a", mark=90))
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) = 1 FROM marks"), what="the mark, after retries")
+        assert len(attempts) == 3
+        assert metrics.failed.labels(stage="consume")._value.get() == 2
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0  # nothing dead-lettered
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
