@@ -9,7 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from contracts.envelope import Event
-from contracts.roster import StudentEnrolled, StudentUpdated
+from contracts.roster import (
+    ClassRemoved,
+    ClassUpserted,
+    EnrollmentAdded,
+    EnrollmentRemoved,
+    RosterImportCompleted,
+    StaffDeactivated,
+    StaffUpserted,
+    StudentEnrolled,
+    StudentUpdated,
+    StudentWithdrawn,
+)
 from contracts.sis import SisStudentEnrolled
 
 
@@ -49,11 +60,46 @@ ROSTER_STUDENTS = Topic(
     name="roster.students.v1",
     key_field="student_id",
     partitions=6,
-    events=(StudentEnrolled, StudentUpdated),
+    events=(StudentEnrolled, StudentUpdated, StudentWithdrawn),
     description="The roster's students as Caseflow holds them, keyed by student id.",
 )
 
-TOPICS: dict[str, Topic] = {t.name: t for t in (SIS_STUDENTS, ROSTER_STUDENTS)}
+ROSTER_STAFF = Topic(
+    name="roster.staff.v1",
+    key_field="staff_id",
+    partitions=6,
+    events=(StaffUpserted, StaffDeactivated),
+    description="Staff accounts (teachers, aides, administrators), keyed by staff id.",
+)
+
+ROSTER_CLASSES = Topic(
+    name="roster.classes.v1",
+    key_field="class_id",
+    partitions=6,
+    events=(ClassUpserted, ClassRemoved),
+    description="Official classes (homerooms) and course sections, keyed by class id.",
+)
+
+ROSTER_ENROLLMENTS = Topic(
+    name="roster.enrollments.v1",
+    key_field="person_id",
+    partitions=12,
+    events=(EnrollmentAdded, EnrollmentRemoved),
+    description="Students and teachers in classes, keyed by the person (student_id or staff_id).",
+)
+
+ROSTER_IMPORTS = Topic(
+    name="roster.imports.v1",
+    key_field="district_id",
+    partitions=3,
+    events=(RosterImportCompleted,),
+    description="Completed roster imports with their counts, keyed by district.",
+)
+
+TOPICS: dict[str, Topic] = {
+    t.name: t
+    for t in (SIS_STUDENTS, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS)
+}
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}
 _TOPIC_OF: dict[str, Topic] = {event_type_of(cls): t for t in TOPICS.values() for cls in t.events}

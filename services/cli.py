@@ -77,6 +77,44 @@ def cmd_contracts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_roster_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.kit import db, settings
+    from services.roster.importer import run_import
+
+    async def go() -> int:
+        s = settings.load("roster")
+        conn = await db.connect(s.database_url)
+        try:
+            await db.migrate(conn, db.migrations_for("roster", _definition("roster").directory))
+        finally:
+            await conn.close()
+        pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
+        try:
+            result = await run_import(pool, district_id=args.district, path=Path(args.path), kafka=s.kafka,
+                                      origin="cli", dry_run=args.dry_run, confirm=args.confirm,
+                                      wipe_share=args.wipe_share)
+        finally:
+            await pool.close()
+        print(f"import {result.import_id} of {args.path} for district {args.district}: {result.status}")
+        if result.message:
+            print(f"  {result.message}")
+        for kind, n in result.counts.items():
+            examples = result.examples.get(kind)
+            print(f"  {kind:22s} {n:>10,}" + (f"   e.g. {', '.join(examples)}" if examples else ""))
+        if result.problems:
+            print(f"problems ({result.error_count:,} rows skipped, {result.warning_count:,} warnings):")
+            print("  file,line,column,value,reason")
+            for p in result.problems[: args.show_problems]:
+                print(f"  {p.severity}: {p.file},{p.line},{p.column or ''},{p.value or ''},{p.reason}")
+            if len(result.problems) > args.show_problems:
+                print(f"  ... and {len(result.problems) - args.show_problems:,} more (see the import's report)")
+        return {"applied": 0, "dry_run": 0, "held": 3}.get(result.status, 1)
+
+    return asyncio.run(go())
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from deploy.local.stack import up
 
@@ -113,6 +151,17 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("contracts", help="the events' JSON Schemas in contracts/schemas/")
     p.add_argument("action", choices=("export", "check"), help="export: write them; check: fail if stale")
     p.set_defaults(func=cmd_contracts)
+
+    roster = sub.add_parser("roster", help="roster tasks").add_subparsers(dest="roster_command", required=True)
+    p = roster.add_parser("import", help="import a OneRoster package (folder or .zip) for a district")
+    p.add_argument("path")
+    p.add_argument("--district", required=True)
+    p.add_argument("--dry-run", action="store_true", help="show the changes without making them")
+    p.add_argument("--confirm", action="store_true", help="apply even if it withdraws many students (wipe guard)")
+    p.add_argument("--wipe-share", type=float, default=0.20,
+                   help="hold an import that would withdraw more than this share of active students")
+    p.add_argument("--show-problems", type=int, default=50)
+    p.set_defaults(func=cmd_roster_import)
 
     p = sub.add_parser("up", help="install nothing, start everything: embedded broker, PostgreSQL, SMTP sink, "
                        "all five services")

@@ -14,7 +14,8 @@ _COLUMNS = "student_id, district_id, source_id, school_id, grade, given_name, fa
 
 async def lock_students(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> dict[UUID, Student]:
     rows = await conn.fetch(
-        f"SELECT {_COLUMNS} FROM students WHERE student_id = ANY($1::uuid[]) ORDER BY student_id FOR UPDATE",
+        f"""SELECT {_COLUMNS} FROM students WHERE student_id = ANY($1::uuid[]) AND status = 'active'
+            ORDER BY student_id FOR UPDATE""",
         list(set(student_ids)),
     )
     return {r["student_id"]: Student(**dict(r)) for r in rows}
@@ -32,7 +33,7 @@ async def save_students(conn: asyncpg.Connection, students: Iterable[Student]) -
                 school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
                 given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
                 birth_date = EXCLUDED.birth_date, email = EXCLUDED.email, state_id = EXCLUDED.state_id,
-                updated_at = now()""",
+                status = 'active', withdrawn_at = NULL, updated_at = now()""",
         *(list(col) for col in zip(*(
             (s.student_id, s.district_id, s.source_id, s.school_id, s.grade, s.given_name, s.family_name,
              s.birth_date, s.email, s.state_id)
