@@ -72,8 +72,11 @@ async def run_import(
         await _finish(pool, result)
         return result
     with package:
-        async with pool.acquire() as conn:
-            result = await _import(conn, package, import_id, district_id, kafka, dry_run, confirm, wipe_share)
+        try:
+            async with pool.acquire() as conn:
+                result = await _import(conn, package, import_id, district_id, kafka, dry_run, confirm, wipe_share)
+        except PackageRejected as e:  # found while streaming a file: the transaction was rolled back
+            result = ImportResult(import_id, district_id, "rejected", message=str(e))
     if result.status != "applied":  # applied imports finish inside their own transaction
         await _finish(pool, result)
     log.info("roster import finished", import_id=str(import_id), district_id=district_id, status=result.status,

@@ -113,6 +113,7 @@ class Package:
         file = f"{entity}.csv"
         raw = self._zip.open(self._members[file]) if self._zip else open(self._members[file], "rb")  # noqa: SIM115
         text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        line = 1
         try:
             reader = csv.reader(text, strict=True)
             try:

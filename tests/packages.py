@@ -1,0 +1,77 @@
+"""Writing small OneRoster packages for tests, from plain facts."""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HEADERS = {
+    "orgs": ["sourcedId", "status", "dateLastModified", "name", "type", "identifier", "parentSourcedId"],
+    "classes": ["sourcedId", "status", "dateLastModified", "title", "grades", "courseSourcedId", "classCode",
+                "classType", "location", "schoolSourcedId", "termSourcedIds", "subjects", "subjectCodes", "periods"],
+    "users": ["sourcedId", "status", "dateLastModified", "enabledUser", "orgSourcedIds", "role", "username", "userIds",
+              "givenName", "familyName", "middleName", "identifier", "email", "sms", "phone", "agentSourcedIds",
+              "grades", "password"],
+    "enrollments": ["sourcedId", "status", "dateLastModified", "classSourcedId", "schoolSourcedId", "userSourcedId",
+                    "role", "primary", "beginDate", "endDate"],
+    "demographics": ["sourcedId", "status", "dateLastModified", "birthDate"],
+}
+
+
+@dataclass
+class Roster:
+    """A district's roster as a package would state it."""
+
+    schools: dict[str, str] = field(default_factory=dict)  # id -> name
+    students: dict[str, dict] = field(default_factory=dict)  # id -> {school, grade, given, family, born}
+    teachers: dict[str, dict] = field(default_factory=dict)  # id -> {school, given, family, email}
+    classes: dict[str, dict] = field(default_factory=dict)  # id -> {school, type, title}
+    enrollments: dict[tuple[str, str], dict] = field(default_factory=dict)  # (class, user) -> {role, primary}
+
+
+def write(roster: Roster, out: Path, modes: dict[str, str] | None = None, *, zip_to: Path | None = None,
+          deleted: dict[str, list] | None = None) -> Path:
+    """Write a bulk package (or delta, with `modes` and `deleted` rows marked tobedeleted)."""
+    modes = {"orgs": "bulk", "classes": "bulk", "users": "bulk", "enrollments": "bulk", "demographics": "bulk",
+             **(modes or {})}
+    deleted = deleted or {}
+    out.mkdir(parents=True, exist_ok=True)
+    rows = {
+        "orgs": [{"sourcedId": "D", "name": "District", "type": "district"}]
+        + [{"sourcedId": sid, "name": name, "type": "school", "parentSourcedId": "D"} for sid, name in roster.schools.items()],
+        "classes": [{"sourcedId": cid, "title": c["title"], "classType": c["type"], "schoolSourcedId": c["school"],
+                     "grades": c.get("grades", ""), "classCode": c.get("code", "")} for cid, c in roster.classes.items()],
+        "users": [{"sourcedId": sid, "orgSourcedIds": s["school"], "role": "student", "givenName": s["given"],
+                   "familyName": s["family"], "grades": s["grade"], "identifier": s.get("osis", "")}
+                  for sid, s in roster.students.items()]
+        + [{"sourcedId": tid, "orgSourcedIds": t["school"], "role": "teacher", "givenName": t["given"],
+            "familyName": t["family"], "email": t.get("email") or ""} for tid, t in roster.teachers.items()],
+        "enrollments": [{"sourcedId": f"{c}:{u}", "classSourcedId": c, "userSourcedId": u, "role": e["role"],
+                         "primary": "true" if e.get("primary") else "false"}
+                        for (c, u), e in roster.enrollments.items()],
+        "demographics": [{"sourcedId": sid, "birthDate": s["born"]} for sid, s in roster.students.items() if s.get("born")],
+    }
+    for entity, gone in deleted.items():
+        rows[entity] += [{**row, "status": "tobedeleted"} for row in gone]
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["propertyName", "value"])
+        w.writerow(["oneroster.version", "1.1"])
+        for entity in ("orgs", "academicSessions", "courses", "classes", "users", "enrollments", "demographics"):
+            w.writerow([f"file.{entity}", modes.get(entity, "absent")])
+    for entity, header in HEADERS.items():
+        if modes.get(entity, "absent") == "absent":
+            continue
+        with open(out / f"{entity}.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, header)
+            w.writeheader()
+            for row in rows[entity]:
+                w.writerow({k: row.get(k, "") for k in header})
+    if zip_to is not None:
+        with zipfile.ZipFile(zip_to, "w", zipfile.ZIP_DEFLATED) as z:
+            for p in sorted(out.iterdir()):
+                z.write(p, p.name)
+        return zip_to
+    return out
