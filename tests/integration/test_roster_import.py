@@ -290,3 +290,39 @@ async def _shared_pool(service_db):
         _pools.clear()
         _pools[key] = await service_db("roster")
     return _pools[key]
+
+
+async def test_a_crash_in_the_middle_of_an_import_leaves_the_old_roster_and_a_re_run_finishes(service_db, postgres_url,
+                                                                                               tmp_path):
+    import os
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    from services.kit.crash import CRASH_EXIT_CODE
+
+    pool = await service_db("roster")
+    async with pool.acquire() as conn:
+        dsn = urlsplit(postgres_url)._replace(path=f"/{await conn.fetchval('SELECT current_database()')}").geturl()
+    await run_import(pool, district_id="d1", path=write(school_roster(10), tmp_path / "day1"), kafka=KAFKA)
+    await clear_outbox(pool)
+    before = await held_state(pool, "d1")
+    day2 = school_roster(10)
+    day2.students["S0"]["grade"] = "04"
+    day2.students["S10"] = {"school": "02M001", "grade": "03", "given": "New", "family": "Kid"}
+    path = write(day2, tmp_path / "day2")
+    env = {**os.environ, "CASEFLOW_ROSTER_DATABASE_URL": dsn, "CASEFLOW_CRASH_AT": "import.after_apply"}
+    cli = [sys.executable, "-m", "services.cli", "roster", "import", str(path), "--district", "d1"]
+
+    crashed = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+    assert await held_state(pool, "d1") == before  # the old roster, whole
+    assert await events_in_outbox(pool) == []
+
+    env.pop("CASEFLOW_CRASH_AT")
+    rerun = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    after = await held_state(pool, "d1")
+    assert after["students"]["S0"][1] == "04" and "S10" in after["students"]
+    kinds = [e.event_type for e in await change_events(pool)]
+    assert kinds.count("roster.student_updated.v1") == 1 and kinds.count("roster.student_enrolled.v1") == 1
