@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -38,6 +39,10 @@ class ServiceDefinition:
     subscriptions: list[Subscription] = field(default_factory=list)
     routers: list[APIRouter] = field(default_factory=list)
     publishes: list[Topic] = field(default_factory=list)
+    # Long-running jobs of the service besides its consumers (a drop-folder watcher, ...):
+    # each is called with the runtime once started, and cancelled at stop.
+    background: list[Callable[[ServiceRuntime], Awaitable[None]]] = field(default_factory=list)
+    options: Any = None  # the service's own settings, read by its app.py
 
 
 class ServiceRuntime:
@@ -52,6 +57,7 @@ class ServiceRuntime:
         self.broker: KafkaBroker | None = None
         self.relay: OutboxRelay | None = None
         self._relay_task: asyncio.Task | None = None
+        self._background: list[asyncio.Task] = []
         self.readiness = CachedCheck(self._check_readiness)
 
     async def start(self) -> None:
@@ -93,14 +99,17 @@ class ServiceRuntime:
             )
         await self.broker.start()
         self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
+        self._background = [asyncio.create_task(job(self), name=f"{self.name}-{job.__name__}")
+                            for job in self.definition.background]
         log.info("service started", topics=[sub.topic.name for sub in self.definition.subscriptions])
 
     async def stop(self) -> None:
         if self.broker is not None:
             await self.broker.stop()  # waits for in-flight batches (graceful_timeout)
-        if self._relay_task is not None:
-            self._relay_task.cancel()
-            await asyncio.gather(self._relay_task, return_exceptions=True)
+        for task in [*self._background, *([self._relay_task] if self._relay_task else [])]:
+            task.cancel()
+        await asyncio.gather(*self._background, *([self._relay_task] if self._relay_task else []),
+                             return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
         log.info("service stopped")
@@ -128,6 +137,13 @@ class ServiceRuntime:
             schema_version="3.0.0",
         ).to_specification().to_jsonable()
         return _with_subscribed_payloads(spec, self.definition, self.settings.kafka)
+
+    def spawn(self, coro, name: str) -> asyncio.Task:
+        """Run a job in the background (an import...); cancelled, like the others, at stop."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.append(task)
+        task.add_done_callback(lambda t: t in self._background and self._background.remove(t))
+        return task
 
     def http_app(self):
         return build_app(self, self.definition.routers)

@@ -1,53 +1,243 @@
-"""The roster's HTTP routes. Every read is scoped to the caller's district (and schools)."""
+"""The roster's HTTP routes. Every read and write is scoped to the caller's district (and,
+below district admins, their schools); another district's data answers 404."""
 
 from __future__ import annotations
 
+import csv
+import io
+import uuid
+from pathlib import Path
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse, Response
 
+from services.kit import logs
 from services.kit.auth import Caller, Identity, not_found
 from services.roster import store
+from services.roster.importer import ImportOptions, run_import
 
 router = APIRouter(prefix="/v1", tags=["roster"])
+log = logs.get("caseflow.roster.api")
 
 READERS = {"district_admin", "school_admin"}
+Page = Annotated[int, Query(ge=1, le=1000, description="page size")]
 
 
-def _require_reader(caller: Identity) -> list[str] | None:
+def _reader_scope(caller: Identity) -> list[str] | None:
+    """None: the whole district; else the schools the caller may see."""
     if not caller.roles & READERS:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "reading the roster needs the district_admin or school_admin role")
     return None if caller.district_wide else sorted(caller.schools)
 
 
-def _public(row) -> dict:
-    return {**dict(row), "student_id": str(row["student_id"])}
+def _require_district_admin(caller: Identity) -> None:
+    if not caller.district_wide:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "roster imports need the district_admin role")
+
+
+def _page(rows: list[dict], limit: int, cursor: str) -> dict:
+    return {"items": rows, "next_after": rows[-1][cursor] if len(rows) == limit else None}
+
+
+def _jsonable(row) -> dict:
+    return {k: (str(v) if isinstance(v, UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
+            for k, v in dict(row).items()}
+
+
+# ------------------------------------------------------------------------------ reads
 
 
 @router.get("/students")
-async def list_students(
-    request: Request,
-    caller: Caller,
-    school_id: str | None = None,
-    after: UUID | None = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> dict:
+async def list_students(request: Request, caller: Caller, school_id: str | None = None,
+                        include_withdrawn: bool = False, after: UUID | None = None, limit: Page = 100) -> dict:
     """Students of the caller's district (or their schools), by student id, a page at a time."""
-    schools = _require_reader(caller)
+    schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
-        rows = await store.students_page(
-            conn, district_id=caller.district_id, schools=schools, school_id=school_id, after=after, limit=limit
-        )
-    items = [_public(r) for r in rows]
-    return {"items": items, "next_after": items[-1]["student_id"] if len(items) == limit else None}
+        rows = await store.students_page(conn, district_id=caller.district_id, schools=schools, school_id=school_id,
+                                         include_withdrawn=include_withdrawn, after=after, limit=limit)
+    return _page([_jsonable(r) for r in rows], limit, "student_id")
 
 
 @router.get("/students/{student_id}")
 async def get_student(request: Request, caller: Caller, student_id: UUID) -> dict:
-    schools = _require_reader(caller)
+    schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
         row = await store.student(conn, district_id=caller.district_id, student_id=student_id)
     if row is None or (schools is not None and row["school_id"] not in schools):
         raise not_found("student not found")
-    return _public(row)
+    return _jsonable(row)
+
+
+@router.get("/staff")
+async def list_staff(request: Request, caller: Caller, school_id: str | None = None, after: UUID | None = None,
+                     limit: Page = 100) -> dict:
+    schools = _reader_scope(caller)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.staff_page(conn, district_id=caller.district_id, schools=schools, school_id=school_id,
+                                      after=after, limit=limit)
+    return _page([_jsonable(r) for r in rows], limit, "staff_id")
+
+
+@router.get("/classes")
+async def list_classes(request: Request, caller: Caller, school_id: str | None = None, after: UUID | None = None,
+                       limit: Page = 100) -> dict:
+    schools = _reader_scope(caller)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.classes_page(conn, district_id=caller.district_id, schools=schools, school_id=school_id,
+                                        after=after, limit=limit)
+    return _page([_jsonable(r) for r in rows], limit, "class_id")
+
+
+@router.get("/enrollments")
+async def list_enrollments(request: Request, caller: Caller, school_id: str | None = None,
+                           class_source_id: str | None = None, user_source_id: str | None = None,
+                           after: str | None = None, limit: Page = 100) -> dict:
+    """Enrolments (students and teachers in classes); `after` is the last item's `cursor`."""
+    schools = _reader_scope(caller)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.enrollments_page(conn, district_id=caller.district_id, schools=schools,
+                                            school_id=school_id, class_source_id=class_source_id,
+                                            user_source_id=user_source_id, after=after, limit=limit)
+    return _page([_jsonable(r) for r in rows], limit, "cursor")
+
+
+@router.get("/reconcile/{entity}/{source_id}")
+async def reconcile(request: Request, caller: Caller, entity: str, source_id: str) -> dict:
+    """What the last file said about a student or class, beside what the roster holds, so
+    "the file is right but the system is wrong" is settled in a minute."""
+    if entity not in ("students", "classes"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "reconciliation covers students and classes")
+    schools = _reader_scope(caller)
+    async with request.app.state.pool.acquire() as conn:
+        file_row, held = await store.reconciliation(conn, district_id=caller.district_id, entity=entity[:-1]
+                                                    if entity == "students" else "class", source_id=source_id)
+    school = (held or {}).get("school_id") or ((file_row or {}).get("row_data") or {}).get("school_id")
+    if (file_row is None and held is None) or (schools is not None and school not in schools):
+        raise not_found(f"{entity[:-1] if entity == 'students' else 'class'} not found")
+    file_view = None
+    if file_row is not None:
+        file_view = {"import_id": str(file_row["import_id"]), "file": file_row["file"], "line": file_row["line"],
+                     "said": file_row["row_data"]}
+    held_view = _jsonable(held) if held is not None else None
+    differences = []
+    if file_view and held_view:
+        said = file_view["said"]
+        differences = sorted(k for k in said if k != "status" and k in held_view and said[k] != held_view[k])
+        if said.get("status") == "active" and held_view.get("status") in ("withdrawn", "inactive"):
+            differences.append("status")
+    return {"source_id": source_id, "last_file": file_view, "held": held_view, "differences": differences}
+
+
+# ---------------------------------------------------------------------------- imports
+
+
+@router.post("/imports", status_code=status.HTTP_202_ACCEPTED)
+async def upload_import(request: Request, caller: Caller, dry_run: bool = False) -> JSONResponse:
+    """Upload a OneRoster package as a .zip (body: application/zip). The import runs in the
+    background; follow it at the returned location."""
+    _require_district_admin(caller)
+    options: ImportOptions = request.app.state.runtime.definition.options
+    import_id = uuid.uuid4()
+    path = options.packages / caller.district_id / f"{import_id}.zip"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = 0
+    with open(path, "wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > options.max_upload_bytes:
+                f.close()
+                path.unlink(missing_ok=True)
+                raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                    f"the package is larger than {options.max_upload_bytes:,} bytes")
+            f.write(chunk)
+    if size == 0:
+        path.unlink(missing_ok=True)
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty body: send the package as a .zip (application/zip)")
+    _start_import(request, caller, path, import_id, dry_run=dry_run, confirm=False)
+    return JSONResponse({"import_id": str(import_id), "status": "running"}, status_code=202,
+                        headers={"Location": f"/v1/imports/{import_id}"})
+
+
+@router.get("/imports")
+async def list_imports(request: Request, caller: Caller, limit: Page = 50) -> dict:
+    _require_district_admin(caller)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.imports(conn, district_id=caller.district_id, limit=limit)
+    return {"items": [_import_view(r) for r in rows]}
+
+
+@router.get("/imports/{import_id}")
+async def get_import(request: Request, caller: Caller, import_id: UUID) -> dict:
+    _require_district_admin(caller)
+    async with request.app.state.pool.acquire() as conn:
+        row = await store.import_(conn, district_id=caller.district_id, import_id=import_id)
+    if row is None:
+        raise not_found("import not found")
+    return _import_view(row)
+
+
+@router.get("/imports/{import_id}/problems", response_model=None)
+async def import_problems(request: Request, caller: Caller, import_id: UUID, format: str = "json",
+                          after: int = -1, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000):
+    """The import's row problems: file, line, column, value, reason (JSON, or format=csv)."""
+    _require_district_admin(caller)
+    async with request.app.state.pool.acquire() as conn:
+        if await store.import_(conn, district_id=caller.district_id, import_id=import_id) is None:
+            raise not_found("import not found")
+        rows = await store.import_problems(conn, import_id=import_id, after=after, limit=limit)
+    if format == "csv":
+        out = io.StringIO()
+        w = csv.writer(out)
+        w.writerow(["severity", "file", "line", "column", "value", "reason"])
+        for r in rows:
+            w.writerow([r["severity"], r["file"], r["line"], r["column"], r["value"], r["reason"]])
+        return Response(out.getvalue(), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="import-{import_id}-problems.csv"'})
+    items = [dict(r) for r in rows]
+    return {"items": items, "next_after": items[-1]["seq"] if len(items) == limit else None}
+
+
+@router.post("/imports/{import_id}/confirm", status_code=status.HTTP_202_ACCEPTED)
+async def confirm_import(request: Request, caller: Caller, import_id: UUID) -> dict:
+    """Apply an import the wipe guard held, after a person checked it."""
+    _require_district_admin(caller)
+    async with request.app.state.pool.acquire() as conn:
+        row = await store.import_(conn, district_id=caller.district_id, import_id=import_id)
+    if row is None:
+        raise not_found("import not found")
+    if row["status"] != "held" or not row["package_path"] or not Path(row["package_path"]).exists():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"only a held import can be confirmed; this one is {row['status']}")
+    _start_import(request, caller, Path(row["package_path"]), import_id, dry_run=False, confirm=True)
+    return {"import_id": str(import_id), "status": "running"}
+
+
+def _start_import(request: Request, caller: Identity, path: Path, import_id: UUID, *, dry_run: bool,
+                  confirm: bool) -> None:
+    runtime = request.app.state.runtime
+    options: ImportOptions = runtime.definition.options
+
+    async def job() -> None:
+        try:
+            result = await run_import(runtime.pool, district_id=caller.district_id, path=path,
+                                      kafka=runtime.settings.kafka, origin="http", created_by=caller.email,
+                                      dry_run=dry_run, confirm=confirm, wipe_share=options.wipe_share,
+                                      import_id=import_id)
+            if result.status != "held":
+                path.unlink(missing_ok=True)
+            runtime.relay.wake()
+        except Exception as e:  # noqa: BLE001 - recorded on the import, for the person who uploaded it
+            log.error("import failed", import_id=str(import_id), error=repr(e))
+            async with runtime.pool.acquire() as conn:
+                await conn.execute("UPDATE imports SET status = 'failed', message = $2, finished_at = now() "
+                                   "WHERE import_id = $1", import_id, f"failed: {type(e).__name__}")
+
+    runtime.spawn(job(), name=f"import-{import_id}")
+
+
+def _import_view(row) -> dict:
+    view = _jsonable(row)
+    view.pop("package_path", None)
+    view["problems"] = f"/v1/imports/{row['import_id']}/problems"
+    return view

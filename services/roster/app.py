@@ -6,10 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from contracts.sis import SisStudentEnrolled
-from contracts.topics import ROSTER_STUDENTS, SIS_STUDENTS
+from contracts.topics import (
+    ROSTER_CLASSES,
+    ROSTER_ENROLLMENTS,
+    ROSTER_IMPORTS,
+    ROSTER_STAFF,
+    ROSTER_STUDENTS,
+    SIS_STUDENTS,
+)
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
-from services.roster import api, handlers
+from services.roster import api, dropfolder, handlers
+from services.roster.importer import ImportOptions
 
 
 def definition() -> ServiceDefinition:
@@ -27,5 +35,7 @@ def definition() -> ServiceDefinition:
             )
         ],
         routers=[api.router],
-        publishes=[ROSTER_STUDENTS],
+        publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],
+        background=[dropfolder.watch],
+        options=ImportOptions.from_env(),
     )

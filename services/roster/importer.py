@@ -11,6 +11,7 @@ district's active students is held until someone confirms it.
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,13 +23,36 @@ from contracts.roster import RosterImportCompleted
 from contracts.topics import ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, ROSTER_STUDENTS
 from services.kit import logs, outbox
 from services.kit.crash import crashpoint
-from services.kit.settings import KafkaSettings
+from services.kit.settings import HOME, KafkaSettings
 from services.roster.oneroster import Known, Package, PackageRejected, Problem, Reader
 
 log = logs.get("caseflow.roster.import")
 
 SOURCE = "caseflow.roster"
 DEFAULT_WIPE_SHARE = 0.20
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """The roster's import settings (CASEFLOW_ROSTER_*)."""
+
+    wipe_share: float = DEFAULT_WIPE_SHARE
+    packages: Path = HOME / "roster-packages"  # uploads, kept while an import is held
+    max_upload_bytes: int = 2 * 1024**3
+    drop_folder: Path | None = None  # <drop>/<district>/inbox/ ... processed/ failed/ held/
+    drop_poll_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> ImportOptions:
+        env = dict(os.environ if env is None else env)
+        drop = env.get("CASEFLOW_ROSTER_DROP_FOLDER")
+        return cls(
+            wipe_share=float(env.get("CASEFLOW_ROSTER_WIPE_SHARE", DEFAULT_WIPE_SHARE)),
+            packages=Path(env.get("CASEFLOW_ROSTER_PACKAGES", HOME / "roster-packages")),
+            max_upload_bytes=int(env.get("CASEFLOW_ROSTER_MAX_UPLOAD_BYTES", 2 * 1024**3)),
+            drop_folder=Path(drop) if drop else None,
+            drop_poll_seconds=float(env.get("CASEFLOW_ROSTER_DROP_POLL_SECONDS", 2.0)),
+        )
 
 
 @dataclass
@@ -376,7 +400,10 @@ WHERE e.district_id = $1 AND (
                           AND s.user_source_id = e.user_source_id AND s.status = 'active'))
    OR (NOT {enrollments_bulk} AND EXISTS (SELECT 1 FROM stage_enrollments s WHERE s.class_source_id = e.class_source_id
                           AND s.user_source_id = e.user_source_id AND s.status = 'tobedeleted'))
-   OR EXISTS (SELECT 1 FROM class_removals r WHERE r.source_id = e.class_source_id));
+   OR EXISTS (SELECT 1 FROM class_removals r WHERE r.source_id = e.class_source_id)
+   -- A withdrawn student, or a deactivated teacher, leaves their classes too.
+   OR (e.role = 'student' AND EXISTS (SELECT 1 FROM student_withdrawals w WHERE w.source_id = e.user_source_id))
+   OR (e.role <> 'student' AND EXISTS (SELECT 1 FROM staff_deactivations d WHERE d.source_id = e.user_source_id)));
 
 CREATE TEMP TABLE enrollment_additions ON COMMIT DROP AS
 SELECT s.class_source_id, s.user_source_id, s.role, s.is_primary FROM stage_enrollments s

@@ -10,6 +10,7 @@ import asyncpg
 from services.roster.domain import Student
 
 _COLUMNS = "student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, state_id"
+_READ = _COLUMNS + ", status, withdrawn_at, updated_at"
 
 
 async def lock_students(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> dict[UUID, Student]:
@@ -44,20 +45,102 @@ async def save_students(conn: asyncpg.Connection, students: Iterable[Student]) -
 
 async def students_page(
     conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None, school_id: str | None,
-    after: UUID | None, limit: int,
+    include_withdrawn: bool, after: UUID | None, limit: int,
 ) -> list[asyncpg.Record]:
     return await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM students
+        f"""SELECT {_READ} FROM students
             WHERE district_id = $1
               AND ($2::text[] IS NULL OR school_id = ANY($2))
               AND ($3::text IS NULL OR school_id = $3)
               AND ($4::uuid IS NULL OR student_id > $4)
+              AND ($6 OR status = 'active')
             ORDER BY student_id LIMIT $5""",
-        district_id, schools, school_id, after, limit,
+        district_id, schools, school_id, after, limit, include_withdrawn,
     )
 
 
 async def student(conn: asyncpg.Connection, *, district_id: str, student_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM students WHERE district_id = $1 AND student_id = $2", district_id, student_id
+        f"SELECT {_READ} FROM students WHERE district_id = $1 AND student_id = $2", district_id, student_id
+    )
+
+
+async def staff_page(conn, *, district_id: str, schools: list[str] | None, school_id: str | None,
+                     after: UUID | None, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT staff_id, source_id, role, given_name, family_name, email, identifier, school_ids, status,
+                  email IS NOT NULL AS matched
+           FROM staff
+           WHERE district_id = $1 AND ($2::text[] IS NULL OR school_ids && $2)
+             AND ($3::text IS NULL OR $3 = ANY(school_ids)) AND ($4::uuid IS NULL OR staff_id > $4)
+           ORDER BY staff_id LIMIT $5""",
+        district_id, schools, school_id, after, limit,
+    )
+
+
+async def classes_page(conn, *, district_id: str, schools: list[str] | None, school_id: str | None,
+                       after: UUID | None, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT class_id, source_id, school_id, class_type, title, class_code, course_source_id, grades, periods
+           FROM classes
+           WHERE district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2))
+             AND ($3::text IS NULL OR school_id = $3) AND ($4::uuid IS NULL OR class_id > $4)
+           ORDER BY class_id LIMIT $5""",
+        district_id, schools, school_id, after, limit,
+    )
+
+
+async def enrollments_page(conn, *, district_id: str, schools: list[str] | None, school_id: str | None,
+                           class_source_id: str | None, user_source_id: str | None, after: str | None,
+                           limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT e.class_source_id, e.user_source_id, e.role, e.is_primary AS primary, c.school_id,
+                  e.class_source_id || chr(31) || e.user_source_id AS cursor
+           FROM enrollments e JOIN classes c ON c.district_id = e.district_id AND c.source_id = e.class_source_id
+           WHERE e.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2))
+             AND ($3::text IS NULL OR c.school_id = $3) AND ($4::text IS NULL OR e.class_source_id = $4)
+             AND ($5::text IS NULL OR e.user_source_id = $5)
+             AND ($6::text IS NULL OR (e.class_source_id || chr(31) || e.user_source_id) > $6)
+           ORDER BY e.class_source_id || chr(31) || e.user_source_id LIMIT $7""",
+        district_id, schools, school_id, class_source_id, user_source_id, after, limit,
+    )
+
+
+async def reconciliation(conn, *, district_id: str, entity: str, source_id: str):
+    file_row = await conn.fetchrow(
+        "SELECT import_id, file, line, row_data FROM last_file_rows WHERE district_id = $1 AND entity = $2 "
+        "AND source_id = $3", district_id, entity, source_id,
+    )
+    if entity == "student":
+        held = await conn.fetchrow(
+            "SELECT student_id, source_id, school_id, grade, status, withdrawn_at, updated_at FROM students "
+            "WHERE district_id = $1 AND source_id = $2", district_id, source_id)
+    else:
+        held = await conn.fetchrow(
+            "SELECT class_id, source_id, school_id, class_type, title, grades, periods, updated_at FROM classes "
+            "WHERE district_id = $1 AND source_id = $2", district_id, source_id)
+    return (dict(file_row) if file_row else None), (dict(held) if held else None)
+
+
+_IMPORT = """import_id, district_id, origin, package_name, package_path, status, message, summary, error_count,
+             warning_count, created_by, created_at, finished_at"""
+
+
+async def imports(conn, *, district_id: str, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_IMPORT} FROM imports WHERE district_id = $1 ORDER BY created_at DESC LIMIT $2", district_id, limit
+    )
+
+
+async def import_(conn, *, district_id: str, import_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {_IMPORT} FROM imports WHERE district_id = $1 AND import_id = $2", district_id, import_id
+    )
+
+
+async def import_problems(conn, *, import_id: UUID, after: int, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT seq, severity, file, line, "column", value, reason FROM import_problems
+           WHERE import_id = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
+        import_id, after, limit,
     )

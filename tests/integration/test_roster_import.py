@@ -326,3 +326,81 @@ async def test_a_crash_in_the_middle_of_an_import_leaves_the_old_roster_and_a_re
     assert after["students"]["S0"][1] == "04" and "S10" in after["students"]
     kinds = [e.event_type for e in await change_events(pool)]
     assert kinds.count("roster.student_updated.v1") == 1 and kinds.count("roster.student_enrolled.v1") == 1
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oneroster"
+
+
+async def test_the_next_days_file_publishes_exactly_what_changed(service_db):
+    pool = await service_db("roster")
+    first = await run_import(pool, district_id="nycdoe", path=FIXTURES / "bulk_small", kafka=KAFKA)
+    assert first.status == "applied" and first.error_count == 0, first.problems
+    await clear_outbox(pool)
+    before = await held_state(pool, "nycdoe")
+    result = await run_import(pool, district_id="nycdoe", path=FIXTURES / "bulk_small_next", kafka=KAFKA)
+    assert {k: v for k, v in result.counts.items() if v} == {
+        "students_enrolled": 1,  # stu-0013
+        "students_updated": 2,  # stu-0012 grade, stu-0009 name
+        "students_withdrawn": 1,  # stu-0004
+        "staff_upserted": 1,  # stf-1005 now has an email
+        "classes_removed": 1,  # ART-01
+        "enrollments_added": 3,  # enr-0207, enr-0208, enr-0307
+        "enrollments_removed": 6,  # enr-0106 (withdrawn), enr-0303 (moved), ART-01's four
+    }
+    events = await change_events(pool)
+    updated = {e.source_id: e.changed for e in events if e.event_type == "roster.student_updated.v1"}
+    assert updated == {"stu-0012": ["grade"], "stu-0009": ["family_name"]}
+    (teacher,) = [e for e in events if e.event_type == "roster.staff_upserted.v1"]
+    assert teacher.source_id == "stf-1005" and teacher.matched and teacher.email.startswith("keisha.williams1@")
+    assert apply_events(before, events) == await held_state(pool, "nycdoe")
+
+
+async def test_a_delta_withdraws_a_student_from_their_classes_too(service_db):
+    pool = await service_db("roster")
+    await run_import(pool, district_id="nycdoe", path=FIXTURES / "bulk_small", kafka=KAFKA)
+    await clear_outbox(pool)
+    result = await run_import(pool, district_id="nycdoe", path=FIXTURES / "delta_small", kafka=KAFKA)
+    assert result.status == "applied" and result.error_count == 0, result.problems
+    assert {k: v for k, v in result.counts.items() if v} == {
+        "students_enrolled": 1, "students_withdrawn": 1, "enrollments_added": 1,
+        "enrollments_removed": 2}  # enr-0202 as sent, and stu-0002's homeroom with him
+    state = await held_state(pool, "nycdoe")
+    assert len(state["enrollments"]) == 32
+    assert state["students"]["stu-0002"][-1] == "withdrawn"
+
+
+async def test_every_kind_of_bad_row_is_reported_where_it_is(service_db):
+    pool = await service_db("roster")
+    result = await run_import(pool, district_id="nycdoe", path=FIXTURES / "errors_small", kafka=KAFKA)
+    assert result.status == "applied"
+    found = {(p.severity, p.file, p.line, p.column, p.value) : p.reason for p in result.problems}
+    expected = [
+        ("error", "users.csv", 20, "familyName", "", "missing required field"),
+        ("error", "classes.csv", 15, "classType", "lab", "bad value"),
+        ("error", "users.csv", 21, "role", "janitor", "bad value"),
+        ("error", "demographics.csv", 9, "birthDate", "2014-02-30", "is not a date"),
+        ("error", "users.csv", 22, "sourcedId", "stu-0007", "duplicate sourcedId"),
+        ("error", "users.csv", 23, "orgSourcedIds", "sch-99X999", "refers to an unknown org"),
+        ("error", "enrollments.csv", 35, "classSourcedId", "cls-02M475-PHYS-01", "refers to an unknown class"),
+        ("error", "classes.csv", 14, "courseSourcedId", "crs-02M475-BIO", "refers to an unknown course"),
+        ("error", "enrollments.csv", 36, "userSourcedId", "stu-9999", "refers to an unknown user"),
+        ("warning", "users.csv", 6, "email", "", "teacher without email"),
+        ("error", "enrollments.csv", 37, "classSourcedId", "cls-02M001-3-402", "already in a homeroom"),
+    ]
+    for severity, file, line, column, value, reason in expected:
+        key = (severity, file, line, column, value)
+        assert key in found, f"missing {key}; found {sorted(found)}"
+        assert reason in found[key]
+    assert len(result.problems) == len(expected)
+    state = await held_state(pool, "nycdoe")
+    assert len([s for s in state["students"].values() if s[-1] == "active"]) == 12
+    assert len(state["enrollments"]) == 33
+
+
+@pytest.mark.parametrize(("package", "message"), [("no_manifest", "no manifest.csv"),
+                                                  ("missing_bulk_file", "no users.csv")])
+async def test_a_package_missing_its_manifest_or_a_bulk_file_is_rejected(service_db, package, message):
+    pool = await service_db("roster")
+    result = await run_import(pool, district_id="nycdoe", path=FIXTURES / package, kafka=KAFKA)
+    assert result.status == "rejected" and message in result.message
+    assert await held_state(pool, "nycdoe") == {"students": {}, "staff": {}, "classes": {}, "enrollments": {}}

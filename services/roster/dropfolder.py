@@ -1,0 +1,107 @@
+"""The drop folder: how districts deliver files by SFTP today.
+
+Layout, per district: <drop>/<district>/inbox/ receives packages (a .zip, or a folder with
+manifest.csv). A package is picked up once it is complete: its size and modification time
+have not changed between two looks. It is moved to processing/ (a rename, so it is picked
+up once even with several instances), imported, then moved to processed/, held/ or failed/
+with its report beside it (<name>.report.json and <name>.problems.csv).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import shutil
+from pathlib import Path
+
+from services.kit import logs
+from services.roster.importer import ImportOptions, ImportResult, run_import
+
+log = logs.get("caseflow.roster.drop")
+
+
+def _fingerprint(path: Path) -> tuple:
+    if path.is_dir():
+        return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir()))
+    stat = path.stat()
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+def _is_candidate(path: Path) -> bool:
+    if path.name.startswith("."):
+        return False  # half-written uploads (.name.part, editors' temp files)
+    return path.suffix == ".zip" or (path.is_dir() and (path / "manifest.csv").exists())
+
+
+async def watch(runtime) -> None:
+    """Background job of the roster service."""
+    options: ImportOptions = runtime.definition.options
+    if options.drop_folder is None:
+        return
+    seen: dict[Path, tuple] = {}
+    log.info("watching the drop folder", folder=str(options.drop_folder))
+    while True:
+        try:
+            seen = await scan_once(runtime.pool, runtime.settings.kafka, options, seen, runtime.relay.wake)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a bad pass is logged; the next pass tries again
+            log.error("drop folder pass failed", error=repr(e))
+        await asyncio.sleep(options.drop_poll_seconds)
+
+
+async def scan_once(pool, kafka, options: ImportOptions, seen: dict[Path, tuple], on_applied=lambda: None
+                    ) -> dict[Path, tuple]:
+    """One look at every district's inbox; import what has settled since the last look."""
+    now: dict[Path, tuple] = {}
+    for inbox in sorted(options.drop_folder.glob("*/inbox")):
+        district = inbox.parent.name
+        for path in sorted(inbox.iterdir()):
+            if not _is_candidate(path):
+                continue
+            fingerprint = _fingerprint(path)
+            if seen.get(path) != fingerprint:
+                now[path] = fingerprint  # new or still growing: look again next time
+                continue
+            await _process(pool, kafka, options, district, path)
+            on_applied()
+    return now
+
+
+async def _process(pool, kafka, options: ImportOptions, district: str, path: Path) -> ImportResult | None:
+    base = path.parent.parent
+    processing = base / "processing" / path.name
+    processing.parent.mkdir(exist_ok=True)
+    try:
+        path.rename(processing)  # only one instance wins the rename
+    except FileNotFoundError:
+        return None
+    result = await run_import(pool, district_id=district, path=processing, kafka=kafka, origin="drop-folder",
+                              wipe_share=options.wipe_share)
+    outcome = {"applied": "processed", "held": "held"}.get(result.status, "failed")
+    target_dir = base / outcome
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / path.name
+    if target.exists():
+        target = target_dir / f"{path.stem}-{result.import_id}{path.suffix}"
+    shutil.move(str(processing), target)
+    _write_report(target, result)
+    log.info("drop folder package handled", district_id=district, package=path.name, outcome=outcome,
+             import_id=str(result.import_id))
+    return result
+
+
+def _write_report(package: Path, result: ImportResult) -> None:
+    report = {
+        "import_id": str(result.import_id), "district_id": result.district_id, "status": result.status,
+        "message": result.message, "counts": result.counts, "rows_skipped": result.error_count,
+        "warnings": result.warning_count,
+    }
+    stem = package.name.removesuffix(".zip")
+    (package.parent / f"{stem}.report.json").write_text(json.dumps(report, indent=2) + "\n")
+    with open(package.parent / f"{stem}.problems.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["severity", "file", "line", "column", "value", "reason"])
+        for p in result.problems:
+            w.writerow([p.severity, p.file, p.line, p.column, p.value, p.reason])
