@@ -1,0 +1,171 @@
+"""The roster's import API and drop folder on a running roster service (real Kafka and
+PostgreSQL): a district admin uploads a package, follows it, reads its problems; a
+package dropped in the district's inbox is imported once and filed with its report."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import Stack, eventually, token
+
+pytestmark = pytest.mark.integration
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "oneroster"
+DISTRICT = "nycdoe"
+
+
+def zipped(folder: Path, to: Path) -> bytes:
+    with zipfile.ZipFile(to, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(folder.glob("*.csv")):
+            z.write(p, p.name)
+    return to.read_bytes()
+
+
+def admin(district: str = DISTRICT) -> dict:
+    return {"Authorization": f"Bearer {token(district, ['district_admin'])}"}
+
+
+@pytest.fixture
+async def roster(system: Stack, tmp_path):
+    await system.prepare("roster")
+    drop = tmp_path / "drop"
+    (drop / DISTRICT / "inbox").mkdir(parents=True)
+    service = await system.service("roster", CASEFLOW_ROSTER_DROP_FOLDER=str(drop),
+                                   CASEFLOW_ROSTER_DROP_POLL_SECONDS="0.3",
+                                   CASEFLOW_ROSTER_PACKAGES=str(tmp_path / "packages")).start().ready()
+    service.drop = drop
+    return service
+
+
+async def finished(client: httpx.AsyncClient, location: str) -> dict:
+    async def done():
+        body = (await client.get(location, headers=admin())).json()
+        return body if body["status"] != "running" else None
+
+    return await eventually(done, what="the import to finish")
+
+
+async def test_a_district_admin_uploads_a_package_and_reads_its_report(roster, tmp_path):
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        upload = await client.post("/v1/imports", content=zipped(FIXTURES / "errors_small", tmp_path / "p.zip"),
+                                   headers={**admin(), "Content-Type": "application/zip"})
+        assert upload.status_code == 202
+        report = await finished(client, upload.headers["Location"])
+        assert report["status"] == "applied" and report["error_count"] == 10 and report["warning_count"] == 1
+        assert report["summary"]["students_enrolled"] == 12
+
+        problems = (await client.get(report["problems"], headers=admin())).json()["items"]
+        assert any(p["file"] == "users.csv" and p["line"] == 20 and p["column"] == "familyName"
+                   and p["reason"] == "missing required field" for p in problems)
+        as_csv = await client.get(report["problems"] + "?format=csv", headers=admin())
+        rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+        assert as_csv.headers["content-type"].startswith("text/csv") and len(rows) == 11
+        assert set(rows[0]) == {"severity", "file", "line", "column", "value", "reason"}
+
+        history = (await client.get("/v1/imports", headers=admin())).json()["items"]
+        assert [i["import_id"] for i in history] == [report["import_id"]]
+        students = (await client.get("/v1/students?limit=5", headers=admin())).json()
+        assert len(students["items"]) == 5 and students["next_after"]
+        staff = (await client.get("/v1/staff", headers=admin())).json()["items"]
+        assert {s["source_id"]: s["matched"] for s in staff}["stf-1005"] is False
+        classes = (await client.get("/v1/classes?school_id=sch-02M001", headers=admin())).json()["items"]
+        assert {c["class_type"] for c in classes} <= {"homeroom", "scheduled"} and classes
+        enrolled = (await client.get("/v1/enrollments?user_source_id=stu-0001", headers=admin())).json()["items"]
+        assert enrolled and all(e["user_source_id"] == "stu-0001" for e in enrolled)
+
+
+async def test_imports_and_their_reports_are_the_district_admins_alone(roster, tmp_path):
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        upload = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "p.zip"),
+                                   headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, upload.headers["Location"])
+        location = upload.headers["Location"]
+        assert (await client.get(location, headers=admin("another-district"))).status_code == 404
+        assert (await client.get(location + "/problems", headers=admin("another-district"))).status_code == 404
+        school_admin = {"Authorization": f"Bearer {token(DISTRICT, ['school_admin'], ['sch-02M001'])}"}
+        refused = await client.post("/v1/imports", content=b"PK", headers={**school_admin,
+                                                                             "Content-Type": "application/zip"})
+        assert refused.status_code == 403 and "district_admin" in refused.json()["detail"]
+        assert (await client.post("/v1/imports", content=b"", headers=admin())).status_code == 400
+
+
+async def test_a_held_import_is_applied_only_when_confirmed(roster, tmp_path):
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        first = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "a.zip"),
+                                  headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, first.headers["Location"])
+        empty_users = tmp_path / "truncated"
+        shutil.copytree(FIXTURES / "bulk_small", empty_users)
+        lines = (empty_users / "users.csv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
+        (empty_users / "users.csv").write_text("".join(lines[:3]))  # the SIS export died after two rows
+        upload = await client.post("/v1/imports", content=zipped(empty_users, tmp_path / "t.zip"),
+                                   headers={**admin(), "Content-Type": "application/zip"})
+        held = await finished(client, upload.headers["Location"])
+        assert held["status"] == "held" and "withdraw" in held["message"]
+        active = (await client.get("/v1/students?limit=1000", headers=admin())).json()["items"]
+        assert len(active) == 12  # nothing changed
+
+        confirm = await client.post(upload.headers["Location"] + "/confirm", headers=admin())
+        assert confirm.status_code == 202
+        applied = await eventually(lambda: _status_is(client, upload.headers["Location"], "applied"),
+                                   what="the confirmed import")
+        assert applied["summary"]["students_withdrawn"] >= 10
+        again = await client.post(upload.headers["Location"] + "/confirm", headers=admin())
+        assert again.status_code == 409
+
+
+async def _status_is(client, location, wanted):
+    body = (await client.get(location, headers=admin())).json()
+    return body if body["status"] == wanted else None
+
+
+async def test_a_package_in_the_drop_folder_is_imported_once_and_filed_with_its_report(roster, tmp_path):
+    inbox = roster.drop / DISTRICT / "inbox"
+    zipped(FIXTURES / "bulk_small", inbox / "2026-09-01.zip")
+    shutil.copytree(FIXTURES / "no_manifest", inbox / "2026-09-02")  # a folder without a manifest: not a package yet
+
+    processed = roster.drop / DISTRICT / "processed"
+    await eventually(lambda: _exists(processed / "2026-09-01.report.json"), what="the processed package")
+    report = json.loads((processed / "2026-09-01.report.json").read_text())
+    assert report["status"] == "applied" and report["counts"]["students_enrolled"] == 12
+    assert (processed / "2026-09-01.zip").exists() and (processed / "2026-09-01.problems.csv").exists()
+    assert not (inbox / "2026-09-01.zip").exists()
+
+    zipped(FIXTURES / "missing_bulk_file", inbox / "2026-09-03.zip")
+    failed = roster.drop / DISTRICT / "failed"
+    await eventually(lambda: _exists(failed / "2026-09-03.report.json"), what="the failed package")
+    assert "no users.csv" in json.loads((failed / "2026-09-03.report.json").read_text())["message"]
+    assert (inbox / "2026-09-02").exists()  # left alone
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        history = (await client.get("/v1/imports", headers=admin())).json()["items"]
+    assert sorted(i["status"] for i in history) == ["applied", "rejected"]
+    assert {i["origin"] for i in history} == {"drop-folder"}
+
+
+async def _exists(path: Path) -> bool:
+    await asyncio.sleep(0)
+    return path.exists()
+
+
+async def test_reconciliation_shows_what_the_file_said_beside_what_is_held(roster, tmp_path):
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        upload = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "p.zip"),
+                                   headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, upload.headers["Location"])
+        view = (await client.get("/v1/reconcile/students/stu-0012", headers=admin())).json()
+        assert view["last_file"]["file"] == "users.csv" and view["last_file"]["line"] > 1
+        assert view["last_file"]["said"]["grade"] == view["held"]["grade"] == "10"
+        assert view["differences"] == []
+        assert (await client.get("/v1/reconcile/students/stu-0012",
+                                 headers=admin("another-district"))).status_code == 404
+        klass = (await client.get("/v1/reconcile/classes/cls-02M001-3-401", headers=admin())).json()
+        assert klass["held"]["class_type"] == "homeroom"
