@@ -144,6 +144,7 @@ async def main() -> None:
             print(f"  {label:22s} stored {stored:7.1f} s   published {publish:7.1f} s   total {stored + publish:7.1f} s"
                   f"   {changes:>10,} change events ({sent:,} messages sent)   status {result.status}"
                   f"   {stored / raw:5.1f}x raw")
+            print("      phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
         print(f"  peak RSS of this process: {peak_rss_mb():,.0f} MB")
         await pool.close()
 

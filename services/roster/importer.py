@@ -12,6 +12,7 @@ district's active students is held until someone confirms it.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from services.roster.oneroster import Known, Package, PackageRejected, Problem, 
 log = logs.get("caseflow.roster.import")
 
 SOURCE = "caseflow.roster"
+_LONG = 3600.0  # seconds: one statement of a city-sized import may take minutes
 DEFAULT_WIPE_SHARE = 0.20
 
 
@@ -66,6 +68,7 @@ class ImportResult:
     error_count: int = 0
     warning_count: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)  # a few source ids per change kind
+    seconds: dict[str, float] = field(default_factory=dict)  # time per phase: read, diff, apply
 
 
 async def run_import(
@@ -120,11 +123,22 @@ async def _import(conn, package: Package, import_id, district_id: str, kafka: Ka
     try:
         await conn.execute("SET LOCAL TimeZone = 'UTC'")
         await conn.execute(_STAGING)
+        clock = time.perf_counter()
         reader = Reader(package, district_id, await _held_ids(conn, district_id, package))
         await _stage(conn, package, reader)
+        # Temporary tables get no statistics by themselves: without them the planner may
+        # pick nested loops over a million rows.
+        await conn.execute(_STAGING_INDEXES, timeout=_LONG)
+        await conn.execute("ANALYZE stage_schools, stage_classes, stage_students, stage_staff, stage_birth_dates, "
+                           "stage_enrollments, students, staff, classes, enrollments", timeout=_LONG)
+        result.seconds["read_and_stage"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         for statement in _diff_statements(package):
-            await conn.execute(statement, *([district_id] if "$1" in statement else []))
+            await conn.execute(statement, *([district_id] if "$1" in statement else []), timeout=_LONG)
+            if statement.startswith("CREATE TEMP TABLE"):
+                await conn.execute(f"ANALYZE {statement.split()[3]}", timeout=_LONG)
         result.counts = await _counts(conn)
+        result.seconds["diff"] = time.perf_counter() - clock
         result.problems = reader.problems
         result.error_count = sum(1 for p in reader.problems if p.severity == "error") + max(
             0, reader.problem_count - len(reader.problems))
@@ -144,6 +158,7 @@ async def _import(conn, package: Package, import_id, district_id: str, kafka: Ka
             raise _Held
 
         crashpoint("import.before_apply")
+        clock = time.perf_counter()
         await _apply(conn, import_id, district_id, kafka)
         crashpoint("import.after_apply")
         completed = RosterImportCompleted(
@@ -159,6 +174,7 @@ async def _import(conn, package: Package, import_id, district_id: str, kafka: Ka
         )
         result.message = _applied_message(result)
         await tx.commit()
+        result.seconds["apply_and_commit"] = time.perf_counter() - clock
     except _Held:
         await tx.rollback()
     except BaseException:
@@ -217,12 +233,12 @@ async def _held_ids(conn, district_id: str, package: Package) -> Known:
 async def _stage(conn, package: Package, reader: Reader) -> None:
     """Stream each file, in dependency order, through the reader into its staging table."""
     if package.mode("orgs") != "absent":
-        await conn.copy_records_to_table("stage_schools", records=reader.schools())
+        await conn.copy_records_to_table("stage_schools", records=reader.schools(), timeout=_LONG)
     if package.mode("courses") != "absent":
         for _ in reader.courses():  # courses are only checked against, not kept
             pass
     if package.mode("classes") != "absent":
-        await conn.copy_records_to_table("stage_classes", records=reader.classes())
+        await conn.copy_records_to_table("stage_classes", records=reader.classes(), timeout=_LONG)
     if package.mode("users") != "absent":
         staff: list[tuple] = []
 
@@ -233,12 +249,12 @@ async def _stage(conn, package: Package, reader: Reader) -> None:
                 else:
                     staff.append(row)  # a district has ~1 staff member for 15 students: fine in memory
 
-        await conn.copy_records_to_table("stage_students", records=students())
-        await conn.copy_records_to_table("stage_staff", records=staff)
+        await conn.copy_records_to_table("stage_students", records=students(), timeout=_LONG)
+        await conn.copy_records_to_table("stage_staff", records=staff, timeout=_LONG)
     if package.mode("demographics") != "absent":
-        await conn.copy_records_to_table("stage_birth_dates", records=reader.birth_dates())
+        await conn.copy_records_to_table("stage_birth_dates", records=reader.birth_dates(), timeout=_LONG)
     if package.mode("enrollments") != "absent":
-        await conn.copy_records_to_table("stage_enrollments", records=reader.enrollments())
+        await conn.copy_records_to_table("stage_enrollments", records=reader.enrollments(), timeout=_LONG)
 
 
 async def _counts(conn) -> dict[str, int]:
@@ -281,11 +297,11 @@ async def _apply(conn, import_id: uuid.UUID, district_id: str, kafka: KafkaSetti
     params = [district_id, occurred, str(import_id)]
     topics = {t.name: kafka.topic(t.name) for t in (ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS)}
     for sql in _APPLY_STATE_BEFORE_EVENTS:
-        await conn.execute(sql, district_id)
+        await conn.execute(sql, district_id, timeout=_LONG)
     for event in _EVENTS:
-        await conn.execute(event.sql, *params, topics[event.topic])
+        await conn.execute(event.sql, *params, topics[event.topic], timeout=_LONG)
     for sql in _APPLY_STATE_AFTER_EVENTS:
-        await conn.execute(sql, district_id)
+        await conn.execute(sql, district_id, timeout=_LONG)
     await conn.execute(
         """INSERT INTO last_file_rows (district_id, entity, source_id, import_id, file, line, row_data)
            SELECT $1, 'student', source_id, $2::uuid, 'users.csv', line,
@@ -299,7 +315,7 @@ async def _apply(conn, import_id: uuid.UUID, district_id: str, kafka: KafkaSetti
            ON CONFLICT (district_id, entity, source_id) DO UPDATE SET
                import_id = EXCLUDED.import_id, file = EXCLUDED.file, line = EXCLUDED.line,
                row_data = EXCLUDED.row_data""",
-        district_id, import_id,
+        district_id, import_id, timeout=_LONG,
     )
 
 
@@ -329,6 +345,14 @@ def _diff_statements(package: Package) -> list[str]:
     sql = _DIFF.format(**{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
     return [statement.strip() for statement in sql.split(";") if statement.strip()]
 
+
+_STAGING_INDEXES = """
+CREATE INDEX ON stage_students (student_id);
+CREATE INDEX ON stage_staff (staff_id);
+CREATE INDEX ON stage_classes (class_id);
+CREATE INDEX ON stage_birth_dates (source_id);
+CREATE INDEX ON stage_enrollments (class_source_id, user_source_id);
+"""
 
 # $1 is the district; {flags} are the package's file modes.
 _DIFF = """
@@ -416,6 +440,8 @@ WHERE s.status = 'active'
 
 # State that events read from (ids of people and classes) is written first; removals of
 # classes and enrolments are applied after their events are built from the current rows.
+# Each person has at most one event per statement but for enrolments, whose order among
+# themselves does not matter; across kinds, the order of the statements is the order.
 _APPLY_STATE_BEFORE_EVENTS = [
     """INSERT INTO schools (district_id, school_id, name, identifier)
        SELECT $1, source_id, name, identifier FROM stage_schools WHERE status = 'active'
@@ -493,8 +519,7 @@ _ENROLLMENT_ROWS = """
     FROM {table} x
     JOIN classes c ON c.district_id = $1 AND c.source_id = x.class_source_id
     LEFT JOIN students st ON x.role = 'student' AND st.district_id = $1 AND st.source_id = x.user_source_id
-    LEFT JOIN staff sf ON x.role <> 'student' AND sf.district_id = $1 AND sf.source_id = x.user_source_id
-    ORDER BY 1"""
+    LEFT JOIN staff sf ON x.role <> 'student' AND sf.district_id = $1 AND sf.source_id = x.user_source_id"""
 _ENROLLMENT_FIELDS = {
     "person_id": "e.person_id", "role": "e.role", "class_id": "e.class_id",
     "class_source_id": "e.class_source_id", "user_source_id": "e.user_source_id", "school_id": "e.school_id",
@@ -502,24 +527,24 @@ _ENROLLMENT_FIELDS = {
 
 _EVENTS = [
     _event_sql("roster.student_enrolled.v1", ROSTER_STUDENTS.name,
-               "SELECT * FROM student_changes WHERE change = 'enrolled' ORDER BY student_id", "e.student_id",
+               "SELECT * FROM student_changes WHERE change = 'enrolled'", "e.student_id",
                _STUDENT_FIELDS),
     _event_sql("roster.student_updated.v1", ROSTER_STUDENTS.name,
-               "SELECT * FROM student_changes WHERE change = 'updated' ORDER BY student_id", "e.student_id",
+               "SELECT * FROM student_changes WHERE change = 'updated'", "e.student_id",
                {**_STUDENT_FIELDS, "changed": "to_json(e.changed)"}),
     _event_sql("roster.student_withdrawn.v1", ROSTER_STUDENTS.name,
-               "SELECT * FROM student_withdrawals ORDER BY student_id", "e.student_id",
+               "SELECT * FROM student_withdrawals", "e.student_id",
                {"student_id": "e.student_id", "source_id": "e.source_id", "school_id": "e.school_id",
                 "reason": "e.reason"}),
-    _event_sql("roster.staff_upserted.v1", ROSTER_STAFF.name, "SELECT * FROM staff_changes ORDER BY staff_id",
+    _event_sql("roster.staff_upserted.v1", ROSTER_STAFF.name, "SELECT * FROM staff_changes",
                "e.staff_id",
                {"staff_id": "e.staff_id", "source_id": "e.source_id", "role": "e.role", "given_name": "e.given_name",
                 "family_name": "e.family_name", "email": "e.email", "identifier": "e.identifier",
                 "school_ids": "to_json(e.school_ids)", "matched": "(e.email IS NOT NULL)"}),
     _event_sql("roster.staff_deactivated.v1", ROSTER_STAFF.name,
-               "SELECT * FROM staff_deactivations ORDER BY staff_id", "e.staff_id",
+               "SELECT * FROM staff_deactivations", "e.staff_id",
                {"staff_id": "e.staff_id", "source_id": "e.source_id"}),
-    _event_sql("roster.class_upserted.v1", ROSTER_CLASSES.name, "SELECT * FROM class_changes ORDER BY class_id",
+    _event_sql("roster.class_upserted.v1", ROSTER_CLASSES.name, "SELECT * FROM class_changes",
                "e.class_id",
                {"class_id": "e.class_id", "source_id": "e.source_id", "school_id": "e.school_id",
                 "class_type": "e.class_type", "title": "e.title", "class_code": "e.class_code",
@@ -529,7 +554,7 @@ _EVENTS = [
                _ENROLLMENT_ROWS.format(person=_PERSON, extra="", table="enrollment_removals"), "e.person_id",
                _ENROLLMENT_FIELDS),
     # Classes go after their enrolments' removal events, and before the additions.
-    _event_sql("roster.class_removed.v1", ROSTER_CLASSES.name, "SELECT * FROM class_removals ORDER BY class_id",
+    _event_sql("roster.class_removed.v1", ROSTER_CLASSES.name, "SELECT * FROM class_removals",
                "e.class_id", {"class_id": "e.class_id", "source_id": "e.source_id", "school_id": "e.school_id"}),
     _event_sql("roster.enrollment_added.v1", ROSTER_ENROLLMENTS.name,
                _ENROLLMENT_ROWS.format(person=_PERSON, extra=", x.is_primary", table="enrollment_additions"),
