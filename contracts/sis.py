@@ -26,3 +26,23 @@ class SisStudentEnrolled(Event):
     birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
     email: str | None = Field(default=None, max_length=320, description="Student's email, if any (personal data: never logged).")
     state_id: str | None = Field(default=None, max_length=64, description="State or city student id (e.g. OSIS number).")
+
+
+class SisStudentWithdrawn(Event):
+    """A district's SIS says a student left the district (discharged, transferred out)."""
+
+    event_type: Literal["sis.student_withdrawn.v1"] = Field(default="sis.student_withdrawn.v1", description="Event type and major version.")
+    source_id: str = Field(min_length=1, max_length=128, description="The student's id in the SIS (OneRoster sourcedId).")
+
+
+class SisStaffUpserted(Event):
+    """A district's SIS says a staff member (teacher, aide, administrator) exists, as now."""
+
+    event_type: Literal["sis.staff_upserted.v1"] = Field(default="sis.staff_upserted.v1", description="Event type and major version.")
+    source_id: str = Field(min_length=1, max_length=128, description="The staff member's id in the SIS.")
+    role: Literal["teacher", "aide", "administrator"] = Field(description="OneRoster role.")
+    given_name: str = Field(min_length=1, max_length=200, description="Given name.")
+    family_name: str = Field(min_length=1, max_length=200, description="Family name.")
+    email: str | None = Field(default=None, max_length=320, description="Login email; none leaves the teacher unmatched.")
+    identifier: str | None = Field(default=None, max_length=64, description="District staff id (e.g. EIS number).")
+    school_ids: list[str] = Field(min_length=1, description="Schools the staff member works in (SIS org ids).")

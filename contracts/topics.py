@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contracts.caseload import CaseloadMembershipAdded, CaseloadMembershipRemoved
 from contracts.envelope import Event
 from contracts.roster import (
     ClassRemoved,
@@ -21,7 +22,7 @@ from contracts.roster import (
     StudentUpdated,
     StudentWithdrawn,
 )
-from contracts.sis import SisStudentEnrolled
+from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,16 @@ SIS_STUDENTS = Topic(
     name="sis.students.v1",
     key_field="source_id",
     partitions=6,
-    events=(SisStudentEnrolled,),
+    events=(SisStudentEnrolled, SisStudentWithdrawn),
     description="Student facts from districts' SIS systems, keyed by the student's SIS id.",
+)
+
+SIS_STAFF = Topic(
+    name="sis.staff.v1",
+    key_field="source_id",
+    partitions=3,
+    events=(SisStaffUpserted,),
+    description="Staff facts from districts' SIS systems, keyed by the staff member's SIS id.",
 )
 
 ROSTER_STUDENTS = Topic(
@@ -96,9 +105,18 @@ ROSTER_IMPORTS = Topic(
     description="Completed roster imports with their counts, keyed by district.",
 )
 
+CASELOAD_MEMBERSHIPS = Topic(
+    name="caseload.memberships.v1",
+    key_field="student_id",
+    partitions=12,
+    events=(CaseloadMembershipAdded, CaseloadMembershipRemoved),
+    description="Students added to and removed from staff members' caseloads, with the reason; keyed by student.",
+)
+
 TOPICS: dict[str, Topic] = {
     t.name: t
-    for t in (SIS_STUDENTS, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS)
+    for t in (SIS_STUDENTS, SIS_STAFF, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS,
+              CASELOAD_MEMBERSHIPS)
 }
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}

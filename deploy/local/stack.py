@@ -149,6 +149,7 @@ def _service_env(base: dict[str, str], *, home: Path, bootstrap: str, dsn: str,
         DATABASE_URL=dsn,
         CASEFLOW_SMTP_HOST="127.0.0.1",
         CASEFLOW_SMTP_PORT=str(smtp_port),
+        CASEFLOW_ROSTER_DROP_FOLDER=base.get("CASEFLOW_ROSTER_DROP_FOLDER") or str(home / "drop"),
     )
     if not env.get("CASEFLOW_JWT_SECRET"):
         env["CASEFLOW_JWT_SECRET"] = dev_secret()
@@ -370,6 +371,8 @@ def _summary(elapsed: float, ports: dict[str, int], env: dict[str, str], *, brok
     else:
         _say("SMTP sink   off (--no-smtp)")
     _say(f"Logs        {logs_dir}/<service>.log")
+    _say(f"Drop folder {env['CASEFLOW_ROSTER_DROP_FOLDER']}/<district>/inbox/   (OneRoster .zip or folder; "
+         f"filed in processed/, held/ or failed/ with a report)")
     _say(rule)
     roster = f"http://127.0.0.1:{ports['roster']}"
     cli = "caseflow" if shutil.which("caseflow") else str(Path(sys.executable).parent / "caseflow")
@@ -381,4 +384,6 @@ def _summary(elapsed: float, ports: dict[str, int], env: dict[str, str], *, brok
             cli = f"CASEFLOW_HOME={env['CASEFLOW_HOME']} {cli}"
     _say(f"  TOKEN=$({cli} token --email you@district.org --district demo --role district_admin)")
     _say(f'  curl -H "Authorization: Bearer $TOKEN" {roster}/v1/students')
+    _say(f'  curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/zip" '
+         f'--data-binary @package.zip {roster}/v1/imports')
     _say(rule)

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.roster import StudentEnrolled, StudentUpdated
-from contracts.topics import ROSTER_STUDENTS
+from contracts.roster import (
+    ClassRemoved,
+    ClassUpserted,
+    EnrollmentAdded,
+    EnrollmentRemoved,
+    StaffDeactivated,
+    StaffUpserted,
+    StudentEnrolled,
+    StudentUpdated,
+    StudentWithdrawn,
+)
+from contracts.topics import CASELOAD_MEMBERSHIPS, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, ROSTER_STUDENTS
 from services.caseload import api, handlers
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
@@ -23,9 +33,30 @@ def definition() -> ServiceDefinition:
                 handlers={
                     StudentEnrolled: handlers.on_roster_students,
                     StudentUpdated: handlers.on_roster_students,
+                    StudentWithdrawn: handlers.on_roster_students,
                 },
                 description="The roster's students, kept as the caseload service's own projection.",
-            )
+            ),
+            Subscription(
+                topic=ROSTER_STAFF,
+                consumer="caseflow.caseload.roster-staff",
+                handlers={StaffUpserted: handlers.on_roster_staff, StaffDeactivated: handlers.on_roster_staff},
+                description="Staff accounts: a teacher's caseload needs their login email.",
+            ),
+            Subscription(
+                topic=ROSTER_CLASSES,
+                consumer="caseflow.caseload.roster-classes",
+                handlers={ClassUpserted: handlers.on_roster_classes, ClassRemoved: handlers.on_roster_classes},
+                description="Official classes and course sections.",
+            ),
+            Subscription(
+                topic=ROSTER_ENROLLMENTS,
+                consumer="caseflow.caseload.roster-enrollments",
+                handlers={EnrollmentAdded: handlers.on_roster_enrollments,
+                          EnrollmentRemoved: handlers.on_roster_enrollments},
+                description="Who is in which class: students and their teachers.",
+            ),
         ],
         routers=[api.router],
+        publishes=[CASELOAD_MEMBERSHIPS],
     )

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contracts.sis import SisStudentEnrolled
+from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 from contracts.topics import (
     ROSTER_CLASSES,
     ROSTER_ENROLLMENTS,
     ROSTER_IMPORTS,
     ROSTER_STAFF,
     ROSTER_STUDENTS,
+    SIS_STAFF,
     SIS_STUDENTS,
 )
 from services.kit.consumer import Subscription
@@ -30,9 +31,18 @@ def definition() -> ServiceDefinition:
             Subscription(
                 topic=SIS_STUDENTS,
                 consumer="caseflow.roster.sis-students",
-                handlers={SisStudentEnrolled: handlers.on_sis_students_enrolled},
+                handlers={
+                    SisStudentEnrolled: handlers.on_sis_students_enrolled,
+                    SisStudentWithdrawn: handlers.on_sis_students_withdrawn,
+                },
                 description="Student facts from districts' SIS systems.",
-            )
+            ),
+            Subscription(
+                topic=SIS_STAFF,
+                consumer="caseflow.roster.sis-staff",
+                handlers={SisStaffUpserted: handlers.on_sis_staff_upserted},
+                description="Staff facts from districts' SIS systems.",
+            ),
         ],
         routers=[api.router],
         publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],

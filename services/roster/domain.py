@@ -9,8 +9,8 @@ from functools import lru_cache
 from datetime import date
 from uuid import UUID
 
-from contracts.roster import StudentEnrolled, StudentUpdated
-from contracts.sis import SisStudentEnrolled
+from contracts.roster import EnrollmentRemoved, StaffUpserted, StudentEnrolled, StudentUpdated, StudentWithdrawn
+from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 
 # Student ids are derived from (district, SIS id): the same student gets the same id from
 # every feed (SIS events, OneRoster files), on every instance, with no lookup.
@@ -89,3 +89,76 @@ def _caused_by(event_id: UUID) -> UUID:
     # One incoming fact causes at most one roster event; deriving its id from the cause
     # keeps it stable if the same fact is ever applied again.
     return uuid.uuid5(_STUDENT_IDS, f"caused-by\n{event_id}")
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    class_id: UUID
+    class_source_id: str
+    school_id: str
+    role: str
+
+
+def withdraw(
+    student: Student | None, enrollments: list[Enrollment], fact: SisStudentWithdrawn
+) -> list[StudentWithdrawn | EnrollmentRemoved]:
+    """The SIS withdrew a student: the same change a bulk file without them makes. The
+    student leaves their classes first, then the roster. Unknown or already withdrawn
+    students change nothing."""
+    if student is None:
+        return []
+    common = dict(district_id=fact.district_id, occurred_at=fact.occurred_at,
+                  correlation_id=fact.correlation_id or str(fact.event_id), producer="caseflow.roster")
+    events: list[StudentWithdrawn | EnrollmentRemoved] = [
+        EnrollmentRemoved(event_id=uuid.uuid5(_STUDENT_IDS, f"caused-by\n{fact.event_id}\n{e.class_source_id}"),
+                          person_id=student.student_id, role="student", class_id=e.class_id,
+                          class_source_id=e.class_source_id, user_source_id=student.source_id,
+                          school_id=e.school_id, **common)
+        for e in enrollments
+    ]
+    events.append(StudentWithdrawn(event_id=_caused_by(fact.event_id), student_id=student.student_id,
+                                   source_id=student.source_id, school_id=student.school_id,
+                                   reason="sis_withdrawal", **common))
+    return events
+
+
+@dataclass(frozen=True)
+class StaffMember:
+    staff_id: UUID
+    district_id: str
+    source_id: str
+    role: str
+    given_name: str
+    family_name: str
+    email: str | None
+    identifier: str | None
+    school_ids: tuple[str, ...]
+
+
+def staff_id_for(district_id: str, source_id: str) -> UUID:
+    """The same id the OneRoster files give the same staff member."""
+    return uuid.uuid5(_STUDENT_IDS, f"{district_id}\nstaff\n{source_id}")
+
+
+def upsert_staff(
+    current: dict[UUID, StaffMember], facts: list[SisStaffUpserted]
+) -> tuple[dict[UUID, StaffMember], list[StaffUpserted]]:
+    """Apply SIS staff facts in order; only a new or changed account says anything."""
+    held = dict(current)
+    changed: dict[UUID, StaffMember] = {}
+    events: list[StaffUpserted] = []
+    for fact in facts:
+        sid = staff_id_for(fact.district_id, fact.source_id)
+        incoming = StaffMember(sid, fact.district_id, fact.source_id, fact.role, fact.given_name, fact.family_name,
+                               fact.email, fact.identifier, tuple(fact.school_ids))
+        if held.get(sid) == incoming:
+            continue
+        held[sid] = changed[sid] = incoming
+        events.append(StaffUpserted(
+            event_id=_caused_by(fact.event_id), district_id=fact.district_id, occurred_at=fact.occurred_at,
+            correlation_id=fact.correlation_id or str(fact.event_id), producer="caseflow.roster", staff_id=sid,
+            source_id=fact.source_id, role=fact.role, given_name=fact.given_name, family_name=fact.family_name,
+            email=fact.email, identifier=fact.identifier, school_ids=list(fact.school_ids),
+            matched=fact.email is not None,
+        ))
+    return changed, events

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts.sis import SisStudentEnrolled
+from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 from services.kit.consumer import UnitOfWork
 from services.roster import domain, store
 
@@ -11,5 +11,26 @@ async def on_sis_students_enrolled(uow: UnitOfWork, facts: list[SisStudentEnroll
     held = await store.lock_students(uow.conn, (domain.student_id_for(f.district_id, f.source_id) for f in facts))
     changed, events = domain.enrol(held, facts)
     await store.save_students(uow.conn, changed.values())
+    for event in events:
+        uow.emit(event)
+
+
+async def on_sis_students_withdrawn(uow: UnitOfWork, facts: list[SisStudentWithdrawn]) -> None:
+    for fact in facts:  # rare, and each touches the student's enrolments: one at a time is fine
+        sid = domain.student_id_for(fact.district_id, fact.source_id)
+        held = (await store.lock_students(uow.conn, [sid])).get(sid)
+        enrolled = [domain.Enrollment(**dict(r)) for r in
+                    await store.class_enrollments_of(uow.conn, fact.district_id, fact.source_id)] if held else []
+        events = domain.withdraw(held, enrolled, fact)
+        if events:
+            await store.withdraw_student(uow.conn, fact.district_id, fact.source_id)
+        for event in events:
+            uow.emit(event)
+
+
+async def on_sis_staff_upserted(uow: UnitOfWork, facts: list[SisStaffUpserted]) -> None:
+    held = await store.lock_staff(uow.conn, (domain.staff_id_for(f.district_id, f.source_id) for f in facts))
+    changed, events = domain.upsert_staff(held, facts)
+    await store.save_staff(uow.conn, changed.values())
     for event in events:
         uow.emit(event)

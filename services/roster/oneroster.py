@@ -22,6 +22,7 @@ from datetime import date
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
+from services.roster.domain import staff_id_for as _staff_id_for
 from services.roster.domain import student_id_for
 
 MODES = ("bulk", "delta", "absent")
@@ -37,9 +38,7 @@ ENROLLMENT_ROLES = ("student", "teacher", "aide", "administrator", "proctor")
 _IDS = uuid.UUID("3d5b8a52-6d0c-4c3e-8f3e-2b7f0c6a9d11")
 
 
-@lru_cache(maxsize=65_536)
-def staff_id_for(district_id: str, source_id: str) -> uuid.UUID:
-    return uuid.uuid5(_IDS, f"{district_id}\nstaff\n{source_id}")
+staff_id_for = lru_cache(maxsize=65_536)(_staff_id_for)
 
 
 @lru_cache(maxsize=65_536)

@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.roster.domain import Student
+from services.roster.domain import StaffMember, Student
 
 _COLUMNS = "student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, state_id"
 _READ = _COLUMNS + ", status, withdrawn_at, updated_at"
@@ -40,6 +40,50 @@ async def save_students(conn: asyncpg.Connection, students: Iterable[Student]) -
              s.birth_date, s.email, s.state_id)
             for s in rows
         ), strict=True)),
+    )
+
+
+async def lock_staff(conn: asyncpg.Connection, staff_ids: Iterable[UUID]) -> dict[UUID, StaffMember]:
+    rows = await conn.fetch(
+        """SELECT staff_id, district_id, source_id, role, given_name, family_name, email, identifier, school_ids
+           FROM staff WHERE staff_id = ANY($1::uuid[]) AND status = 'active' ORDER BY staff_id FOR UPDATE""",
+        list(set(staff_ids)),
+    )
+    return {r["staff_id"]: StaffMember(**{**dict(r), "school_ids": tuple(r["school_ids"])}) for r in rows}
+
+
+async def save_staff(conn: asyncpg.Connection, staff: Iterable[StaffMember]) -> None:
+    await conn.executemany(
+        """INSERT INTO staff (staff_id, district_id, source_id, role, given_name, family_name, email, identifier,
+                              school_ids, status)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active')
+           ON CONFLICT (staff_id) DO UPDATE SET role = EXCLUDED.role, given_name = EXCLUDED.given_name,
+               family_name = EXCLUDED.family_name, email = EXCLUDED.email, identifier = EXCLUDED.identifier,
+               school_ids = EXCLUDED.school_ids, status = 'active', updated_at = now()""",
+        [(s.staff_id, s.district_id, s.source_id, s.role, s.given_name, s.family_name, s.email, s.identifier,
+          list(s.school_ids)) for s in staff],
+    )
+
+
+async def class_enrollments_of(conn: asyncpg.Connection, district_id: str, source_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT c.class_id, e.class_source_id, c.school_id, e.role FROM enrollments e
+           JOIN classes c ON c.district_id = e.district_id AND c.source_id = e.class_source_id
+           WHERE e.district_id = $1 AND e.user_source_id = $2 AND e.role = 'student'
+           ORDER BY e.class_source_id""",
+        district_id, source_id,
+    )
+
+
+async def withdraw_student(conn: asyncpg.Connection, district_id: str, source_id: str) -> None:
+    await conn.execute(
+        "DELETE FROM enrollments WHERE district_id = $1 AND user_source_id = $2 AND role = 'student'",
+        district_id, source_id,
+    )
+    await conn.execute(
+        """UPDATE students SET status = 'withdrawn', withdrawn_at = now(), updated_at = now()
+           WHERE district_id = $1 AND source_id = $2""",
+        district_id, source_id,
     )
 
 

@@ -82,6 +82,17 @@ async def test_a_district_admin_uploads_a_package_and_reads_its_report(roster, t
         enrolled = (await client.get("/v1/enrollments?user_source_id=stu-0001", headers=admin())).json()["items"]
         assert enrolled and all(e["user_source_id"] == "stu-0001" for e in enrolled)
 
+    # The import's events left through the outbox onto the real broker, keyed by student.
+    async def published():
+        return len(await roster.stack.records("roster.students.v1")) == 12 or None
+
+    await eventually(published, what="the 12 StudentEnrolled events on Kafka")
+    records = await roster.stack.records("roster.students.v1")
+    assert {dict(r.headers)["ce_type"] for r in records} == {b"roster.student_enrolled.v1"}
+    assert all(json.loads(r.value)["student_id"].encode() == r.key for r in records)
+    completed = await roster.stack.records("roster.imports.v1")
+    assert json.loads(completed[0].value)["rejected_rows"] == 10
+
 
 async def test_imports_and_their_reports_are_the_district_admins_alone(roster, tmp_path):
     async with httpx.AsyncClient(base_url=roster.url) as client:

@@ -404,3 +404,35 @@ async def test_a_package_missing_its_manifest_or_a_bulk_file_is_rejected(service
     result = await run_import(pool, district_id="nycdoe", path=FIXTURES / package, kafka=KAFKA)
     assert result.status == "rejected" and message in result.message
     assert await held_state(pool, "nycdoe") == {"students": {}, "staff": {}, "classes": {}, "enrollments": {}}
+
+
+async def test_the_sis_feed_and_the_files_converge_on_the_same_roster(service_db, tmp_path):
+    """A student withdrawn by the SIS, or left out of the next bulk file: the same roster."""
+    from contracts.sis import SisStudentWithdrawn
+    from services.kit.consumer import UnitOfWork
+    from services.kit.settings import AuthSettings, Settings
+    from services.roster.handlers import on_sis_students_withdrawn
+
+    by_file, by_sis = await service_db("roster"), await service_db("roster")
+    day1 = school_roster(10)
+    day2 = school_roster(10)
+    del day2.students["S3"]
+    day2.enrollments = {k: v for k, v in day2.enrollments.items() if k[1] != "S3"}
+    for pool in (by_file, by_sis):
+        await run_import(pool, district_id="d1", path=write(day1, tmp_path / "day1"), kafka=KAFKA)
+        await clear_outbox(pool)
+
+    await run_import(by_file, district_id="d1", path=write(day2, tmp_path / "day2"), kafka=KAFKA)
+    settings = Settings(service="roster", database_url="", kafka=KAFKA, auth=AuthSettings(secret="x" * 40), http_port=0)
+    async with by_sis.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.roster", settings=settings)
+        await on_sis_students_withdrawn(uow, [SisStudentWithdrawn(district_id="d1", source_id="S3")])
+        from services.kit import outbox
+        await outbox.write(conn, uow.outgoing)
+
+    file_state, sis_state = await held_state(by_file, "d1"), await held_state(by_sis, "d1")
+    assert file_state == sis_state
+    assert file_state["students"]["S3"][-1] == "withdrawn"
+    kinds = lambda events: sorted(e.event_type for e in events)  # noqa: E731
+    assert kinds(await change_events(by_file)) == kinds(await change_events(by_sis)) == [
+        "roster.enrollment_removed.v1", "roster.student_withdrawn.v1"]

@@ -87,3 +87,24 @@ def test_the_roster_holds_the_last_fact_about_each_student(sequence):
         last = [x for x in sequence if x.source_id == f.source_id][-1]
         student = held[student_id_for("d1", f.source_id)]
         assert (student.grade, student.school_id) == (last.grade, last.school_id)
+
+
+def test_a_staff_member_from_the_sis_gets_the_same_id_as_from_the_files():
+    from services.roster.oneroster import staff_id_for as file_staff_id
+
+    from services.roster.domain import staff_id_for
+
+    assert staff_id_for("d1", "T-1") == file_staff_id("d1", "T-1")
+
+
+def test_sis_staff_facts_say_only_what_changed_and_match_a_teacher_once_they_have_an_email():
+    from contracts.sis import SisStaffUpserted
+    from services.roster.domain import upsert_staff
+
+    fact = SisStaffUpserted(district_id="d1", source_id="T-1", role="teacher", given_name="Maria",
+                            family_name="Lopez", school_ids=["02M001"], occurred_at=T0)
+    held, events = upsert_staff({}, [fact])
+    assert [e.matched for e in events] == [False]
+    assert upsert_staff(held, [fact]) == ({}, [])
+    _, events = upsert_staff(held, [fact.model_copy(update={"email": "mlopez@example.org"})])
+    assert [(e.matched, e.email) for e in events] == [(True, "mlopez@example.org")]
