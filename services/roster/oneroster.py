@@ -34,6 +34,7 @@ GRADES = frozenset(
 STAFF_ROLES = ("teacher", "aide", "administrator")
 IGNORED_ROLES = ("guardian", "parent", "proctor", "relative")
 ENROLLMENT_ROLES = ("student", "teacher", "aide", "administrator", "proctor")
+_ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
 
 _IDS = uuid.UUID("3d5b8a52-6d0c-4c3e-8f3e-2b7f0c6a9d11")
 
@@ -365,38 +366,54 @@ class Reader:
                 yield (sid, born)
 
     def enrollments(self) -> Iterator[tuple]:
+        """The largest file (eight million rows for a city): a well-formed row takes the short
+        path below; anything unusual goes through the checks that name the problem."""
         file = "enrollments"
         seen: set[str] = set()
         homerooms: dict[tuple[str, str], int] = {}
+        classes, users = self.known.classes, self.known.users
         for line, row in self._rows(file):
-            sid = self._required(file, line, row, "sourcedId")
-            status = self._status(file, line, row)
-            class_sid = self._required(file, line, row, "classSourcedId")
-            user_sid = self._required(file, line, row, "userSourcedId")
-            role = self._enum(file, line, row, "role", ENROLLMENT_ROLES)
-            if None in (sid, status, class_sid, user_sid, role) or self._duplicate(file, line, sid, seen):
+            sid, status = row.get("sourcedId"), row.get("status")
+            class_sid, user_sid, role = row.get("classSourcedId"), row.get("userSourcedId"), row.get("role")
+            if not (sid and class_sid and user_sid and role in _ENROLLMENT_ROLE_SET and status in ("", "active")
+                    and sid.strip() == sid and class_sid.strip() == class_sid and user_sid.strip() == user_sid):
+                # the long way: report exactly what is wrong, or normalise (spaces, tobedeleted)
+                sid = self._required(file, line, row, "sourcedId")
+                status = self._status(file, line, row)
+                class_sid = self._required(file, line, row, "classSourcedId")
+                user_sid = self._required(file, line, row, "userSourcedId")
+                role = self._enum(file, line, row, "role", ENROLLMENT_ROLES)
+                if None in (sid, status, class_sid, user_sid, role):
+                    continue
+            else:
+                status = "active"
+            if sid in seen:
+                self._problem(file, line, "sourcedId", sid, "duplicate sourcedId")
                 continue
+            seen.add(sid)
             if status == "tobedeleted":
                 yield (class_sid, user_sid, role, False, status)
                 continue
-            if class_sid not in self.known.classes:
+            klass = classes.get(class_sid)
+            if klass is None:
                 self._problem(file, line, "classSourcedId", class_sid, "refers to an unknown class")
                 continue
-            if user_sid not in self.known.users:
+            if user_sid not in users:
                 self._problem(file, line, "userSourcedId", user_sid, "refers to an unknown user")
                 continue
-            primary_raw = (row.get("primary") or "false").strip().lower()
-            if primary_raw not in ("true", "false"):
-                self._problem(file, line, "primary", row.get("primary"), "bad value: expected true or false")
-                continue
-            school, class_type = self.known.classes[class_sid]
-            if role == "student" and class_type == "homeroom":
-                first = homerooms.setdefault((user_sid, school), line)
+            primary = row.get("primary") or "false"
+            if primary not in ("true", "false"):
+                primary = primary.strip().lower()
+                if primary not in ("true", "false"):
+                    self._problem(file, line, "primary", row.get("primary"), "bad value: expected true or false")
+                    continue
+            if role == "student" and klass[1] == "homeroom":
+                first = homerooms.setdefault((user_sid, klass[0]), line)
                 if first != line:
                     self._problem(file, line, "classSourcedId", class_sid,
                                   f"student already in a homeroom at this school (line {first})")
                     continue
-            yield (class_sid, user_sid, role, primary_raw == "true", status)
+            yield (class_sid, user_sid, role, primary == "true", status)
 
     # ------------------------------------------------------------------------ helpers
 
