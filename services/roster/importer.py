@@ -314,7 +314,10 @@ async def _apply(conn, import_id: uuid.UUID, district_id: str, kafka: KafkaSetti
            FROM stage_classes
            ON CONFLICT (district_id, entity, source_id) DO UPDATE SET
                import_id = EXCLUDED.import_id, file = EXCLUDED.file, line = EXCLUDED.line,
-               row_data = EXCLUDED.row_data""",
+               row_data = EXCLUDED.row_data
+           -- Unchanged rows keep the import that last changed what the file says about them:
+           -- a daily re-import of the same roster rewrites nothing.
+           WHERE (last_file_rows.line, last_file_rows.row_data) IS DISTINCT FROM (EXCLUDED.line, EXCLUDED.row_data)""",
         district_id, import_id, timeout=_LONG,
     )
 
