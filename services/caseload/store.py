@@ -167,7 +167,7 @@ async def caseload_of(conn: asyncpg.Connection, *, district_id: str, owner_email
                       grade: str | None, reason: str | None, after: UUID | None, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         """SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.grade,
-                  json_agg(json_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
+                  jsonb_agg(jsonb_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
                            ORDER BY m.since, m.detail) AS why
            FROM memberships m JOIN students s ON s.student_id = m.student_id
            WHERE m.district_id = $1 AND m.owner_email = $2
