@@ -18,7 +18,7 @@ from contracts.topics import (
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
 from services.roster import api, dropfolder, handlers
-from services.roster.importer import ImportOptions
+from services.roster.importer import ImportOptions, recover_on_start
 
 
 def definition() -> ServiceDefinition:
@@ -46,6 +46,6 @@ def definition() -> ServiceDefinition:
         ],
         routers=[api.router],
         publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],
-        background=[dropfolder.watch],
+        background=[recover_on_start, dropfolder.watch],
         options=ImportOptions.from_env(),
     )

@@ -39,6 +39,9 @@ async def watch(runtime) -> None:
     options: ImportOptions = runtime.definition.options
     if options.drop_folder is None:
         return
+    requeued = requeue_interrupted(options.drop_folder)
+    if requeued:
+        log.warning("drop-folder packages interrupted by a stop, back in their inbox", packages=requeued)
     seen: dict[Path, tuple] = {}
     log.info("watching the drop folder", folder=str(options.drop_folder))
     while True:
@@ -49,6 +52,19 @@ async def watch(runtime) -> None:
         except Exception as e:  # noqa: BLE001 - a bad pass is logged; the next pass tries again
             log.error("drop folder pass failed", error=repr(e))
         await asyncio.sleep(options.drop_poll_seconds)
+
+
+def requeue_interrupted(drop_folder: Path) -> list[str]:
+    """A package left in processing/ by a stop was never applied: put it back in the inbox,
+    so the next pass imports it."""
+    moved = []
+    for leftover in sorted(drop_folder.glob("*/processing/*")):
+        inbox = leftover.parent.parent / "inbox"
+        inbox.mkdir(exist_ok=True)
+        if not (inbox / leftover.name).exists():
+            leftover.rename(inbox / leftover.name)
+            moved.append(f"{leftover.parent.parent.name}/{leftover.name}")
+    return moved
 
 
 async def scan_once(pool, kafka, options: ImportOptions, seen: dict[Path, tuple], on_applied=lambda: None

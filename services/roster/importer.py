@@ -85,13 +85,57 @@ async def run_import(
     import_id: uuid.UUID | None = None,
 ) -> ImportResult:
     import_id = import_id or uuid.uuid4()
+    async with pool.acquire() as running:  # holds the import's lock until it ends; see recover_interrupted
+        await running.execute("SELECT pg_advisory_lock($1)", _lock_key(import_id))
+        return await _run(pool, running, district_id=district_id, path=path, kafka=kafka, origin=origin,
+                          created_by=created_by, dry_run=dry_run, confirm=confirm, wipe_share=wipe_share,
+                          import_id=import_id)
+
+
+def _lock_key(import_id: uuid.UUID) -> int:
+    return int.from_bytes(import_id.bytes[:8], "big", signed=True)
+
+
+async def recover_interrupted(pool: asyncpg.Pool) -> list[uuid.UUID]:
+    """Imports left 'running' by a process that died: nothing of theirs was applied (one
+    transaction), so say so, and let the district send the package again. An import that
+    another live instance is running holds its lock and is left alone."""
+    interrupted = []
     async with pool.acquire() as conn:
-        await conn.execute(
-            """INSERT INTO imports (import_id, district_id, origin, package_name, package_path, status, created_by)
-               VALUES ($1, $2, $3, $4, $5, 'running', $6)
-               ON CONFLICT (import_id) DO UPDATE SET status = 'running', finished_at = NULL""",
-            import_id, district_id, origin, path.name, str(path), created_by,
-        )
+        for row in await conn.fetch("SELECT import_id FROM imports WHERE status = 'running'"):
+            key = _lock_key(row["import_id"])
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                try:
+                    done = await conn.execute(
+                        """UPDATE imports SET status = 'failed', finished_at = now(),
+                               message = 'interrupted: the roster service stopped during this import; nothing '
+                                         'was changed; send the package again'
+                           WHERE import_id = $1 AND status = 'running'""",
+                        row["import_id"],
+                    )
+                    if done.endswith("1"):
+                        interrupted.append(row["import_id"])
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock($1)", key)
+    return interrupted
+
+
+async def recover_on_start(runtime) -> None:
+    """Background job of the roster service: settle the imports a stop interrupted."""
+    interrupted = await recover_interrupted(runtime.pool)
+    if interrupted:
+        log.warning("imports interrupted by a stop, marked failed", imports=[str(i) for i in interrupted])
+
+
+async def _run(pool: asyncpg.Pool, running, *, district_id: str, path: Path, kafka: KafkaSettings, origin: str,
+               created_by: str | None, dry_run: bool, confirm: bool, wipe_share: float,
+               import_id: uuid.UUID) -> ImportResult:
+    await running.execute(
+        """INSERT INTO imports (import_id, district_id, origin, package_name, package_path, status, created_by)
+           VALUES ($1, $2, $3, $4, $5, 'running', $6)
+           ON CONFLICT (import_id) DO UPDATE SET status = 'running', finished_at = NULL""",
+        import_id, district_id, origin, path.name, str(path), created_by,
+    )
     try:
         package = Package(path)
     except PackageRejected as e:

@@ -436,3 +436,31 @@ async def test_the_sis_feed_and_the_files_converge_on_the_same_roster(service_db
     kinds = lambda events: sorted(e.event_type for e in events)  # noqa: E731
     assert kinds(await change_events(by_file)) == kinds(await change_events(by_sis)) == [
         "roster.enrollment_removed.v1", "roster.student_withdrawn.v1"]
+
+
+async def test_an_import_interrupted_by_a_stop_is_marked_failed_and_a_running_one_is_left_alone(service_db, tmp_path):
+    from services.roster.importer import _lock_key, recover_interrupted
+
+    pool = await service_db("roster")
+    died, alive = uuid.uuid4(), uuid.uuid4()
+    async with pool.acquire() as conn:
+        for import_id in (died, alive):
+            await conn.execute("INSERT INTO imports (import_id, district_id, origin, package_name, status) "
+                               "VALUES ($1, 'd1', 'http', 'p.zip', 'running')", import_id)
+    async with pool.acquire() as other_instance:
+        await other_instance.execute("SELECT pg_advisory_lock($1)", _lock_key(alive))  # still importing
+        assert await recover_interrupted(pool) == [died]
+        await other_instance.execute("SELECT pg_advisory_unlock($1)", _lock_key(alive))
+    async with pool.acquire() as conn:
+        status = dict(await conn.fetch("SELECT import_id, status FROM imports"))
+        message = await conn.fetchval("SELECT message FROM imports WHERE import_id = $1", died)
+    assert status == {died: "failed", alive: "running"} and "send the package again" in message
+
+
+def test_a_drop_folder_package_interrupted_by_a_stop_goes_back_to_its_inbox(tmp_path):
+    from services.roster.dropfolder import requeue_interrupted
+
+    (tmp_path / "d1" / "processing").mkdir(parents=True)
+    (tmp_path / "d1" / "processing" / "monday.zip").write_bytes(b"PK")
+    assert requeue_interrupted(tmp_path) == ["d1/monday.zip"]
+    assert (tmp_path / "d1" / "inbox" / "monday.zip").exists()
