@@ -77,7 +77,7 @@ def packages(scale: float) -> tuple[Path, Path]:
             started = time.perf_counter()
             counts = generate(path, **sizes, seed=1, mutate=mutate)
             print(f"  generated {path.name} in {time.perf_counter() - started:.0f}s: "
-                  f"{counts.get('users')} users, {counts.get('enrollments')} enrollments")
+                  f"{counts['users.csv']:,} users, {counts['enrollments.csv']:,} enrollments")
     return base, changed
 
 

@@ -22,6 +22,11 @@ def student_id_for(district_id: str, source_id: str) -> UUID:
     return uuid.uuid5(_STUDENT_IDS, f"{district_id}\n{source_id}")
 
 
+@lru_cache(maxsize=65_536)
+def class_id_for(district_id: str, source_id: str) -> UUID:
+    return uuid.uuid5(_STUDENT_IDS, f"{district_id}\nclass\n{source_id}")
+
+
 @dataclass(frozen=True)
 class Student:
     student_id: UUID
@@ -135,8 +140,9 @@ class StaffMember:
     school_ids: tuple[str, ...]
 
 
+@lru_cache(maxsize=65_536)
 def staff_id_for(district_id: str, source_id: str) -> UUID:
-    """The same id the OneRoster files give the same staff member."""
+    """Stable for (district, SIS id), whichever feed names the staff member."""
     return uuid.uuid5(_STUDENT_IDS, f"{district_id}\nstaff\n{source_id}")
 
 

@@ -228,7 +228,7 @@ async def _import(conn, package: Package, import_id, district_id: str, kafka: Ka
 
 
 def _applied_message(result: ImportResult) -> str:
-    changes = sum(v for k, v in result.counts.items())
+    changes = sum(result.counts.values())
     return f"applied: {changes:,} changes, {result.error_count:,} rows skipped, {result.warning_count:,} warnings"
 
 

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import csv
 import io
-import uuid
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
-from services.roster.domain import staff_id_for as _staff_id_for
-from services.roster.domain import student_id_for
+from services.roster.domain import class_id_for, staff_id_for, student_id_for
 
 MODES = ("bulk", "delta", "absent")
 ENTITY_FILES = ("orgs", "academicSessions", "courses", "classes", "users", "enrollments", "demographics")
@@ -36,15 +33,6 @@ IGNORED_ROLES = ("guardian", "parent", "proctor", "relative")
 ENROLLMENT_ROLES = ("student", "teacher", "aide", "administrator", "proctor")
 _ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
 
-_IDS = uuid.UUID("3d5b8a52-6d0c-4c3e-8f3e-2b7f0c6a9d11")
-
-
-staff_id_for = lru_cache(maxsize=65_536)(_staff_id_for)
-
-
-@lru_cache(maxsize=65_536)
-def class_id_for(district_id: str, source_id: str) -> uuid.UUID:
-    return uuid.uuid5(_IDS, f"{district_id}\nclass\n{source_id}")
 
 
 class PackageRejected(Exception):
@@ -206,8 +194,6 @@ class Reader:
         self.problems: list[Problem] = []
         self.problem_count = 0
         self.max_problems = max_problems
-        self.rows_read: dict[str, int] = {}
-        self.deleted: dict[str, set[str]] = {}
         # Courses are not kept by the roster: a class's course is checked only against a bulk courses file.
         self.check_courses = package.mode("courses") == "bulk"
 
@@ -301,7 +287,6 @@ class Reader:
                 continue
             if status == "tobedeleted":
                 self.known.users.pop(sid, None)
-                self.deleted.setdefault(role if role == "student" else "staff", set()).add(sid)
                 if role == "student":
                     yield "student", (student_id_for(self.district_id, sid), sid, None, None, None, None, None, None,
                                       status, line)
@@ -418,14 +403,11 @@ class Reader:
     # ------------------------------------------------------------------------ helpers
 
     def _rows(self, entity: str) -> Iterator[tuple[int, dict[str, str]]]:
-        count = 0
         for line, row in self.package.rows(entity):
-            count += 1
             if "__width__" in row:
                 self._problem(entity, line, None, None, row["__width__"])
                 continue
             yield line, row
-        self.rows_read[entity] = count
 
     def _problem(self, entity: str, line: int | None, column: str | None, value: str | None, reason: str,
                  severity: str = "error") -> None:
