@@ -3,6 +3,7 @@ below district admins, their schools); another district's data answers 404."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import uuid
@@ -155,7 +156,7 @@ async def upload_import(request: Request, caller: Caller, dry_run: bool = False)
     if size == 0:
         path.unlink(missing_ok=True)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty body: send the package as a .zip (application/zip)")
-    _start_import(request, caller, path, import_id, dry_run=dry_run, confirm=False)
+    await _start_import(request, caller, path, import_id, dry_run=dry_run, confirm=False)
     return JSONResponse({"import_id": str(import_id), "status": "running"}, status_code=202,
                         headers={"Location": f"/v1/imports/{import_id}"})
 
@@ -209,21 +210,24 @@ async def confirm_import(request: Request, caller: Caller, import_id: UUID) -> d
         raise not_found("import not found")
     if row["status"] != "held" or not row["package_path"] or not Path(row["package_path"]).exists():
         raise HTTPException(status.HTTP_409_CONFLICT, f"only a held import can be confirmed; this one is {row['status']}")
-    _start_import(request, caller, Path(row["package_path"]), import_id, dry_run=False, confirm=True)
+    await _start_import(request, caller, Path(row["package_path"]), import_id, dry_run=False, confirm=True)
     return {"import_id": str(import_id), "status": "running"}
 
 
-def _start_import(request: Request, caller: Identity, path: Path, import_id: UUID, *, dry_run: bool,
-                  confirm: bool) -> None:
+async def _start_import(request: Request, caller: Identity, path: Path, import_id: UUID, *, dry_run: bool,
+                        confirm: bool) -> None:
+    """Start the import in the background; return once it is on record, so the location we
+    answer with resolves at once."""
     runtime = request.app.state.runtime
     options: ImportOptions = runtime.definition.options
+    on_record = asyncio.Event()
 
     async def job() -> None:
         try:
             result = await run_import(runtime.pool, district_id=caller.district_id, path=path,
                                       kafka=runtime.settings.kafka, origin="http", created_by=caller.email,
                                       dry_run=dry_run, confirm=confirm, wipe_share=options.wipe_share,
-                                      import_id=import_id)
+                                      import_id=import_id, on_record=on_record)
             if result.status != "held":
                 path.unlink(missing_ok=True)
             runtime.relay.wake()
@@ -233,7 +237,10 @@ def _start_import(request: Request, caller: Identity, path: Path, import_id: UUI
                 await conn.execute("UPDATE imports SET status = 'failed', message = $2, finished_at = now() "
                                    "WHERE import_id = $1", import_id, f"failed: {type(e).__name__}")
 
-    runtime.spawn(job(), name=f"import-{import_id}")
+    task = runtime.spawn(job(), name=f"import-{import_id}")
+    recorded = asyncio.create_task(on_record.wait())
+    await asyncio.wait([task, recorded], return_when=asyncio.FIRST_COMPLETED)
+    recorded.cancel()
 
 
 def _import_view(row) -> dict:

@@ -11,6 +11,7 @@ district's active students is held until someone confirms it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -83,13 +84,16 @@ async def run_import(
     confirm: bool = False,
     wipe_share: float = DEFAULT_WIPE_SHARE,
     import_id: uuid.UUID | None = None,
+    on_record: asyncio.Event | None = None,
 ) -> ImportResult:
+    """`on_record` is set once the import is on record as running, so whoever started it in
+    the background can answer with a location that already resolves."""
     import_id = import_id or uuid.uuid4()
     async with pool.acquire() as running:  # holds the import's lock until it ends; see recover_interrupted
         await running.execute("SELECT pg_advisory_lock($1)", _lock_key(import_id))
         return await _run(pool, running, district_id=district_id, path=path, kafka=kafka, origin=origin,
                           created_by=created_by, dry_run=dry_run, confirm=confirm, wipe_share=wipe_share,
-                          import_id=import_id)
+                          import_id=import_id, on_record=on_record or asyncio.Event())
 
 
 def _lock_key(import_id: uuid.UUID) -> int:
@@ -129,13 +133,14 @@ async def recover_on_start(runtime) -> None:
 
 async def _run(pool: asyncpg.Pool, running, *, district_id: str, path: Path, kafka: KafkaSettings, origin: str,
                created_by: str | None, dry_run: bool, confirm: bool, wipe_share: float,
-               import_id: uuid.UUID) -> ImportResult:
+               import_id: uuid.UUID, on_record: asyncio.Event) -> ImportResult:
     await running.execute(
         """INSERT INTO imports (import_id, district_id, origin, package_name, package_path, status, created_by)
            VALUES ($1, $2, $3, $4, $5, 'running', $6)
            ON CONFLICT (import_id) DO UPDATE SET status = 'running', finished_at = NULL""",
         import_id, district_id, origin, path.name, str(path), created_by,
     )
+    on_record.set()
     try:
         package = Package(path)
     except PackageRejected as e:
