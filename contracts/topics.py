@@ -23,6 +23,7 @@ from contracts.roster import (
     StudentWithdrawn,
 )
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
+from contracts.special_education import FirstAttendanceRecorded, MandateEnded, MandateRecorded
 
 
 @dataclass(frozen=True)
@@ -113,10 +114,19 @@ CASELOAD_MEMBERSHIPS = Topic(
     description="Students added to and removed from staff members' caseloads, with the reason; keyed by student.",
 )
 
+SPED_MANDATES = Topic(
+    name="sped.mandates.v1",
+    key_field="student_source_id",
+    partitions=6,
+    events=(MandateRecorded, MandateEnded, FirstAttendanceRecorded),
+    description="Students' service mandates and providers' first attendances from special education systems, "
+                "keyed by the student's SIS id.",
+)
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (SIS_STUDENTS, SIS_STAFF, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS,
-              CASELOAD_MEMBERSHIPS)
+              CASELOAD_MEMBERSHIPS, SPED_MANDATES)
 }
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}

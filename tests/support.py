@@ -116,6 +116,18 @@ class Stack:
             partition=partition,
         )
 
+    async def publish_all(self, events: list[Event], *, source: str = "tests") -> None:
+        """Publish events in order with one producer, each to its registry topic and key."""
+        producer = AIOKafkaProducer(bootstrap_servers=self.backends.kafka)
+        await producer.start()
+        try:
+            for event in events:
+                await producer.send_and_wait(self.topic(topic_for(event).name), cloudevents.encode(event),
+                                             key=partition_key(event).encode(),
+                                             headers=cloudevents.headers_for(event, source))
+        finally:
+            await producer.stop()
+
     async def publish_to(self, topic: Topic, event: Event, *, source: str = "tests") -> None:
         """Publish an event of a test-only topic (not in the registry)."""
         await self.produce_raw(topic.name, cloudevents.encode(event), key=str(getattr(event, topic.key_field)).encode(),

@@ -1,63 +1,115 @@
-"""The caseload service's HTTP routes. Every read is filtered by the caller's token: a
-caseload viewer or editor sees the students on their own caseload; school admins their
-schools; district admins their district. A student outside the caller's scope answers 404."""
+"""The caseload service's HTTP routes. Every read and action is filtered by the caller's
+token: a caseload viewer sees the students on their own caseload, an editor also acts on
+them; school admins their schools; district admins their district. A student outside the
+caller's scope answers 404, never revealing that the student exists.
+
+Refusals name the rule that failed: 403 when the caller's role cannot take the action, 422
+when a student breaks a rule (a batch lists every student refused and applies nothing)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from services.caseload import store
+from services.caseload import actions, domain, handlers, store
+from services.caseload.domain import Refused
 from services.kit.auth import Caller, Identity, not_found
 
 router = APIRouter(prefix="/v1", tags=["caseload"])
 
-ADMINS = {"district_admin", "school_admin"}
-CASELOAD_ROLES = {"caseload_viewer", "caseload_editor", "provider", "supervisor"}
+Page = Annotated[int, Query(ge=1, le=500, description="page size")]
+Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+
+# Rules a caller's role breaks (403); the others are about the student (422).
+_ROLE_RULES = {"viewer_cannot_act", "not_on_your_caseload", "not_a_supervisor", "not_a_provider",
+               "no_access_to_provider", "not_an_admin"}
 
 
-def _may_read_caseloads(caller: Identity) -> None:
-    if not caller.roles & (ADMINS | CASELOAD_ROLES):
+def _caller(identity: Identity) -> domain.Caller:
+    return domain.Caller(email=identity.email.lower(), roles=identity.roles, schools=identity.schools)
+
+
+def _may_read(caller: Identity) -> None:
+    if not caller.roles & domain.READ_ROLES:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "needs a caseload role (caseload_viewer, caseload_editor, "
                                                         "provider, supervisor) or an admin role")
 
 
-async def _visible_student(conn, caller: Identity, student_id: UUID):
+def _refusal(r: Refused) -> HTTPException:
+    code = status.HTTP_403_FORBIDDEN if r.rule in _ROLE_RULES else status.HTTP_422_UNPROCESSABLE_ENTITY
+    return HTTPException(code, {"rule": r.rule, "message": r.message})
+
+
+def _jsonable(row) -> dict:
+    return {k: (str(v) if isinstance(v, UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
+            for k, v in dict(row).items()}
+
+
+async def _visible_student(conn, caller: domain.Caller, district_id: str, student_id: UUID):
     """The student, if the caller may see them; else None (and the route answers 404)."""
-    row = await store.student(conn, district_id=caller.district_id, student_id=student_id)
+    row = await store.student(conn, district_id=district_id, student_id=student_id)
     if row is None:
         return None
-    if caller.district_wide or ("school_admin" in caller.roles and row["school_id"] in caller.schools):
-        return row
-    if await store.on_caseload(conn, owner_email=caller.email, student_id=student_id):
-        return row
-    return None
+    own = await store.on_caseload(conn, owner_email=caller.email, student_id=student_id)
+    return row if domain.may_see(caller, school_id=row["school_id"], on_own_caseload=own) else None
+
+
+async def _act(request: Request, identity: Identity, action: actions.Action, student_ids: list[UUID],
+               single: bool = False) -> dict:
+    caller = _caller(identity)
+    try:
+        changes = await actions.run(request.app.state.runtime, caller, identity.district_id, action, student_ids,
+                                    correlation_id=request.headers.get("x-request-id") or str(uuid.uuid4()))
+    except Refused as r:
+        raise _refusal(r) from None
+    except actions.BatchRefused as refused:
+        if single:
+            r = refused.refusals[0]
+            if r.rule == "not_found":
+                raise not_found("student not found") from None
+            raise _refusal(Refused(r.rule, r.message)) from None
+        return JSONResponse(
+            {"detail": f"nothing was applied: {len(refused.refusals)} of {len(set(student_ids))} students refused",
+             "errors": [{"student_id": str(r.student_id), "rule": r.rule, "message": r.message}
+                        for r in refused.refusals]},
+            status_code=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    return {"applied": len(set(student_ids)), "changes": [
+        {"change": c["change"], "owner_email": c["owner_email"], "student_id": str(c["student_id"]),
+         "reason": c["reason"], "detail": c["detail"]} for c in changes]}
+
+
+# ---------------------------------------------------------------------------- caseloads
 
 
 @router.get("/caseloads/me")
 async def my_caseload(request: Request, caller: Caller, school_id: str | None = None, grade: str | None = None,
-                      reason: str | None = None, after: UUID | None = None,
-                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
+                      reason: str | None = None, after: UUID | None = None, limit: Page = 100) -> dict:
     """The caller's caseload, each student with why they are on it and since when."""
-    _may_read_caseloads(caller)
-    return await _caseload(request, caller, caller.email, school_id, grade, reason, after, limit)
+    _may_read(caller)
+    return await _caseload(request, caller, caller.email.lower(), school_id, grade, reason, after, limit)
 
 
 @router.get("/caseloads/{owner_email}")
 async def caseload_of(request: Request, caller: Caller, owner_email: str, school_id: str | None = None,
                       grade: str | None = None, reason: str | None = None, after: UUID | None = None,
-                      limit: Annotated[int, Query(ge=1, le=500)] = 100) -> dict:
-    """Another staff member's caseload (admins; school admins see their schools' students)."""
+                      limit: Page = 100) -> dict:
+    """Another staff member's caseload (admins, and supervisors for providers: only the
+    students of the schools they see)."""
     if owner_email.lower() == caller.email.lower():
         return await my_caseload(request, caller, school_id, grade, reason, after, limit)
-    if not caller.roles & ADMINS:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins read other staff members' caseloads")
-    return await _caseload(request, caller, owner_email, school_id, grade, reason, after, limit)
+    if not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins and supervisors read other staff members' "
+                                                        "caseloads")
+    return await _caseload(request, caller, owner_email.lower(), school_id, grade, reason, after, limit)
 
 
-async def _caseload(request, caller, owner_email, school_id, grade, reason, after, limit) -> dict:
+async def _caseload(request, caller: Identity, owner_email, school_id, grade, reason, after, limit) -> dict:
     async with request.app.state.pool.acquire() as conn:
         rows = await store.caseload_of(conn, district_id=caller.district_id, owner_email=owner_email,
                                        school_id=school_id, grade=grade, reason=reason, after=after, limit=limit)
@@ -65,30 +117,389 @@ async def _caseload(request, caller, owner_email, school_id, grade, reason, afte
         {"student_id": str(r["student_id"]), "given_name": r["given_name"], "family_name": r["family_name"],
          "school_id": r["school_id"], "grade": r["grade"], "why": r["why"]}
         for r in rows
-        if caller.district_wide or owner_email == caller.email or r["school_id"] in caller.schools
+        if caller.district_wide or owner_email == caller.email.lower() or r["school_id"] in caller.schools
     ]
     return {"owner_email": owner_email, "items": items,
             "next_after": str(rows[-1]["student_id"]) if len(rows) == limit else None}
 
 
+@router.get("/caseload-changes")
+async def caseload_changes(request: Request, caller: Caller, since: datetime | None = None,
+                           after: Annotated[str | None, Query(pattern=r"^\d+\.\d+$")] = None,
+                           limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> dict:
+    """Membership changes, oldest first: start with `since` (a time), then pass `next_after`
+    back as `after` to read on. A district admin reads the district's, a school admin their
+    schools', everyone else the changes to their own caseload."""
+    _may_read(caller)
+    cursor = tuple(int(p) for p in after.split(".")) if after else (0, 0)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.changes(
+            conn, district_id=caller.district_id, after=cursor, since=since,
+            owner_email=None if caller.roles & domain.ADMIN_ROLES else caller.email.lower(),
+            schools=None if caller.district_wide or "school_admin" not in caller.roles else sorted(caller.schools),
+            limit=limit)
+    items = [{k: v for k, v in _jsonable(r).items() if k not in ("xid", "seq")} for r in rows]
+    next_after = f"{rows[-1]['xid']}.{rows[-1]['seq']}" if rows else after
+    return {"items": items, "next_after": next_after}
+
+
+# ---------------------------------------------------------------------------- students
+
+
 @router.get("/students/{student_id}")
 async def get_student(request: Request, caller: Caller, student_id: UUID) -> dict:
-    _may_read_caseloads(caller)
+    _may_read(caller)
     async with request.app.state.pool.acquire() as conn:
-        row = await _visible_student(conn, caller, student_id)
+        row = await _visible_student(conn, _caller(caller), caller.district_id, student_id)
     if row is None:
         raise not_found("student not found")
-    return {**dict(row), "student_id": str(row["student_id"]), "as_of": row["as_of"].isoformat()}
+    return _jsonable(row)
 
 
 @router.get("/students/{student_id}/caseloads")
 async def caseloads_with_student(request: Request, caller: Caller, student_id: UUID) -> dict:
     """Every caseload the student is on, and why (admins)."""
-    if not caller.roles & ADMINS:
+    if not caller.roles & domain.ADMIN_ROLES:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins see every caseload a student is on")
     async with request.app.state.pool.acquire() as conn:
-        if await _visible_student(conn, caller, student_id) is None:
+        if await _visible_student(conn, _caller(caller), caller.district_id, student_id) is None:
             raise not_found("student not found")
         rows = await store.caseloads_with(conn, district_id=caller.district_id, student_id=student_id)
+    return {"student_id": str(student_id), "caseloads": [_jsonable(r) for r in rows]}
+
+
+# ---------------------------------------------------------------------------- point persons
+
+
+class PointPersonTypeIn(BaseModel):
+    type: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
+    label: str = Field(min_length=1, max_length=80)
+    levels: list[str] = Field(min_length=1, description="School levels: ES, MS, HS (EMS = ES and MS)")
+
+
+@router.get("/point-person-types")
+async def get_point_person_types(request: Request, caller: Caller) -> dict:
+    """The district's point person types and the school levels each is available at."""
+    _may_read(caller)
+    async with request.app.state.pool.acquire() as conn:
+        types = await store.point_person_types(conn, caller.district_id)
+    return {"items": [{"type": t.type, "label": t.label, "levels": sorted(t.levels)} for t in types]}
+
+
+@router.put("/point-person-types")
+async def set_point_person_types(request: Request, caller: Caller, body: list[PointPersonTypeIn]) -> dict:
+    """Replace the district's point person types (district admins). A type still assigned
+    to students cannot be dropped."""
+    if not caller.district_wide:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "changing point person types needs district_admin")
+    try:
+        types = [domain.PointPersonType(t.type, t.label, domain.parse_levels(t.levels)) for t in body]
+    except ValueError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(e)) from None
+    if len({t.type for t in types}) != len(types):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "each type may appear once")
+    async with request.app.state.runtime.unit_of_work() as uow:
+        await uow.conn.execute("SELECT pg_advisory_xact_lock(hashtext('point_person_types:' || $1))",
+                               caller.district_id)
+        in_use = await store.point_person_counts(uow.conn, caller.district_id)
+        dropped = {t: n for t, n in in_use.items() if t not in {x.type for x in types}}
+        if dropped:
+            raise HTTPException(status.HTTP_409_CONFLICT, "still assigned: " + ", ".join(
+                f"{t} ({n} students)" for t, n in sorted(dropped.items())) + "; remove those point persons first")
+        await store.set_point_person_types(uow.conn, caller.district_id, types, caller.email.lower())
+    return await get_point_person_types(request, caller)
+
+
+class PointPersonIn(BaseModel):
+    owner_email: Email
+
+
+@router.get("/students/{student_id}/point-persons")
+async def point_persons(request: Request, caller: Caller, student_id: UUID) -> dict:
+    """The student's point persons, and who held each role before (history)."""
+    _may_read(caller)
+    async with request.app.state.pool.acquire() as conn:
+        if await _visible_student(conn, _caller(caller), caller.district_id, student_id) is None:
+            raise not_found("student not found")
+        current, history = await store.point_persons_of(conn, student_id)
+    return {"student_id": str(student_id), "current": [_jsonable(r) for r in current],
+            "history": [_jsonable(r) for r in history]}
+
+
+@router.put("/students/{student_id}/point-persons/{type}")
+async def assign_point_person(request: Request, caller: Caller, student_id: UUID, type: str,
+                              body: PointPersonIn) -> dict:
+    """Make a staff member the student's point person of this type, replacing the one before."""
+    return await _act(request, caller, actions.AssignPointPerson(type, body.owner_email.lower()), [student_id],
+                      single=True)
+
+
+@router.delete("/students/{student_id}/point-persons/{type}")
+async def remove_point_person(request: Request, caller: Caller, student_id: UUID, type: str) -> dict:
+    return await _act(request, caller, actions.AssignPointPerson(type, None), [student_id], single=True)
+
+
+# ---------------------------------------------------------------------------- supports
+
+
+class SupportIn(BaseModel):
+    school_id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=120)
+    lead_email: Email
+
+
+class SupportChange(BaseModel):
+    name: str | None = Field(default=None, min_length=1, max_length=120)
+    lead_email: Email | None = None
+
+
+class Students(BaseModel):
+    student_ids: list[UUID] = Field(min_length=1, max_length=5000)
+
+
+def _may_manage_supports(caller: Identity, school_id: str) -> None:
+    c = _caller(caller)
+    if c.district_wide or (c.roles & {"school_admin", "caseload_editor"} and school_id in c.schools):
+        return
+    if not c.roles & domain.ACT_ROLES:
+        raise _refusal(Refused("viewer_cannot_act", "a caseload viewer may see students, not act on them"))
+    raise not_found("school not found")
+
+
+async def _support(conn, caller: Identity, support_id: UUID):
+    row = await store.support(conn, caller.district_id, support_id)
+    if row is None or not (caller.district_wide or row["school_id"] in caller.schools):
+        raise not_found("support not found")
+    return row
+
+
+@router.post("/supports", status_code=status.HTTP_201_CREATED)
+async def create_support(request: Request, caller: Caller, body: SupportIn) -> dict:
+    """A named group of students with a lead (e.g. "Tier 2 reading"): the lead has its
+    students on their caseload."""
+    _may_manage_supports(caller, body.school_id)
+    support_id = uuid.uuid4()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        if not await store.active_staff_emails(uow.conn, caller.district_id, [body.lead_email]):
+            raise _refusal(Refused("unknown_staff_member", "the lead must be an active staff member of the district "
+                                                            "with a login email"))
+        done = await uow.conn.execute(
+            """INSERT INTO supports (support_id, district_id, school_id, name, lead_email, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (district_id, school_id, name) DO NOTHING""",
+            support_id, caller.district_id, body.school_id, body.name, body.lead_email.lower(), caller.email.lower())
+        if done.endswith("0"):
+            raise HTTPException(status.HTTP_409_CONFLICT, f"the school already has a support named {body.name!r}")
+        row = await store.support(uow.conn, caller.district_id, support_id)
+    return _jsonable(row)
+
+
+@router.get("/supports")
+async def list_supports(request: Request, caller: Caller, school_id: str | None = None) -> dict:
+    _may_read(caller)
+    schools = None if caller.district_wide else sorted(caller.schools)
+    if school_id is not None:
+        schools = [school_id] if schools is None or school_id in schools else []
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.supports(conn, caller.district_id, schools)
+    return {"items": [_jsonable(r) for r in rows]}
+
+
+@router.get("/supports/{support_id}")
+async def get_support(request: Request, caller: Caller, support_id: UUID) -> dict:
+    _may_read(caller)
+    async with request.app.state.pool.acquire() as conn:
+        return _jsonable(await _support(conn, caller, support_id))
+
+
+@router.patch("/supports/{support_id}")
+async def change_support(request: Request, caller: Caller, support_id: UUID, body: SupportChange) -> dict:
+    """Rename a support or hand it to a new lead: its students move to the new lead's caseload."""
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _support(uow.conn, caller, support_id)
+        _may_manage_supports(caller, row["school_id"])
+        if body.lead_email and not await store.active_staff_emails(uow.conn, caller.district_id, [body.lead_email]):
+            raise _refusal(Refused("unknown_staff_member", "the lead must be an active staff member of the district "
+                                                            "with a login email"))
+        await uow.conn.execute(
+            "UPDATE supports SET name = coalesce($2, name), lead_email = coalesce($3, lead_email) WHERE support_id = $1",
+            support_id, body.name, body.lead_email.lower() if body.lead_email else None)
+        if body.name:
+            await uow.conn.execute(
+                "UPDATE memberships SET detail = $2 WHERE reason = 'support' AND source_ref = $1",
+                str(support_id), f'support "{body.name}" lead')
+        members = await store.support_student_ids(uow.conn, support_id)
+        handlers.emit_changes(uow, await store.refresh_caseloads(uow.conn, members))
+        row = await store.support(uow.conn, caller.district_id, support_id)
+    return _jsonable(row)
+
+
+@router.delete("/supports/{support_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_support(request: Request, caller: Caller, support_id: UUID) -> None:
+    """Close a support: its students leave the lead's caseload."""
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _support(uow.conn, caller, support_id)
+        _may_manage_supports(caller, row["school_id"])
+        members = await store.support_student_ids(uow.conn, support_id)
+        await uow.conn.execute("DELETE FROM supports WHERE support_id = $1", support_id)
+        handlers.emit_changes(uow, await store.refresh_caseloads(uow.conn, members))
+
+
+@router.post("/supports/{support_id}/students")
+async def add_to_support(request: Request, caller: Caller, support_id: UUID, body: Students) -> dict:
+    """Add students to the support: all or nothing."""
+    async with request.app.state.pool.acquire() as conn:
+        row = await _support(conn, caller, support_id)
+    return await _act(request, caller, actions.SupportMembership(dict(row), add=True), body.student_ids)
+
+
+@router.delete("/supports/{support_id}/students/{student_id}")
+async def remove_from_support(request: Request, caller: Caller, support_id: UUID, student_id: UUID) -> dict:
+    async with request.app.state.pool.acquire() as conn:
+        row = await _support(conn, caller, support_id)
+    return await _act(request, caller, actions.SupportMembership(dict(row), add=False), [student_id], single=True)
+
+
+# ---------------------------------------------------------------------------- batch actions
+
+
+class BatchAction(BaseModel):
+    action: Literal["assign_point_person", "remove_point_person", "add_to_support", "remove_from_support",
+                    "add_to_provider_caseload", "remove_from_provider_caseload"]
+    student_ids: list[UUID] = Field(min_length=1, max_length=5000)
+    type: str | None = Field(default=None, description="point person type")
+    owner_email: Email | None = Field(default=None, description="the point person")
+    support_id: UUID | None = None
+    provider_email: Email | None = None
+    service: str | None = Field(default=None, description="the mandated service (when the student has several)")
+
+
+@router.post("/batch-actions")
+async def batch_action(request: Request, caller: Caller, body: BatchAction) -> dict:
+    """One action on many students (from a list or the data grid): every student is checked
+    first; if any is refused, nothing is applied and each refusal is listed (422)."""
+    def need(field_name: str):
+        value = getattr(body, field_name)
+        if value is None:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"{body.action} needs {field_name}")
+        return value
+
+    if body.action in ("assign_point_person", "remove_point_person"):
+        owner = need("owner_email").lower() if body.action == "assign_point_person" else None
+        action: actions.Action = actions.AssignPointPerson(need("type"), owner)
+    elif body.action in ("add_to_support", "remove_from_support"):
+        async with request.app.state.pool.acquire() as conn:
+            row = await _support(conn, caller, need("support_id"))
+        action = actions.SupportMembership(dict(row), add=body.action == "add_to_support")
+    else:
+        action = actions.ProviderCaseload(need("provider_email").lower(), body.service,
+                                          add=body.action == "add_to_provider_caseload")
+    return await _act(request, caller, action, body.student_ids)
+
+
+# ---------------------------------------------------------------------------- providers (seed 001)
+
+
+class ProviderSchools(BaseModel):
+    schools: list[str] = Field(default_factory=list, max_length=2000)
+    district_wide: bool = False
+
+
+class ProviderStudents(BaseModel):
+    student_ids: list[UUID] = Field(min_length=1, max_length=5000)
+    service: str | None = None
+
+
+@router.get("/providers/{provider_email}")
+async def get_provider(request: Request, caller: Caller, provider_email: str) -> dict:
+    """Where a provider is authorised to serve (admins, supervisors, the provider)."""
+    email = provider_email.lower()
+    if email != caller.email.lower() and not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins, supervisors and the provider read this")
+    async with request.app.state.pool.acquire() as conn:
+        schools = await store.provider_schools(conn, caller.district_id, email)
+    return {"provider_email": email, "district_wide": "*" in schools, "schools": sorted(schools - {"*"})}
+
+
+@router.put("/providers/{provider_email}")
+async def authorise_provider(request: Request, caller: Caller, provider_email: str, body: ProviderSchools) -> dict:
+    """Set the schools a provider may serve (a district admin; a school admin for their
+    schools). Links to students of schools no longer authorised end; first attendances
+    waiting for this authorisation apply."""
+    if not caller.roles & domain.ADMIN_ROLES:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "authorising providers needs district_admin or school_admin")
+    if body.district_wide and not caller.district_wide:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only a district admin authorises a provider district-wide")
+    outside = set(body.schools) - caller.schools
+    if outside and not caller.district_wide:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "not your schools: " + ", ".join(sorted(outside)))
+    email = provider_email.lower()
+    schools = ["*"] if body.district_wide else sorted(set(body.schools))
+    async with request.app.state.runtime.unit_of_work() as uow:
+        await store.authorise_provider(uow.conn, caller.district_id, email, schools, caller.email.lower(),
+                                       within=None if caller.district_wide else caller.schools)
+        ended = await uow.conn.fetch(
+            """UPDATE provider_links l SET ended_at = now(), ended_by = $3,
+                   ended_why = 'provider no longer authorised for the school'
+               FROM students s
+               WHERE l.district_id = $1 AND l.provider_email = $2 AND l.ended_at IS NULL
+                 AND s.district_id = l.district_id AND s.source_id = l.student_source_id
+                 AND NOT EXISTS (SELECT 1 FROM provider_authorisations pa WHERE pa.district_id = $1
+                                 AND pa.provider_email = $2 AND pa.school_id IN (s.school_id, '*'))
+               RETURNING s.student_id""",
+            caller.district_id, email, caller.email.lower())
+        applied = await store.apply_first_attendances(uow.conn, caller.district_id, provider_email=email)
+        touched = {r["student_id"] for r in ended} | await store.student_ids_for(
+            uow.conn, caller.district_id, [r["student_source_id"] for r in applied if r["status"] == "applied"])
+        handlers.emit_changes(uow, await store.refresh_caseloads(uow.conn, touched))
+    return await get_provider(request, caller, provider_email)
+
+
+@router.post("/providers/{provider_email}/students")
+async def add_to_provider_caseload(request: Request, caller: Caller, provider_email: str,
+                                   body: ProviderStudents) -> dict:
+    """Seed 001: a supervisor with access to the students and the provider, or the provider
+    themself, adds students with a mandate the provider is authorised to serve."""
+    action = actions.ProviderCaseload(provider_email.lower(), body.service, add=True)
+    return await _act(request, caller, action, body.student_ids, single=len(body.student_ids) == 1)
+
+
+@router.delete("/providers/{provider_email}/students/{student_id}")
+async def remove_from_provider_caseload(request: Request, caller: Caller, provider_email: str,
+                                        student_id: UUID) -> dict:
+    action = actions.ProviderCaseload(provider_email.lower(), None, add=False)
+    return await _act(request, caller, action, [student_id], single=True)
+
+
+@router.get("/students/{student_id}/providers")
+async def student_providers(request: Request, caller: Caller, student_id: UUID) -> dict:
+    """The student's active mandates and every provider link, ended ones too (history)."""
+    _may_read(caller)
+    async with request.app.state.pool.acquire() as conn:
+        row = await _visible_student(conn, _caller(caller), caller.district_id, student_id)
+        if row is None:
+            raise not_found("student not found")
+        mandates = await store.active_mandates(conn, caller.district_id, row["source_id"])
+        links = await store.provider_links_of(conn, caller.district_id, row["source_id"]) if row["source_id"] else []
     return {"student_id": str(student_id),
-            "caseloads": [{**dict(r), "since": r["since"].isoformat()} for r in rows]}
+            "mandates": [{"mandate_id": m, "service": s} for m, s in mandates],
+            "providers": [_jsonable(r) for r in links]}
+
+
+@router.get("/first-attendances")
+async def first_attendances(request: Request, caller: Caller, status_: Annotated[
+        Literal["pending", "applied"], Query(alias="status")] = "pending", limit: Page = 100) -> dict:
+    """First attendances, e.g. those still waiting (for a mandate, the provider's
+    authorisation, or the roster to know the student), for admins to chase."""
+    if not caller.roles & domain.ADMIN_ROLES:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "needs district_admin or school_admin")
+    async with request.app.state.pool.acquire() as conn:
+        rows = await conn.fetch(
+            """SELECT a.event_id, a.student_source_id, a.provider_email, a.service, a.mandate_id, a.session_date,
+                      a.status, a.waiting_for, a.recorded_at, s.school_id
+               FROM first_attendances a
+               LEFT JOIN students s ON s.district_id = a.district_id AND s.source_id = a.student_source_id
+               WHERE a.district_id = $1 AND a.status = $2
+                 AND ($3::text[] IS NULL OR s.school_id = ANY($3::text[]))
+               ORDER BY a.recorded_at LIMIT $4""",
+            caller.district_id, status_, None if caller.district_wide else sorted(caller.schools), limit)
+    return {"items": [_jsonable(r) for r in rows]}

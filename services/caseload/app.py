@@ -15,7 +15,15 @@ from contracts.roster import (
     StudentUpdated,
     StudentWithdrawn,
 )
-from contracts.topics import CASELOAD_MEMBERSHIPS, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, ROSTER_STUDENTS
+from contracts.special_education import FirstAttendanceRecorded, MandateEnded, MandateRecorded
+from contracts.topics import (
+    CASELOAD_MEMBERSHIPS,
+    ROSTER_CLASSES,
+    ROSTER_ENROLLMENTS,
+    ROSTER_STAFF,
+    ROSTER_STUDENTS,
+    SPED_MANDATES,
+)
 from services.caseload import api, handlers
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
@@ -55,6 +63,13 @@ def definition() -> ServiceDefinition:
                 handlers={EnrollmentAdded: handlers.on_roster_enrollments,
                           EnrollmentRemoved: handlers.on_roster_enrollments},
                 description="Who is in which class: students and their teachers.",
+            ),
+            Subscription(
+                topic=SPED_MANDATES,
+                consumer="caseflow.caseload.sped-mandates",
+                handlers={MandateRecorded: handlers.on_mandates_recorded, MandateEnded: handlers.on_mandates_ended,
+                          FirstAttendanceRecorded: handlers.on_first_attendances},
+                description="Service mandates and first attendances: who may have a student on a provider caseload.",
             ),
         ],
         routers=[api.router],

@@ -8,8 +8,16 @@ Automatic caseloads:
 - only teachers matched to a login email have a caseload; the rule follows the student's
   grade, so a school spanning both bands works.
 
-The service keeps caseloads up to date incrementally, in SQL, as roster events arrive
-(store.refresh_automatic); `automatic_memberships` states the same rule over a whole
+Manual caseloads: a point person of a type (available by school level, one per type per
+student) or the lead of a support has the student on their caseload. Provider caseloads:
+a provider has a student only under a mandate and an authorisation for the student's
+school (seed 001).
+
+Who may do what (seed 000): a caseload viewer sees their own caseload; a caseload editor
+also acts on it; school and district admins see and act on their schools or district.
+
+The service keeps caseloads up to date incrementally, in SQL, as events and actions arrive
+(store.refresh_caseloads); `automatic_memberships` states the automatic rule over a whole
 projection, so a test can check that the two always agree.
 """
 
@@ -37,6 +45,168 @@ def grade_band(grade: str) -> str | None:
     return None  # ungraded, adult education: no automatic caseload
 
 
+# -------------------------------------------------------------------- school levels
+
+LEVELS = ("ES", "MS", "HS")
+_LEVEL_GRADES = {
+    "ES": {"PK", "TK", "KG", "01", "02", "03", "04", "05"},
+    "MS": {"06", "07", "08"},
+    "HS": {"09", "10", "11", "12", "13"},
+}
+# Shorthands districts (and the seed) write: EMS is the elementary and middle schools.
+LEVEL_SHORTHANDS = {"EMS": ("ES", "MS"), "ALL": LEVELS}
+
+
+def school_levels(grades: Iterable[str]) -> frozenset[str]:
+    """The levels a school serves, from the grades its students are in: a K-8 school is
+    ES and MS; a 6-12 school MS and HS."""
+    grades = set(grades)
+    return frozenset(level for level, in_level in _LEVEL_GRADES.items() if grades & in_level)
+
+
+def parse_levels(written: Iterable[str]) -> frozenset[str]:
+    """Levels as a district writes them (ES, MS, HS, EMS); raises ValueError on others."""
+    out: set[str] = set()
+    for level in written:
+        level = level.strip().upper()
+        if level in LEVELS:
+            out.add(level)
+        elif level in LEVEL_SHORTHANDS:
+            out.update(LEVEL_SHORTHANDS[level])
+        else:
+            raise ValueError(f"unknown school level {level!r}: use ES, MS, HS or EMS")
+    if not out:
+        raise ValueError("a point person type needs at least one school level")
+    return frozenset(out)
+
+
+# -------------------------------------------------------------------- point persons
+
+
+@dataclass(frozen=True)
+class PointPersonType:
+    type: str
+    label: str
+    levels: frozenset[str]
+
+    def available_at(self, levels: frozenset[str]) -> bool:
+        return bool(self.levels & levels)
+
+
+# Seed 000: Attendance (ES, MS & HS), Academic (EMS & HS), Regents, Credits and
+# Postsecondary (HS only). Districts may change these.
+DEFAULT_POINT_PERSON_TYPES = (
+    PointPersonType("attendance", "Attendance", frozenset({"ES", "MS", "HS"})),
+    PointPersonType("academic", "Academic", frozenset({"ES", "MS", "HS"})),
+    PointPersonType("regents", "Regents", frozenset({"HS"})),
+    PointPersonType("credits", "Credits", frozenset({"HS"})),
+    PointPersonType("postsecondary", "Postsecondary", frozenset({"HS"})),
+)
+
+
+# -------------------------------------------------------------------- access
+
+
+class Refused(Exception):
+    """An action a rule forbids: `rule` names the rule, the message says it in words."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.message = message
+
+
+ADMIN_ROLES = frozenset({"district_admin", "school_admin"})
+READ_ROLES = ADMIN_ROLES | {"caseload_viewer", "caseload_editor", "provider", "supervisor"}
+ACT_ROLES = ADMIN_ROLES | {"caseload_editor"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """What the caseload rules need to know of the person calling."""
+
+    email: str
+    roles: frozenset[str]
+    schools: frozenset[str]
+
+    @property
+    def district_wide(self) -> bool:
+        return "district_admin" in self.roles
+
+    def sees_school(self, school_id: str) -> bool:
+        """Sees every student of the school (admins; a supervisor, for their schools)."""
+        return self.district_wide or (bool(self.roles & {"school_admin", "supervisor"}) and school_id in self.schools)
+
+
+def may_see(caller: Caller, *, school_id: str, on_own_caseload: bool) -> bool:
+    return caller.sees_school(school_id) or (bool(caller.roles & READ_ROLES) and on_own_caseload)
+
+
+def check_may_act(caller: Caller, *, school_id: str, on_own_caseload: bool) -> None:
+    """Point persons, supports and batch actions: an editor on their own caseload, an admin
+    in their scope. Raises Refused; the caller has already been shown the student."""
+    if caller.district_wide or ("school_admin" in caller.roles and school_id in caller.schools):
+        return
+    if "caseload_editor" in caller.roles and on_own_caseload:
+        return
+    if "caseload_editor" in caller.roles:
+        raise Refused("not_on_your_caseload", "a caseload editor acts only on students on their own caseload")
+    raise Refused("viewer_cannot_act", "a caseload viewer may see students, not act on them; "
+                                      "this needs caseload_editor or an admin role")
+
+
+def check_point_person(ptype: PointPersonType | None, type_name: str, levels: frozenset[str],
+                       owner_known: bool) -> None:
+    if ptype is None:
+        raise Refused("unknown_point_person_type", f"no point person type {type_name!r} in this district")
+    if not ptype.available_at(levels):
+        served = "/".join(sorted(levels)) or "no grades yet"
+        raise Refused("type_not_available_at_school_level",
+                      f"{ptype.label} point persons are for {'/'.join(sorted(ptype.levels))} schools; "
+                      f"the student's school is {served}")
+    if not owner_known:
+        raise Refused("unknown_staff_member", "the point person must be an active staff member of the district "
+                                              "with a login email")
+
+
+# -------------------------------------------------------------------- providers (seed 001)
+
+
+def check_provider_link(*, caller: Caller, provider_email: str, provider_schools: frozenset[str],
+                        student_school: str, mandates: list[tuple[str, str]], service: str | None) -> str:
+    """May `caller` put the student on the provider's caseload? Returns the mandate id to
+    link; raises Refused naming the rule that failed. provider_schools: the schools the
+    provider is authorised for ('*' for the whole district); mandates: the student's active
+    (mandate_id, service)."""
+    own = provider_email.lower() == caller.email.lower()
+    if not own:
+        if "supervisor" not in caller.roles and not caller.district_wide and "school_admin" not in caller.roles:
+            raise Refused("not_a_supervisor", "only a supervisor (or an admin) adds students to another "
+                                              "provider's caseload; a provider adds to their own")
+        if not caller.district_wide and not ("*" in provider_schools or provider_schools & caller.schools):
+            raise Refused("no_access_to_provider", "the supervisor needs access to the provider: the provider "
+                                                   "is not authorised in any of the supervisor's schools")
+    elif "provider" not in caller.roles:
+        raise Refused("not_a_provider", "adding a student to one's own provider caseload needs the provider role")
+    if not mandates:
+        raise Refused("no_mandate", "the student has no active mandate (IEP or service mandate)")
+    if "*" not in provider_schools and student_school not in provider_schools:
+        raise Refused("provider_not_authorised", "the provider is not authorised to serve students of the "
+                                                 "student's school")
+    if service is not None:
+        matching = [m for m, s in mandates if s.lower() == service.lower()]
+        if not matching:
+            raise Refused("no_mandate", f"the student has no active mandate for {service}")
+        return matching[0]
+    if len(mandates) > 1:
+        raise Refused("service_needed", "the student has several mandates ("
+                      + ", ".join(sorted(s for _, s in mandates)) + "): say which service")
+    return mandates[0][0]
+
+
+# -------------------------------------------------------------------- the roster projection
+
+
 @dataclass(frozen=True)
 class ProjectedStudent:
     student_id: UUID
@@ -48,6 +218,7 @@ class ProjectedStudent:
     state_id: str | None
     status: str
     as_of: datetime
+    source_id: str | None = None
 
 
 def latest_students(events: Iterable[StudentEnrolled | StudentUpdated | StudentWithdrawn],
@@ -68,7 +239,7 @@ def latest_students(events: Iterable[StudentEnrolled | StudentUpdated | StudentW
             now = ProjectedStudent(
                 student_id=e.student_id, district_id=e.district_id, school_id=e.school_id, grade=e.grade,
                 given_name=e.given_name, family_name=e.family_name, state_id=e.state_id, status="active",
-                as_of=e.occurred_at,
+                as_of=e.occurred_at, source_id=e.source_id,
             )
         latest[e.student_id] = changed[e.student_id] = now
     return list(changed.values())
@@ -103,7 +274,7 @@ def automatic_memberships(p: Projection) -> set[Membership]:
         if role == "teacher" and person_id in p.staff:
             email, active = p.staff[person_id]
             if email and active:
-                teachers.setdefault(class_id, set()).add(email)
+                teachers.setdefault(class_id, set()).add(email.lower())
     out: set[Membership] = set()
     for class_id, person_id, role in p.members:
         if role != "student" or person_id not in p.students or class_id not in p.classes:

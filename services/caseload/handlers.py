@@ -1,9 +1,10 @@
-"""The caseload service's event handlers: keep the roster projection, then bring the
-caseloads of every student the change touches in line with the rules, publishing each
-membership added or removed."""
+"""The caseload service's event handlers: keep the roster projection and the special
+education facts (mandates, first attendances), then bring the caseloads of every student
+the change touches in line with the rules, publishing each membership added or removed."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import UUID
 
 from contracts.caseload import CaseloadMembershipAdded, CaseloadMembershipRemoved
@@ -18,13 +19,18 @@ from contracts.roster import (
     StudentUpdated,
     StudentWithdrawn,
 )
+from contracts.special_education import FirstAttendanceRecorded, MandateEnded, MandateRecorded
 from services.caseload import domain, store
 from services.kit.consumer import UnitOfWork
 
 
 async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | StudentUpdated | StudentWithdrawn]) -> None:
     held = await store.held_students(uow.conn, (e.student_id for e in events))
-    await store.project_students(uow.conn, domain.latest_students(events, held))
+    latest = domain.latest_students(events, held)
+    await store.project_students(uow.conn, latest)
+    # First attendances that waited for the roster to know the student.
+    for district_id, source_ids in _by_district((s.district_id, s.source_id) for s in latest if s.source_id):
+        await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
     await _refresh(uow, {e.student_id for e in events}, events[-1])
 
 
@@ -32,9 +38,11 @@ async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDea
     last: dict[UUID, tuple] = {}  # one staff member's events arrive in order: the last one stands
     for e in events:
         if isinstance(e, StaffUpserted):
-            last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, e.role, e.email, True, e.occurred_at)
+            last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, e.role, e.email, True, e.occurred_at,
+                              e.school_ids)
         else:
-            last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, "teacher", None, False, e.occurred_at)
+            last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, "teacher", None, False, e.occurred_at,
+                              None)
     rows = list(last.values())
     # A deactivation keeps the role we knew.
     roles = await store.lock_staff_roles(uow.conn, [r[0] for r in rows])
@@ -66,11 +74,51 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
     await _refresh(uow, touched, events[-1])
 
 
+async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
+    await store.record_mandates(uow.conn, events)
+    await _refresh_by_source(uow, events, apply_waiting=True)
+
+
+async def on_mandates_ended(uow: UnitOfWork, events: list[MandateEnded]) -> None:
+    await store.end_mandates(uow.conn, events)
+    await _refresh_by_source(uow, events)
+
+
+async def on_first_attendances(uow: UnitOfWork, events: list[FirstAttendanceRecorded]) -> None:
+    """Seed 001: a provider's "first attend" adds the student to their caseload, here within
+    seconds. Without an active mandate, or the provider's authorisation for the student's
+    school, or a student the roster knows, it waits (and applies when that arrives)."""
+    await store.record_first_attendances(uow.conn, events)
+    await _refresh_by_source(uow, events, apply_waiting=True)
+
+
+async def _refresh_by_source(uow: UnitOfWork, events, apply_waiting: bool = False) -> None:
+    for district_id, source_ids in _by_district((e.district_id, e.student_source_id) for e in events):
+        if apply_waiting:
+            await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
+        await _refresh(uow, await store.student_ids_for(uow.conn, district_id, source_ids), events[-1])
+
+
+def _by_district(pairs) -> list[tuple[str, list[str]]]:
+    out: dict[str, set[str]] = {}
+    for district_id, source_id in pairs:
+        out.setdefault(district_id, set()).add(source_id)
+    return [(d, sorted(ids)) for d, ids in out.items()]
+
+
 async def _refresh(uow: UnitOfWork, student_ids: set[UUID], cause) -> None:
-    for row in await store.refresh_automatic(uow.conn, student_ids):
+    emit_changes(uow, await store.refresh_caseloads(uow.conn, student_ids), occurred_at=cause.occurred_at,
+                 correlation_id=cause.correlation_id)
+
+
+def emit_changes(uow: UnitOfWork, rows, *, occurred_at: datetime | None = None,
+                 correlation_id: str | None = None) -> None:
+    """Publish each membership added or removed (rows from store.refresh_caseloads)."""
+    occurred_at = occurred_at or datetime.now(UTC)
+    for row in rows:
         fields = dict(
             district_id=row["district_id"], student_id=row["student_id"], owner_email=row["owner_email"],
             reason=row["reason"], detail=row["detail"], source_ref=row["source_ref"], school_id=row["school_id"],
-            occurred_at=cause.occurred_at, correlation_id=cause.correlation_id, producer="caseflow.caseload",
+            occurred_at=occurred_at, correlation_id=correlation_id, producer="caseflow.caseload",
         )
         uow.emit(CaseloadMembershipAdded(**fields) if row["change"] == "added" else CaseloadMembershipRemoved(**fields))

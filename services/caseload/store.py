@@ -12,7 +12,8 @@ from services.caseload.domain import ELEMENTARY_GRADES, SECONDARY_GRADES, Projec
 
 async def held_students(conn: asyncpg.Connection, ids: Iterable[UUID]) -> dict[UUID, ProjectedStudent]:
     rows = await conn.fetch(
-        """SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of
+        """SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
+                  source_id
            FROM students WHERE student_id = ANY($1::uuid[]) ORDER BY student_id FOR UPDATE""",
         list(set(ids)),
     )
@@ -24,17 +25,18 @@ async def project_students(conn: asyncpg.Connection, students: list[ProjectedStu
         return
     await conn.execute(
         """INSERT INTO students (student_id, district_id, school_id, grade, given_name, family_name, state_id,
-                                 status, as_of)
+                                 status, as_of, source_id)
            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                $7::text[], $8::text[], $9::timestamptz[])
+                                $7::text[], $8::text[], $9::timestamptz[], $10::text[])
            ON CONFLICT (student_id) DO UPDATE SET
                district_id = EXCLUDED.district_id, school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
                given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
-               state_id = EXCLUDED.state_id, status = EXCLUDED.status, as_of = EXCLUDED.as_of
+               state_id = EXCLUDED.state_id, status = EXCLUDED.status, as_of = EXCLUDED.as_of,
+               source_id = EXCLUDED.source_id
            WHERE students.as_of <= EXCLUDED.as_of""",
         *(list(col) for col in zip(*(
             (s.student_id, s.district_id, s.school_id, s.grade, s.given_name, s.family_name, s.state_id, s.status,
-             s.as_of)
+             s.as_of, s.source_id)
             for s in students
         ), strict=True)),
     )
@@ -47,16 +49,22 @@ async def lock_staff_roles(conn: asyncpg.Connection, ids: list[UUID]) -> dict[UU
 
 
 async def project_staff(conn: asyncpg.Connection, rows: list[tuple]) -> None:
-    """rows: (staff_id, district_id, source_id, role, email, active, as_of); newest wins."""
+    """rows: (staff_id, district_id, source_id, role, email, active, as_of, school_ids); newest wins.
+    school_ids None keeps the schools known (a deactivation does not say them)."""
     if rows:
         await conn.execute(
-            """INSERT INTO staff (staff_id, district_id, source_id, role, email, active, as_of)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
-                                    $7::timestamptz[])
+            """INSERT INTO staff (staff_id, district_id, source_id, role, email, active, as_of, school_ids)
+               SELECT staff_id, district_id, source_id, role, email, active, as_of,
+                      coalesce(string_to_array(school_ids, chr(31)), '{}')
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
+                           $7::timestamptz[], $8::text[])
+                    AS r(staff_id, district_id, source_id, role, email, active, as_of, school_ids)
                ON CONFLICT (staff_id) DO UPDATE SET role = EXCLUDED.role, email = EXCLUDED.email,
-                   active = EXCLUDED.active, as_of = EXCLUDED.as_of
+                   active = EXCLUDED.active, as_of = EXCLUDED.as_of,
+                   school_ids = CASE WHEN EXCLUDED.active THEN EXCLUDED.school_ids ELSE staff.school_ids END
                WHERE staff.as_of <= EXCLUDED.as_of""",
-            *(list(c) for c in zip(*rows, strict=True)),
+            *(list(c) for c in zip(*((*r[:7], chr(31).join(r[7]) if r[7] is not None else None) for r in rows),
+                                   strict=True)),
         )
 
 
@@ -112,15 +120,34 @@ async def students_taught_by(conn: asyncpg.Connection, staff_ids: Iterable[UUID]
     return {r[0] for r in rows}
 
 
-async def refresh_automatic(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> list[asyncpg.Record]:
-    """Bring these students' automatic memberships (homeroom, section) in line with the
-    projection; return the rows added and removed, each with `change`."""
+_STUDENT_LOCKS = 256
+_STUDENT_LOCK_BASE = 0x63_61_00_00  # 'ca', clear of the kit's own advisory lock keys
+
+
+async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID]) -> None:
+    """Serialize the refreshes of one student across transactions until commit. The facts a
+    student's caseload depends on arrive on different topics, handled concurrently: without
+    this, the student's enrolment and their homeroom could each commit unseen by the other's
+    refresh, and the membership both imply would never be written. Whoever refreshes second
+    now runs its query after the first committed, and sees both. Students share 256 locks
+    (by id), so a large batch takes at most 256, in one order (a deadlock is retried)."""
+    buckets = sorted({_STUDENT_LOCK_BASE + i.int % _STUDENT_LOCKS for i in student_ids})
+    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", buckets)
+
+
+async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> list[asyncpg.Record]:
+    """Bring these students' memberships in line with the projection and the manual
+    records (point persons, supports, provider links); return the rows added and removed,
+    each with `change`. Only active students are on caseloads: a withdrawn student leaves
+    every caseload, and their point persons, supports and provider links bring them back
+    if they return."""
     ids = list(set(student_ids))
     if not ids:
         return []
+    await lock_students(conn, ids)
     return await conn.fetch(
         """WITH wanted AS (
-               SELECT DISTINCT sf.email AS owner_email, s.student_id,
+               SELECT DISTINCT lower(sf.email) AS owner_email, s.student_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom' ELSE 'section' END AS reason,
                       c.class_id::text AS source_ref, s.district_id, s.school_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom ' || c.title
@@ -133,10 +160,30 @@ async def refresh_automatic(conn: asyncpg.Connection, student_ids: Iterable[UUID
                WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
                  AND ((c.class_type = 'homeroom' AND s.grade = ANY($2::text[]))
                    OR (c.class_type = 'scheduled' AND s.grade = ANY($3::text[])))
+               UNION ALL
+               SELECT p.owner_email, s.student_id, 'point_person', p.type, s.district_id, s.school_id,
+                      coalesce(t.label, initcap(p.type)) || ' point person'
+               FROM students s JOIN point_persons p ON p.student_id = s.student_id
+               LEFT JOIN point_person_types t ON t.district_id = s.district_id AND t.type = p.type
+               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
+               UNION ALL
+               SELECT g.lead_email, s.student_id, 'support', g.support_id::text, s.district_id, s.school_id,
+                      'support "' || g.name || '" lead'
+               FROM students s JOIN support_members sm ON sm.student_id = s.student_id
+               JOIN supports g ON g.support_id = sm.support_id
+               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
+               UNION ALL
+               SELECT l.provider_email, s.student_id, 'provider', l.mandate_id, s.district_id, s.school_id,
+                      'provider mandate for ' || md.service
+               FROM students s
+               JOIN provider_links l ON l.district_id = s.district_id AND l.student_source_id = s.source_id
+                                    AND l.ended_at IS NULL
+               JOIN mandates md ON md.district_id = l.district_id AND md.mandate_id = l.mandate_id AND md.active
+               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
            ),
            gone AS (
                DELETE FROM memberships h
-               WHERE h.student_id = ANY($1::uuid[]) AND h.reason IN ('homeroom', 'section')
+               WHERE h.student_id = ANY($1::uuid[])
                  AND NOT EXISTS (SELECT 1 FROM wanted w WHERE w.owner_email = h.owner_email
                                  AND w.student_id = h.student_id AND w.reason = h.reason
                                  AND w.source_ref = h.source_ref)
@@ -145,7 +192,7 @@ async def refresh_automatic(conn: asyncpg.Connection, student_ids: Iterable[UUID
            ),
            came AS (
                INSERT INTO memberships (owner_email, student_id, reason, source_ref, district_id, school_id, detail)
-               SELECT * FROM wanted
+               SELECT DISTINCT ON (student_id, owner_email, reason, source_ref) * FROM wanted
                ON CONFLICT (student_id, owner_email, reason, source_ref) DO NOTHING
                RETURNING 'added' AS change, owner_email, student_id, reason, source_ref, district_id, school_id,
                          detail
@@ -157,7 +204,8 @@ async def refresh_automatic(conn: asyncpg.Connection, student_ids: Iterable[UUID
 
 async def student(conn: asyncpg.Connection, *, district_id: str, student_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        """SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of
+        """SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
+                  source_id
            FROM students WHERE district_id = $1 AND student_id = $2""",
         district_id, student_id,
     )
@@ -186,6 +234,320 @@ async def caseloads_with(conn: asyncpg.Connection, *, district_id: str, student_
     )
 
 
+async def students_for_action(conn: asyncpg.Connection, *, district_id: str, student_ids: list[UUID],
+                              caller_email: str) -> dict[UUID, asyncpg.Record]:
+    """The students an action names, locked (in id order, as the handlers lock them) so an
+    action and a roster event on one student do not interleave."""
+    rows = await conn.fetch(
+        """SELECT s.student_id, s.school_id, s.source_id, s.grade, s.status,
+                  EXISTS (SELECT 1 FROM memberships m WHERE m.student_id = s.student_id
+                          AND m.owner_email = $3) AS on_own_caseload
+           FROM students s WHERE s.district_id = $1 AND s.student_id = ANY($2::uuid[])
+           ORDER BY s.student_id FOR UPDATE OF s""",
+        district_id, sorted(set(student_ids)), caller_email,
+    )
+    return {r["student_id"]: r for r in rows}
+
+
 async def on_caseload(conn: asyncpg.Connection, *, owner_email: str, student_id: UUID) -> bool:
     return bool(await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM memberships WHERE owner_email = $1 AND student_id = $2)", owner_email, student_id))
+
+
+# ---------------------------------------------------------------------------- special education
+
+
+async def student_ids_for(conn: asyncpg.Connection, district_id: str, source_ids: list[str]) -> set[UUID]:
+    rows = await conn.fetch("SELECT student_id FROM students WHERE district_id = $1 AND source_id = ANY($2::text[])",
+                            district_id, source_ids)
+    return {r[0] for r in rows}
+
+
+async def record_mandates(conn: asyncpg.Connection, events) -> None:
+    """MandateRecorded, newest per mandate wins; a mandate recorded again after it ended is active again."""
+    await conn.execute(
+        """INSERT INTO mandates (district_id, mandate_id, student_source_id, service, start_date, end_date, active,
+                                 recorded_at)
+           SELECT d, m, s, sv, sd, ed, true, at
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::date[], $6::date[], $7::timestamptz[])
+                AS r(d, m, s, sv, sd, ed, at)
+           ON CONFLICT (district_id, mandate_id) DO UPDATE SET student_source_id = EXCLUDED.student_source_id,
+               service = EXCLUDED.service, start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
+               active = true, recorded_at = EXCLUDED.recorded_at, ended_at = NULL, ended_why = NULL
+           WHERE mandates.recorded_at <= EXCLUDED.recorded_at AND (mandates.ended_at IS NULL
+                                                                 OR mandates.ended_at <= EXCLUDED.recorded_at)""",
+        *(list(c) for c in zip(*((e.district_id, e.mandate_id, e.student_source_id, e.service, e.start_date,
+                                  e.end_date, e.occurred_at) for e in {(e.district_id, e.mandate_id): e
+                                                                       for e in events}.values()), strict=True)),
+    )
+
+
+async def end_mandates(conn: asyncpg.Connection, events) -> None:
+    """MandateEnded: the mandate stays, inactive; the providers linked to it lose the
+    student, the link kept as history. A mandate not yet known is recorded as ended, so a
+    late MandateRecorded older than the end does not revive it."""
+    last = {(e.district_id, e.mandate_id): e for e in events}.values()
+    cols = [list(c) for c in zip(*((e.district_id, e.mandate_id, e.student_source_id, e.reason or "mandate ended",
+                                    e.occurred_at) for e in last), strict=True)]
+    await conn.execute(
+        """INSERT INTO mandates (district_id, mandate_id, student_source_id, service, active, recorded_at, ended_at,
+                                 ended_why)
+           SELECT d, m, s, 'unknown', false, at, at, why
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[]) AS r(d, m, s, why, at)
+           ON CONFLICT (district_id, mandate_id) DO UPDATE SET active = false, ended_at = EXCLUDED.ended_at,
+               ended_why = EXCLUDED.ended_why
+           WHERE mandates.recorded_at <= EXCLUDED.ended_at""",
+        *cols,
+    )
+    await conn.execute(
+        """UPDATE provider_links l SET ended_at = now(), ended_by = 'special education system',
+               ended_why = 'mandate ended: ' || r.why
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS r(d, m, why)
+           WHERE l.district_id = r.d AND l.mandate_id = r.m AND l.ended_at IS NULL""",
+        cols[0], cols[1], cols[3],
+    )
+
+
+async def record_first_attendances(conn: asyncpg.Connection, events) -> None:
+    await conn.execute(
+        """INSERT INTO first_attendances (event_id, district_id, student_source_id, provider_email, service,
+                                          mandate_id, session_date, status)
+           SELECT e, d, s, lower(p), sv, m, sd, 'pending'
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::date[])
+                AS r(e, d, s, p, sv, m, sd)
+           ON CONFLICT (event_id) DO NOTHING""",
+        *(list(c) for c in zip(*((e.event_id, e.district_id, e.student_source_id, e.provider_email, e.service,
+                                  e.mandate_id, e.session_date) for e in events), strict=True)),
+    )
+
+
+async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
+                                  source_ids: list[str] | None = None,
+                                  provider_email: str | None = None) -> list[asyncpg.Record]:
+    """Link the providers of pending first attendances whose rules now hold: the roster
+    knows the student, an active mandate for the service exists, and the provider is
+    authorised for the student's school. The rest stay pending, saying what they wait for."""
+    return await conn.fetch(
+        """WITH candidates AS (
+               SELECT a.event_id, a.district_id, a.student_source_id, a.provider_email, s.school_id,
+                      (SELECT md.mandate_id FROM mandates md
+                       WHERE md.district_id = a.district_id AND md.student_source_id = a.student_source_id
+                         AND md.active AND (md.mandate_id = a.mandate_id
+                                            OR (a.mandate_id IS NULL AND lower(md.service) = lower(a.service)))
+                       ORDER BY md.recorded_at LIMIT 1) AS mandate_id,
+                      EXISTS (SELECT 1 FROM provider_authorisations pa
+                              WHERE pa.district_id = a.district_id AND pa.provider_email = a.provider_email
+                                AND pa.school_id IN (s.school_id, '*')) AS authorised
+               FROM first_attendances a
+               LEFT JOIN students s ON s.district_id = a.district_id AND s.source_id = a.student_source_id
+                                   AND s.status = 'active'
+               WHERE a.status = 'pending' AND a.district_id = $1
+                 AND ($2::text[] IS NULL OR a.student_source_id = ANY($2::text[]))
+                 AND ($3::text IS NULL OR a.provider_email = $3)
+               FOR UPDATE OF a
+           ),
+           verdict AS (
+               SELECT *, CASE WHEN school_id IS NULL THEN 'student_unknown'
+                              WHEN mandate_id IS NULL THEN 'no_mandate'
+                              WHEN NOT authorised THEN 'provider_not_authorised' END AS waiting_for
+               FROM candidates
+           ),
+           linked AS (
+               INSERT INTO provider_links (district_id, student_source_id, mandate_id, provider_email, added_via,
+                                           added_by)
+               SELECT DISTINCT district_id, student_source_id, mandate_id, provider_email, 'first_attendance',
+                      provider_email
+               FROM verdict WHERE waiting_for IS NULL
+               ON CONFLICT (district_id, mandate_id, provider_email) WHERE ended_at IS NULL DO NOTHING
+               RETURNING 1
+           )
+           UPDATE first_attendances a
+           SET status = CASE WHEN v.waiting_for IS NULL THEN 'applied' ELSE 'pending' END,
+               waiting_for = v.waiting_for
+           FROM verdict v WHERE a.event_id = v.event_id
+           RETURNING a.student_source_id, a.provider_email, a.status, a.waiting_for""",
+        district_id, source_ids, provider_email,
+    )
+
+
+async def active_mandates(conn: asyncpg.Connection, district_id: str, source_id: str | None) -> list[tuple[str, str]]:
+    if source_id is None:
+        return []
+    rows = await conn.fetch(
+        """SELECT mandate_id, service FROM mandates WHERE district_id = $1 AND student_source_id = $2 AND active
+           ORDER BY recorded_at""", district_id, source_id)
+    return [(r["mandate_id"], r["service"]) for r in rows]
+
+
+async def provider_schools(conn: asyncpg.Connection, district_id: str, provider_email: str) -> frozenset[str]:
+    rows = await conn.fetch("SELECT school_id FROM provider_authorisations WHERE district_id = $1 AND provider_email = $2",
+                            district_id, provider_email)
+    return frozenset(r[0] for r in rows)
+
+
+async def authorise_provider(conn: asyncpg.Connection, district_id: str, provider_email: str, schools: list[str],
+                             granted_by: str, within: frozenset[str] | None) -> None:
+    """Set the schools a provider may serve. `within`: the schools the granter speaks for
+    (None: the whole district); authorisations elsewhere are left as they are."""
+    await conn.execute(
+        """DELETE FROM provider_authorisations WHERE district_id = $1 AND provider_email = $2
+               AND ($3::text[] IS NULL OR school_id = ANY($3::text[])) AND NOT school_id = ANY($4::text[])""",
+        district_id, provider_email, None if within is None else sorted(within), schools,
+    )
+    await conn.execute(
+        """INSERT INTO provider_authorisations (district_id, provider_email, school_id, granted_by)
+           SELECT $1, $2, unnest($3::text[]), $4 ON CONFLICT DO NOTHING""",
+        district_id, provider_email, schools, granted_by,
+    )
+
+
+async def provider_link(conn: asyncpg.Connection, *, district_id: str, source_id: str, mandate_id: str,
+                        provider_email: str, added_via: str, added_by: str) -> bool:
+    done = await conn.execute(
+        """INSERT INTO provider_links (district_id, student_source_id, mandate_id, provider_email, added_via, added_by)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (district_id, mandate_id, provider_email) WHERE ended_at IS NULL DO NOTHING""",
+        district_id, source_id, mandate_id, provider_email, added_via, added_by,
+    )
+    return done.endswith("1")
+
+
+async def end_provider_links(conn: asyncpg.Connection, *, district_id: str, source_id: str, provider_email: str,
+                             ended_by: str, why: str) -> int:
+    done = await conn.execute(
+        """UPDATE provider_links SET ended_at = now(), ended_by = $4, ended_why = $5
+           WHERE district_id = $1 AND student_source_id = $2 AND provider_email = $3 AND ended_at IS NULL""",
+        district_id, source_id, provider_email, ended_by, why,
+    )
+    return int(done.split()[-1])
+
+
+async def provider_links_of(conn: asyncpg.Connection, district_id: str, source_id: str) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT l.provider_email, l.mandate_id, m.service, l.added_via, l.added_by, l.added_at, l.ended_at,
+                  l.ended_by, l.ended_why
+           FROM provider_links l LEFT JOIN mandates m USING (district_id, mandate_id)
+           WHERE l.district_id = $1 AND l.student_source_id = $2 ORDER BY l.added_at""",
+        district_id, source_id,
+    )
+
+
+# ---------------------------------------------------------------------------- point persons and supports
+
+
+async def point_person_types(conn: asyncpg.Connection, district_id: str):
+    from services.caseload.domain import DEFAULT_POINT_PERSON_TYPES, PointPersonType
+
+    rows = await conn.fetch(
+        "SELECT type, label, levels FROM point_person_types WHERE district_id = $1 ORDER BY position", district_id)
+    if not rows:
+        return list(DEFAULT_POINT_PERSON_TYPES)
+    return [PointPersonType(r["type"], r["label"], frozenset(r["levels"])) for r in rows]
+
+
+async def set_point_person_types(conn: asyncpg.Connection, district_id: str, types, changed_by: str) -> None:
+    await conn.execute("DELETE FROM point_person_types WHERE district_id = $1", district_id)
+    await conn.executemany(
+        """INSERT INTO point_person_types (district_id, type, label, levels, position, changed_by)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        [(district_id, t.type, t.label, sorted(t.levels), i, changed_by) for i, t in enumerate(types)],
+    )
+
+
+async def point_person_counts(conn: asyncpg.Connection, district_id: str) -> dict[str, int]:
+    rows = await conn.fetch("SELECT type, count(*) FROM point_persons WHERE district_id = $1 GROUP BY type",
+                            district_id)
+    return {r[0]: r[1] for r in rows}
+
+
+async def school_grades(conn: asyncpg.Connection, district_id: str, school_ids: Iterable[str]) -> dict[str, set[str]]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT school_id, grade FROM students
+           WHERE district_id = $1 AND school_id = ANY($2::text[]) AND status = 'active'""",
+        district_id, sorted(set(school_ids)),
+    )
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["school_id"], set()).add(r["grade"])
+    return out
+
+
+async def active_staff_emails(conn: asyncpg.Connection, district_id: str, emails: Iterable[str]) -> set[str]:
+    rows = await conn.fetch(
+        """SELECT DISTINCT lower(email) FROM staff
+           WHERE district_id = $1 AND active AND lower(email) = ANY($2::text[])""",
+        district_id, sorted({e.lower() for e in emails}),
+    )
+    return {r[0] for r in rows}
+
+
+async def assign_point_persons(conn: asyncpg.Connection, *, district_id: str, student_ids: list[UUID], type_: str,
+                               owner_email: str | None, by: str) -> None:
+    """Assign (or, with owner_email None, remove) the point person of a type for these
+    students; the one it replaces goes to the history."""
+    await conn.execute(
+        """WITH ended AS (
+               DELETE FROM point_persons p
+               WHERE p.student_id = ANY($1::uuid[]) AND p.type = $2 AND p.owner_email IS DISTINCT FROM $3
+               RETURNING p.*
+           )
+           INSERT INTO point_person_history (student_id, type, district_id, owner_email, assigned_by, assigned_at,
+                                             ended_by, ended_why)
+           SELECT student_id, type, district_id, owner_email, assigned_by, assigned_at, $4,
+                  CASE WHEN $3::text IS NULL THEN 'removed' ELSE 'replaced' END
+           FROM ended""",
+        student_ids, type_, owner_email, by,
+    )
+    if owner_email is not None:
+        await conn.execute(
+            """INSERT INTO point_persons (student_id, type, district_id, owner_email, assigned_by)
+               SELECT unnest($1::uuid[]), $2, $3, $4, $5 ON CONFLICT (student_id, type) DO NOTHING""",
+            student_ids, type_, district_id, owner_email, by,
+        )
+
+
+async def point_persons_of(conn: asyncpg.Connection, student_id: UUID) -> tuple[list, list]:
+    current = await conn.fetch(
+        "SELECT type, owner_email, assigned_by, assigned_at FROM point_persons WHERE student_id = $1 ORDER BY type",
+        student_id)
+    history = await conn.fetch(
+        """SELECT type, owner_email, assigned_by, assigned_at, ended_by, ended_at, ended_why
+           FROM point_person_history WHERE student_id = $1 ORDER BY ended_at""", student_id)
+    return current, history
+
+
+async def support(conn: asyncpg.Connection, district_id: str, support_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT g.*, (SELECT count(*) FROM support_members m WHERE m.support_id = g.support_id) AS students
+           FROM supports g WHERE district_id = $1 AND support_id = $2""", district_id, support_id)
+
+
+async def supports(conn: asyncpg.Connection, district_id: str, school_ids: list[str] | None) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT g.*, (SELECT count(*) FROM support_members m WHERE m.support_id = g.support_id) AS students
+           FROM supports g WHERE district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2::text[]))
+           ORDER BY school_id, name""", district_id, school_ids)
+
+
+async def support_student_ids(conn: asyncpg.Connection, support_id: UUID) -> list[UUID]:
+    return [r[0] for r in await conn.fetch("SELECT student_id FROM support_members WHERE support_id = $1", support_id)]
+
+
+# ---------------------------------------------------------------------------- the change feed
+
+
+async def changes(conn: asyncpg.Connection, *, district_id: str, after: tuple[int, int], since,
+                  owner_email: str | None, schools: list[str] | None, limit: int) -> list[asyncpg.Record]:
+    """Membership changes in (xid, seq) order, only of transactions older than every open
+    one: a change that commits later always sorts after the cursor, so none is skipped."""
+    return await conn.fetch(
+        """SELECT xid::text::bigint AS xid, seq, at, change, owner_email, student_id, reason, source_ref, detail,
+                  school_id
+           FROM membership_changes
+           WHERE district_id = $1 AND (xid, seq) > ($2::text::xid8, $3::bigint)
+             AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             AND ($4::timestamptz IS NULL OR at >= $4)
+             AND ($5::text IS NULL OR owner_email = $5) AND ($6::text[] IS NULL OR school_id = ANY($6::text[]))
+           ORDER BY xid, seq LIMIT $7""",
+        district_id, str(after[0]), after[1], since, owner_email, schools, limit,
+    )

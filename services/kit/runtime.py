@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -18,9 +19,9 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from faststream.specification import AsyncAPI
 
 from contracts.topics import Topic
-from services.kit import db, logs, settings as settings_module
+from services.kit import db, logs, outbox, settings as settings_module
 from services.kit.auth import TokenVerifier
-from services.kit.consumer import EventConsumer, Subscription
+from services.kit.consumer import EventConsumer, Subscription, UnitOfWork
 from services.kit.http import CachedCheck, build_app
 from services.kit.metrics import Metrics
 from services.kit.outbox import OutboxRelay, producer_for
@@ -144,6 +145,17 @@ class ServiceRuntime:
         self._background.append(task)
         task.add_done_callback(lambda t: t in self._background and self._background.remove(t))
         return task
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """One transaction for an HTTP action: its state change and the events it emits
+        commit together (the outbox), as in a consumer's batch."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            uow = UnitOfWork(conn, source=f"caseflow.{self.settings.service}", settings=self.settings)
+            yield uow
+            await outbox.write(conn, uow.outgoing)
+        if uow.outgoing:
+            self.relay.wake()
 
     def http_app(self):
         return build_app(self, self.definition.routers)

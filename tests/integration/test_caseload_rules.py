@@ -3,6 +3,7 @@ from scratch over the projection by the seed's rules (real PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -141,3 +142,47 @@ async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(ser
         else:
             replayed.remove(key)
     assert replayed == {m.key for m in held}
+
+
+@pytest.mark.parametrize("first", ["student", "homeroom"])
+async def test_a_students_facts_arriving_at_once_on_different_topics_still_make_the_membership(service_db, first):
+    """The student's enrolment and their place in a homeroom come on different topics,
+    handled concurrently. Whichever commits second must see the first."""
+    pool = await service_db("caseload")
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    at = dict(district_id="d1", occurred_at=t0)
+    async with pool.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
+        await handlers.on_roster_staff(uow, [StaffUpserted(staff_id=TEACHERS[0], source_id="t0", role="teacher",
+                                                           given_name="T", family_name="T", email="a@x.org",
+                                                           school_ids=["A"], matched=True, **at)])
+        await handlers.on_roster_classes(uow, [ClassUpserted(class_id=CLASSES[0], source_id="c0", school_id="A",
+                                                             class_type="homeroom", title="3-401", grades=["03"],
+                                                             periods=[], **at)])
+        await handlers.on_roster_enrollments(uow, [EnrollmentAdded(
+            person_id=TEACHERS[0], role="teacher", class_id=CLASSES[0], class_source_id="c0", user_source_id="t0",
+            school_id="A", primary=True, **at)])
+    student = (handlers.on_roster_students, [StudentEnrolled(
+        student_id=STUDENTS[0], source_id="s0", school_id="A", grade="03", given_name="G", family_name="F", **at)])
+    homeroom = (handlers.on_roster_enrollments, [EnrollmentAdded(
+        person_id=STUDENTS[0], role="student", class_id=CLASSES[0], class_source_id="c0", user_source_id="s0",
+        school_id="A", primary=False, **at)])
+    one, two = (student, homeroom) if first == "student" else (homeroom, student)
+
+    async with pool.acquire() as a, pool.acquire() as b:
+        tx_a = a.transaction()
+        await tx_a.start()
+        await one[0](UnitOfWork(a, source="caseflow.caseload", settings=SETTINGS), one[1])
+        # The second handler runs while the first has not committed yet...
+        second = asyncio.create_task(_in_transaction(b, two))
+        await asyncio.sleep(0.5)
+        await tx_a.commit()  # ... and the first commits only now.
+        await second
+        held = await a.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
+    assert [(r["owner_email"], r["reason"]) for r in held] == [("a@x.org", "homeroom")]
+
+
+async def _in_transaction(conn, step) -> None:
+    handler, events = step
+    async with conn.transaction():
+        await handler(UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS), events)

@@ -1,0 +1,230 @@
+"""Actions people take on students' caseloads (seed 000: point persons, supports; seed 001:
+provider caseloads), on one student or a batch. A batch checks every student first and
+applies all or nothing: one transaction, the state change and the membership events it
+causes together (the outbox).
+
+Each action says who may take it, what it needs to know, the rule per student, and how it
+is applied; `run` does the rest the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+
+from services.caseload import domain, handlers, store
+from services.caseload.domain import Caller, Refused
+
+
+@dataclass(frozen=True)
+class StudentRefused:
+    student_id: UUID
+    rule: str
+    message: str
+
+
+class BatchRefused(Exception):
+    """Nothing was applied: these students broke a rule."""
+
+    def __init__(self, refusals: list[StudentRefused]) -> None:
+        super().__init__(f"{len(refusals)} student(s) refused")
+        self.refusals = refusals
+
+
+@dataclass
+class Context:
+    conn: object
+    caller: Caller
+    district_id: str
+    facts: dict = field(default_factory=dict)  # what prepare() looked up for the checks
+
+
+class Action:
+    """An editor on their own caseload, or an admin in their scope, by default."""
+
+    def require_role(self, caller: Caller) -> None:
+        if not caller.roles & domain.ACT_ROLES:
+            raise Refused("viewer_cannot_act", "a caseload viewer may see students, not act on them; this needs "
+                                               "caseload_editor or an admin role")
+
+    def visible(self, ctx: Context, student) -> bool:
+        return domain.may_see(ctx.caller, school_id=student["school_id"], on_own_caseload=student["on_own_caseload"])
+
+    async def prepare(self, ctx: Context, students: dict) -> None:
+        pass
+
+    def check(self, ctx: Context, student) -> None:
+        domain.check_may_act(ctx.caller, school_id=student["school_id"], on_own_caseload=student["on_own_caseload"])
+
+    async def apply(self, ctx: Context, students: list) -> None:
+        raise NotImplementedError
+
+
+async def run(runtime, caller: Caller, district_id: str, action: Action, student_ids: list[UUID],
+              correlation_id: str | None = None) -> list:
+    """Check every student, then apply to all (returning the membership changes) or raise
+    BatchRefused and change nothing. A Refused for the whole action propagates."""
+    action.require_role(caller)
+    ids = list(dict.fromkeys(student_ids))
+    for attempt in range(5):
+        try:
+            return await _run_once(runtime, caller, district_id, action, ids, correlation_id)
+        except (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError):
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.05 * 2 ** attempt)  # a roster batch held the same students: run again
+    raise AssertionError("unreachable")
+
+
+async def _run_once(runtime, caller: Caller, district_id: str, action: Action, ids: list[UUID],
+                    correlation_id: str | None) -> list:
+    async with runtime.unit_of_work() as uow:
+        students = await store.students_for_action(uow.conn, district_id=district_id, student_ids=ids,
+                                                   caller_email=caller.email)
+        ctx = Context(uow.conn, caller, district_id)
+        await action.prepare(ctx, students)
+        refused = []
+        for student_id in ids:
+            student = students.get(student_id)
+            if student is None or not action.visible(ctx, student):
+                refused.append(StudentRefused(student_id, "not_found", "student not found"))
+                continue
+            if student["status"] != "active":
+                refused.append(StudentRefused(student_id, "student_withdrawn", "the student is withdrawn"))
+                continue
+            try:
+                action.check(ctx, student)
+            except Refused as r:
+                refused.append(StudentRefused(student_id, r.rule, r.message))
+        if refused:
+            raise BatchRefused(refused)  # rolls the transaction back: nothing applied
+        await action.apply(ctx, [students[i] for i in ids])
+        changes = await store.refresh_caseloads(uow.conn, ids)
+        handlers.emit_changes(uow, changes, correlation_id=correlation_id)
+    return changes
+
+
+# ---------------------------------------------------------------------------- point persons
+
+
+@dataclass
+class AssignPointPerson(Action):
+    """Make `owner_email` the student's point person of this type (None: remove it). The
+    type must be available at the student's school level; the one replaced is kept in history."""
+
+    type: str
+    owner_email: str | None
+
+    async def prepare(self, ctx: Context, students: dict) -> None:
+        types = {t.type: t for t in await store.point_person_types(ctx.conn, ctx.district_id)}
+        ctx.facts["type"] = types.get(self.type)
+        grades = await store.school_grades(ctx.conn, ctx.district_id, (s["school_id"] for s in students.values()))
+        ctx.facts["levels"] = {school: domain.school_levels(g) for school, g in grades.items()}
+        ctx.facts["owner_known"] = self.owner_email is None or bool(
+            await store.active_staff_emails(ctx.conn, ctx.district_id, [self.owner_email]))
+
+    def check(self, ctx: Context, student) -> None:
+        super().check(ctx, student)
+        if self.owner_email is None:
+            if ctx.facts["type"] is None:
+                raise Refused("unknown_point_person_type", f"no point person type {self.type!r} in this district")
+            return
+        domain.check_point_person(ctx.facts["type"], self.type, ctx.facts["levels"].get(student["school_id"],
+                                                                                        frozenset()),
+                                  ctx.facts["owner_known"])
+
+    async def apply(self, ctx: Context, students: list) -> None:
+        await store.assign_point_persons(ctx.conn, district_id=ctx.district_id,
+                                         student_ids=[s["student_id"] for s in students], type_=self.type,
+                                         owner_email=self.owner_email, by=ctx.caller.email)
+
+
+# ---------------------------------------------------------------------------- supports
+
+
+@dataclass
+class SupportMembership(Action):
+    """Add students to a support (or take them out): its lead has them on their caseload.
+    A support belongs to one school; its students are that school's."""
+
+    support: dict
+    add: bool
+
+    def check(self, ctx: Context, student) -> None:
+        super().check(ctx, student)
+        if self.add and student["school_id"] != self.support["school_id"]:
+            raise Refused("other_school", f"the support \"{self.support['name']}\" belongs to school "
+                                          f"{self.support['school_id']}; the student is at {student['school_id']}")
+
+    async def apply(self, ctx: Context, students: list) -> None:
+        ids = [s["student_id"] for s in students]
+        if self.add:
+            await ctx.conn.execute(
+                """INSERT INTO support_members (support_id, student_id, added_by)
+                   SELECT $1, unnest($2::uuid[]), $3 ON CONFLICT DO NOTHING""",
+                self.support["support_id"], ids, ctx.caller.email)
+        else:
+            await ctx.conn.execute("DELETE FROM support_members WHERE support_id = $1 AND student_id = ANY($2::uuid[])",
+                                   self.support["support_id"], ids)
+
+
+# ---------------------------------------------------------------------------- provider caseloads (seed 001)
+
+
+@dataclass
+class ProviderCaseload(Action):
+    """Put students on a provider's caseload (a supervisor for a provider, or a provider for
+    themself), under a mandate and the provider's authorisation; or take them off."""
+
+    provider_email: str
+    service: str | None
+    add: bool
+
+    def require_role(self, caller: Caller) -> None:
+        if self.provider_email == caller.email:
+            if "provider" not in caller.roles:
+                raise Refused("not_a_provider", "one's own provider caseload needs the provider role")
+        elif not caller.roles & {"supervisor", "district_admin", "school_admin"}:
+            raise Refused("not_a_supervisor", "only a supervisor (or an admin) changes another provider's "
+                                              "caseload; a provider changes their own")
+
+    async def prepare(self, ctx: Context, students: dict) -> None:
+        ctx.facts["provider_schools"] = schools = await store.provider_schools(ctx.conn, ctx.district_id,
+                                                                               self.provider_email)
+        caller = ctx.caller
+        if self.provider_email != caller.email and not caller.district_wide \
+                and not ("*" in schools or schools & caller.schools):
+            raise Refused("no_access_to_provider", "you need access to the provider: they are not authorised in "
+                                                   "any of your schools")
+        ctx.facts["mandates"] = {s["student_id"]: await store.active_mandates(ctx.conn, ctx.district_id, s["source_id"])
+                                 for s in students.values()}
+        ctx.facts["link"] = {}
+
+    def visible(self, ctx: Context, student) -> bool:
+        if super().visible(ctx, student):
+            return True
+        # A provider finds the students of the schools they are authorised to serve.
+        schools = ctx.facts["provider_schools"]
+        return self.provider_email == ctx.caller.email and ("*" in schools or student["school_id"] in schools)
+
+    def check(self, ctx: Context, student) -> None:
+        if self.add:
+            ctx.facts["link"][student["student_id"]] = domain.check_provider_link(
+                caller=ctx.caller, provider_email=self.provider_email,
+                provider_schools=ctx.facts["provider_schools"], student_school=student["school_id"],
+                mandates=ctx.facts["mandates"][student["student_id"]], service=self.service)
+
+    async def apply(self, ctx: Context, students: list) -> None:
+        via = "provider" if self.provider_email == ctx.caller.email else "supervisor"
+        for s in students:
+            if self.add:
+                await store.provider_link(ctx.conn, district_id=ctx.district_id, source_id=s["source_id"],
+                                          mandate_id=ctx.facts["link"][s["student_id"]],
+                                          provider_email=self.provider_email, added_via=via, added_by=ctx.caller.email)
+            else:
+                await store.end_provider_links(ctx.conn, district_id=ctx.district_id, source_id=s["source_id"],
+                                               provider_email=self.provider_email, ended_by=ctx.caller.email,
+                                               why=f"taken off by {via}")
