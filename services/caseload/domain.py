@@ -287,3 +287,16 @@ def automatic_memberships(p: Projection) -> set[Membership]:
         for email in teachers.get(class_id, ()):
             out.add(Membership(email, person_id, reason, str(class_id)))
     return out
+
+
+def manual_memberships(students: dict[UUID, tuple[str, str]], point_persons: dict[tuple[UUID, str], str],
+                       support_leads: dict[UUID, str], support_members: set[tuple[UUID, UUID]]) -> set[Membership]:
+    """Every point person and support membership, computed from scratch: only active
+    students are on caseloads. point_persons: (student, type) -> owner email;
+    support_leads: support -> lead email; support_members: (support, student)."""
+    active = {s for s, (_, status) in students.items() if status == "active"}
+    out = {Membership(owner, student, "point_person", type_)
+           for (student, type_), owner in point_persons.items() if student in active}
+    out |= {Membership(support_leads[support], student, "support", str(support))
+            for support, student in support_members if student in active and support in support_leads}
+    return out

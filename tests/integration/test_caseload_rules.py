@@ -23,7 +23,8 @@ from contracts.roster import (
     StudentWithdrawn,
 )
 from services.caseload import handlers
-from services.caseload.domain import Membership, Projection, automatic_memberships
+from services.caseload import store
+from services.caseload.domain import Membership, Projection, automatic_memberships, manual_memberships
 from services.kit import outbox
 from services.kit.consumer import UnitOfWork
 from services.kit.settings import AuthSettings, KafkaSettings, Settings
@@ -46,7 +47,17 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("remove_class"), st.integers(0, 2)),
     st.tuples(st.just("join"), st.integers(0, 2), st.integers(0, 5)),
     st.tuples(st.just("leave"), st.integers(0, 2), st.integers(0, 5)),
-), max_size=30)
+), min_size=6, max_size=40)
+
+# Manual actions between roster events: a point person assigned or removed, a support's
+# student added or removed, a support handed to a new lead.
+manual_steps = st.lists(st.one_of(
+    st.tuples(st.just("point"), st.integers(0, 3), st.sampled_from(["attendance", "regents"]),
+              st.sampled_from([None, "a@x.org", "c@x.org"])),
+    st.tuples(st.just("support"), st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("lead"), st.sampled_from(["a@x.org", "c@x.org"])),
+), min_size=1, max_size=8)
+SUPPORT = uuid.uuid5(NS, "support")
 
 
 def roster_events(district: str, plan) -> list:
@@ -104,31 +115,78 @@ _pool: dict = {}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=steps, batch=st.integers(1, 4))
-async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(service_db, plan, batch):
+@given(plan=steps, batch=st.integers(1, 4), manual=manual_steps, where=st.randoms())
+async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(service_db, plan, batch, manual, where):
     if service_db not in _pool:
         _pool.clear()
         _pool[service_db] = await service_db("caseload")
     pool = _pool[service_db]
     async with pool.acquire() as conn:
-        await conn.execute("TRUNCATE students, staff, classes, class_members, memberships, outbox")
+        await conn.execute("TRUNCATE students, staff, classes, class_members, memberships, outbox, point_persons, "
+                           "supports, support_members")
+        await conn.execute("INSERT INTO supports (support_id, district_id, school_id, name, lead_email, created_by) "
+                           "VALUES ($1, 'd1', 'A', 'Tier 2 reading', 'a@x.org', 'test')", SUPPORT)
     events = roster_events("d1", plan)
+    # Manual actions land at random points among the roster events.
+    at = sorted(where.randint(0, len(events)) for _ in manual)
     published: list = []
+    point_persons: dict = {}
+    members: set = set()
+    lead = "a@x.org"
+
+    async def act(step) -> None:
+        nonlocal lead
+        async with pool.acquire() as conn, conn.transaction():
+            uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
+            match step:
+                case ("point", i, type_, owner):
+                    await store.assign_point_persons(conn, district_id="d1", student_ids=[STUDENTS[i]], type_=type_,
+                                                     owner_email=owner, by="test")
+                    point_persons.pop((STUDENTS[i], type_), None)
+                    if owner:
+                        point_persons[(STUDENTS[i], type_)] = owner
+                    touched = [STUDENTS[i]]
+                case ("support", i, add):
+                    if add:
+                        await conn.execute("INSERT INTO support_members (support_id, student_id, added_by) "
+                                           "VALUES ($1, $2, 'test') ON CONFLICT DO NOTHING", SUPPORT, STUDENTS[i])
+                        members.add((SUPPORT, STUDENTS[i]))
+                    else:
+                        await conn.execute("DELETE FROM support_members WHERE student_id = $1", STUDENTS[i])
+                        members.discard((SUPPORT, STUDENTS[i]))
+                    touched = [STUDENTS[i]]
+                case ("lead", email):
+                    await conn.execute("UPDATE supports SET lead_email = $1", email)
+                    lead = email
+                    touched = [s for _, s in members]
+            handlers.emit_changes(uow, await store.refresh_caseloads(conn, touched))
+            await outbox.write(conn, uow.outgoing)
+            published.extend(uow.outgoing)
+
     # Events of one type arrive in batches, as the consumer hands them over.
     i = 0
     while i < len(events):
+        while at and at[0] <= i:
+            at.pop(0)
+            await act(manual[len(manual) - len(at) - 1])
         run = [events[i]]
         while len(run) < batch and i + len(run) < len(events) and HANDLER[type(events[i + len(run)])] is HANDLER[type(events[i])]:
             run.append(events[i + len(run)])
+        if at and at[0] < i + len(run):
+            run = run[:max(1, at[0] - i)]
         async with pool.acquire() as conn, conn.transaction():
             uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
             await HANDLER[type(run[0])](uow, run)
             await outbox.write(conn, uow.outgoing)
             published += uow.outgoing
         i += len(run)
+    while at:
+        at.pop(0)
+        await act(manual[len(manual) - len(at) - 1])
     async with pool.acquire() as conn:
         projection, held = await projection_and_caseloads(conn)
-    assert held == automatic_memberships(projection)
+    assert held == automatic_memberships(projection) | manual_memberships(
+        projection.students, point_persons, {SUPPORT: lead}, members)
     # ... and a subscriber replaying the membership events holds the same caseloads.
     import json
 
