@@ -25,6 +25,7 @@ from contracts.topics import (
     SPED_MANDATES,
 )
 from services.caseload import api, handlers
+from services.caseload.upkeep import CaseloadOptions, keep_change_feed_bounded
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
 
@@ -74,4 +75,6 @@ def definition() -> ServiceDefinition:
         ],
         routers=[api.router],
         publishes=[CASELOAD_MEMBERSHIPS],
+        background=[keep_change_feed_bounded],
+        options=CaseloadOptions.from_env(),
     )

@@ -313,3 +313,35 @@ async def test_the_change_feed_lets_another_tool_stay_in_sync(caseloads, system:
     # A teacher reads the changes to their own caseload only.
     own = (await client.get("/v1/caseload-changes", headers=bearer(COUNSELLOR, ["caseload_viewer"]))).json()
     assert {c["owner_email"] for c in own["items"]} == {COUNSELLOR}
+
+
+async def test_a_district_sets_its_own_point_person_types(caseloads):
+    client = caseloads.client
+    defaults = (await client.get("/v1/point-person-types", headers=ADMIN)).json()["items"]
+    assert [(t["type"], t["levels"]) for t in defaults] == [
+        ("attendance", ["ES", "HS", "MS"]), ("academic", ["ES", "HS", "MS"]), ("regents", ["HS"]),
+        ("credits", ["HS"]), ("postsecondary", ["HS"])]
+    school_admin = bearer("principal@d.example.org", ["school_admin"], ["E1"])
+    assert (await client.put("/v1/point-person-types", headers=school_admin, json=[])).status_code == 403
+
+    assert (await client.put(f"/v1/students/{sid('hs-1')}/point-persons/regents", headers=ADMIN,
+                             json={"owner_email": COUNSELLOR})).status_code == 200
+    mine = [{"type": "attendance", "label": "Attendance", "levels": ["ES", "MS", "HS"]},
+            {"type": "academic", "label": "Academic", "levels": ["HS"]},
+            {"type": "ell", "label": "English learners", "levels": ["EMS"]}]
+    in_use = await client.put("/v1/point-person-types", headers=ADMIN, json=mine)
+    assert in_use.status_code == 409 and "regents (1 students)" in in_use.json()["detail"]
+    assert (await client.delete(f"/v1/students/{sid('hs-1')}/point-persons/regents", headers=ADMIN)).status_code == 200
+    assert (await client.put("/v1/point-person-types", headers=ADMIN, json=mine)).status_code == 200
+    bad_level = await client.put("/v1/point-person-types", headers=ADMIN,
+                                 json=[{"type": "x", "label": "X", "levels": ["college"]}])
+    assert bad_level.status_code == 422 and "unknown school level" in bad_level.json()["detail"]
+
+    academic_es = await client.put(f"/v1/students/{sid('es-1')}/point-persons/academic", headers=ADMIN,
+                                   json={"owner_email": COUNSELLOR})
+    assert academic_es.status_code == 422
+    ell = await client.put(f"/v1/students/{sid('es-1')}/point-persons/ell", headers=ADMIN,
+                           json={"owner_email": COUNSELLOR})
+    assert ell.status_code == 200
+    assert await my_caseload(client, bearer(COUNSELLOR, ["caseload_viewer"])) == {
+        sid("es-1"): ["English learners point person"]}

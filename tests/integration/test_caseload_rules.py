@@ -244,3 +244,19 @@ async def _in_transaction(conn, step) -> None:
     handler, events = step
     async with conn.transaction():
         await handler(UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS), events)
+
+
+async def test_the_change_feed_forgets_what_is_older_than_its_retention(service_db):
+    from services.caseload.upkeep import forget_old_changes
+
+    pool = await service_db("caseload")
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO membership_changes (at, change, district_id, owner_email, student_id, reason, source_ref,
+                                               detail, school_id)
+               SELECT now() - make_interval(days => d), 'added', 'd1', 'a@x.org', gen_random_uuid(), 'homeroom',
+                      'c', 'homeroom 3-401', 'A'
+               FROM generate_series(0, 119) AS d""")
+    assert await forget_old_changes(pool, retention_days=90, batch=7) == 30  # 90 days old and older
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM membership_changes") == 90

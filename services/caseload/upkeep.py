@@ -1,0 +1,56 @@
+"""Background upkeep of the caseload service: the change feed keeps a bounded history."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+
+from services.kit import logs
+
+log = logs.get("caseflow.caseload.upkeep")
+
+
+@dataclass(frozen=True)
+class CaseloadOptions:
+    """The caseload service's own settings (CASEFLOW_CASELOAD_*)."""
+
+    changes_retention_days: int = 90  # how far back a tool may catch up from the change feed
+    upkeep_interval_seconds: float = 3600.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> CaseloadOptions:
+        env = dict(os.environ if env is None else env)
+        return cls(
+            changes_retention_days=int(env.get("CASEFLOW_CASELOAD_CHANGES_RETENTION_DAYS", 90)),
+            upkeep_interval_seconds=float(env.get("CASEFLOW_CASELOAD_UPKEEP_INTERVAL_SECONDS", 3600)),
+        )
+
+
+async def forget_old_changes(pool, retention_days: int, batch: int = 50_000) -> int:
+    """Delete change-feed rows older than the retention, a batch at a time (short locks)."""
+    forgotten = 0
+    while True:
+        async with pool.acquire() as conn:
+            done = await conn.execute(
+                """DELETE FROM membership_changes WHERE seq IN (
+                       SELECT seq FROM membership_changes WHERE at < now() - make_interval(days => $1)
+                       ORDER BY seq LIMIT $2)""",
+                retention_days, batch,
+            )
+        n = int(done.split()[-1])
+        forgotten += n
+        if n < batch:
+            return forgotten
+
+
+async def keep_change_feed_bounded(runtime) -> None:
+    options: CaseloadOptions = runtime.definition.options
+    while True:
+        try:
+            forgotten = await forget_old_changes(runtime.pool, options.changes_retention_days)
+            if forgotten:
+                log.info("old caseload changes forgotten", rows=forgotten, retention_days=options.changes_retention_days)
+        except Exception as e:  # noqa: BLE001 - upkeep retries next time; the service goes on
+            log.warning("change feed upkeep failed", error=repr(e))
+        await asyncio.sleep(options.upkeep_interval_seconds)
