@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from contracts.cases import (
+    TRIGGERS,
+    CaseClosed,
+    CaseNoteAdded,
+    CaseOpened,
+    CaseReopened,
+    DictionaryChanged,
+    TaskCompleted,
+)
 from contracts.caseload import CaseloadMembershipAdded, CaseloadMembershipRemoved
 from contracts.envelope import Event
 from contracts.roster import (
@@ -123,10 +132,35 @@ SPED_MANDATES = Topic(
                 "keyed by the student's SIS id.",
 )
 
+CASE_TRIGGERS = Topic(
+    name="cases.triggers.v1",
+    key_field="student_source_id",
+    partitions=12,
+    events=TRIGGERS,
+    description="What may open a case (forms, plans, tasks, meetings, plan reviews, files), from any system, "
+                "keyed by the student's SIS id.",
+)
+
+CASES = Topic(
+    name="cases.v1",
+    key_field="student_id",
+    partitions=12,
+    events=(CaseOpened, CaseClosed, CaseReopened, TaskCompleted, CaseNoteAdded),
+    description="Cases opened, closed and reopened, tasks completed, notes added; keyed by student.",
+)
+
+CASE_DICTIONARY = Topic(
+    name="cases.dictionary.v1",
+    key_field="district_id",
+    partitions=3,
+    events=(DictionaryChanged,),
+    description="Changes to districts' Case Management Dictionaries, keyed by district.",
+)
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (SIS_STUDENTS, SIS_STAFF, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS,
-              CASELOAD_MEMBERSHIPS, SPED_MANDATES)
+              CASELOAD_MEMBERSHIPS, SPED_MANDATES, CASE_TRIGGERS, CASES, CASE_DICTIONARY)
 }
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}

@@ -1,0 +1,357 @@
+"""The cases service's HTTP routes (seed 004). Changing the dictionary needs district_admin;
+opening (by a task or a meeting), closing, reopening, assigning and editing cases need
+manage_cases in the case's school; other staff read the cases of their schools. Another
+district's case, or one outside the caller's schools, answers 404."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Query, Request, status
+from pydantic import BaseModel, Field
+
+from contracts.cases import (
+    CaseClosed,
+    CaseNoteAdded,
+    CaseReopened,
+    DictionaryChanged,
+    StudentMeetingScheduled,
+    TaskAssigned,
+    TaskCompleted,
+)
+from services.cases import domain, store
+from services.kit.auth import Caller, Identity, not_found
+
+router = APIRouter(prefix="/v1", tags=["cases"])
+
+Page = Annotated[int, Query(ge=1, le=500, description="page size")]
+Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+TriggerKind = Literal["submit_form", "create_plan", "assign_task", "schedule_meeting", "conduct_plan_review",
+                      "submit_file"]
+
+
+def _caller(identity: Identity) -> domain.Caller:
+    return domain.Caller(email=identity.email.lower(), roles=identity.roles, schools=identity.schools)
+
+
+def _jsonable(row) -> dict:
+    return {k: (str(v) if isinstance(v, UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
+            for k, v in dict(row).items()}
+
+
+def _needs_manage_cases() -> HTTPException:
+    return HTTPException(status.HTTP_403_FORBIDDEN, "this needs the manage_cases role for the case's school")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------- the dictionary
+
+
+class EntryChange(BaseModel):
+    enabled: bool
+
+
+@router.get("/dictionary")
+async def get_dictionary(request: Request, caller: Caller) -> dict:
+    """The district's Case Management Dictionary: which triggers open cases, since when."""
+    async with request.app.state.pool.acquire() as conn:
+        entries = await store.dictionaries(conn, [caller.district_id])
+        history = await conn.fetch(
+            """SELECT trigger_kind, enabled, changed_by, changed_at FROM dictionary_history
+               WHERE district_id = $1 ORDER BY changed_at DESC LIMIT 100""", caller.district_id)
+    items = []
+    for kind, label in domain.DICTIONARY.items():
+        entry = entries.get((caller.district_id, kind))
+        items.append({"trigger_kind": kind, "label": label, "enabled": bool(entry and entry.enabled),
+                      "enabled_at": entry.enabled_at.isoformat() if entry and entry.enabled_at else None})
+    return {"items": items, "history": [_jsonable(r) for r in history]}
+
+
+@router.put("/dictionary/{trigger_kind}")
+async def set_dictionary_entry(request: Request, caller: Caller, trigger_kind: TriggerKind,
+                               body: EntryChange) -> dict:
+    """Enable or disable a trigger (district admins). Enabling is not retroactive: only
+    triggers that happen from now on open cases."""
+    if not caller.district_wide:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "changing the dictionary needs district_admin")
+    at = _now()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        if await store.set_entry(uow.conn, caller.district_id, trigger_kind, body.enabled, caller.email.lower(), at):
+            uow.emit(DictionaryChanged(district_id=caller.district_id, occurred_at=at, trigger_kind=trigger_kind,
+                                       enabled=body.enabled, changed_by=caller.email.lower(),
+                                       producer="caseflow.cases"))
+    return await get_dictionary(request, caller)
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+async def _case(conn, caller: Identity, case_id: UUID, lock: bool = False):
+    row = await store.case_row(conn, caller.district_id, case_id, lock=lock)
+    if row is None or not _caller(caller).sees_school(row["school_id"]):
+        raise not_found("case not found")
+    return row
+
+
+@router.get("/cases")
+async def search_cases(request: Request, caller: Caller, case_number: str | None = None,
+                       person: Annotated[str | None, Query(description="person of concern: name or SIS id")] = None,
+                       school_id: str | None = None, team_name: str | None = None, team_leader: str | None = None,
+                       case_manager: str | None = None, status_: Annotated[
+                           Literal["open", "closed"] | None, Query(alias="status")] = None,
+                       after: str | None = None, limit: Page = 50) -> dict:
+    """Search cases by case number, person of concern, building, team name, team leader or
+    case manager, within the caller's schools (district admins: the district)."""
+    schools = None if caller.district_wide else sorted(caller.schools)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.search(conn, district_id=caller.district_id, schools=schools, status=status_,
+                                  case_number=case_number, person=person, school_id=school_id, team_name=team_name,
+                                  team_leader=team_leader, case_manager=case_manager, after=after, limit=limit)
+    items = [_jsonable(r) for r in rows]
+    return {"items": items, "next_after": items[-1]["case_number"] if len(items) == limit else None}
+
+
+@router.get("/cases/{case_id}")
+async def get_case(request: Request, caller: Caller, case_id: UUID) -> dict:
+    async with request.app.state.pool.acquire() as conn:
+        row = await _case(conn, caller, case_id)
+        tasks = await conn.fetch("SELECT * FROM tasks WHERE case_id = $1 ORDER BY assigned_at", case_id)
+    return {**_jsonable(row), "tasks": [_jsonable(t) for t in tasks]}
+
+
+class CaseTeam(BaseModel):
+    team_name: str | None = Field(default=None, max_length=120)
+    team_leader: Email | None = None
+    case_manager: Email | None = None
+
+
+@router.patch("/cases/{case_id}")
+async def edit_case(request: Request, caller: Caller, case_id: UUID, body: CaseTeam) -> dict:
+    """Set the case's team name, team leader and case manager."""
+    changes = body.model_dump(exclude_unset=True)
+    if not changes:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "nothing to change: team_name, team_leader, "
+                                                                   "case_manager")
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _case(uow.conn, caller, case_id, lock=True)
+        if not _caller(caller).manages_school(row["school_id"]):
+            raise _needs_manage_cases()
+        values = {k: (v.lower() if v and k != "team_name" else v) for k, v in changes.items()}
+        sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(values))
+        await uow.conn.execute(f"UPDATE cases SET {sets} WHERE case_id = $1", case_id, *values.values())
+        summary = "Case team: " + ", ".join(f"{k.replace('_', ' ')} {v or '(none)'}" for k, v in values.items())
+        await store.add_timeline(uow.conn, [(caller.district_id, row["student_id"], case_id, _now(), "case_edited",
+                                             summary, caller.email.lower(), None)])
+    return await get_case(request, caller, case_id)
+
+
+class Closing(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/cases/{case_id}/close")
+async def close_case(request: Request, caller: Caller, case_id: UUID, body: Closing) -> dict:
+    at = _now()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _case(uow.conn, caller, case_id)
+        if not _caller(caller).manages_school(row["school_id"]):
+            raise _needs_manage_cases()
+        await store.lock_students(uow.conn, [(caller.district_id, row["student_source_id"])])
+        row = await _case(uow.conn, caller, case_id, lock=True)
+        if row["status"] != "open":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"case {row['case_number']} is already closed")
+        await uow.conn.execute("UPDATE cases SET status = 'closed', closed_at = $2, closed_by = $3, close_reason = $4 "
+                               "WHERE case_id = $1", case_id, at, caller.email.lower(), body.reason)
+        await store.add_timeline(uow.conn, [(caller.district_id, row["student_id"], case_id, at, "case_closed",
+                                             f"Case {row['case_number']} closed: {body.reason}", caller.email.lower(),
+                                             None)])
+        uow.emit(CaseClosed(district_id=caller.district_id, occurred_at=at, case_id=case_id,
+                            case_number=row["case_number"], student_id=row["student_id"], reason=body.reason,
+                            closed_by=caller.email.lower(), producer="caseflow.cases"))
+    return await get_case(request, caller, case_id)
+
+
+@router.post("/cases/{case_id}/reopen")
+async def reopen_case(request: Request, caller: Caller, case_id: UUID) -> dict:
+    at = _now()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _case(uow.conn, caller, case_id)
+        if not _caller(caller).manages_school(row["school_id"]):
+            raise _needs_manage_cases()
+        await store.lock_students(uow.conn, [(caller.district_id, row["student_source_id"])])
+        row = await _case(uow.conn, caller, case_id, lock=True)
+        if row["status"] == "open":
+            raise HTTPException(status.HTTP_409_CONFLICT, f"case {row['case_number']} is open")
+        other = (await store.open_cases(uow.conn, [row["student_id"]])).get(row["student_id"])
+        if other:
+            number = await uow.conn.fetchval("SELECT case_number FROM cases WHERE case_id = $1", other)
+            raise HTTPException(status.HTTP_409_CONFLICT, f"the student has another open case, {number}: one open "
+                                                          "case per student")
+        await uow.conn.execute("UPDATE cases SET status = 'open', closed_at = NULL, closed_by = NULL, "
+                               "close_reason = NULL WHERE case_id = $1", case_id)
+        await store.add_timeline(uow.conn, [(caller.district_id, row["student_id"], case_id, at, "case_reopened",
+                                             f"Case {row['case_number']} reopened", caller.email.lower(), None)])
+        uow.emit(CaseReopened(district_id=caller.district_id, occurred_at=at, case_id=case_id,
+                              case_number=row["case_number"], student_id=row["student_id"],
+                              reopened_by=caller.email.lower(), producer="caseflow.cases"))
+    return await get_case(request, caller, case_id)
+
+
+class NoteIn(BaseModel):
+    body: str = Field(min_length=1, max_length=10_000)
+
+
+@router.post("/cases/{case_id}/notes", status_code=status.HTTP_201_CREATED)
+async def add_case_note(request: Request, caller: Caller, case_id: UUID, body: NoteIn) -> dict:
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _case(uow.conn, caller, case_id)
+        if not _caller(caller).manages_school(row["school_id"]):
+            raise _needs_manage_cases()
+        return await _note(uow, caller, row["student_id"], case_id, None, body.body)
+
+
+async def _note(uow, caller: Identity, student_id: UUID, case_id: UUID | None, task_id: UUID | None,
+                text: str) -> dict:
+    note_id, at, author = uuid.uuid4(), _now(), caller.email.lower()
+    await uow.conn.execute(
+        "INSERT INTO notes (note_id, district_id, student_id, case_id, task_id, author, body, written_at) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)", note_id, caller.district_id, student_id, case_id, task_id, author,
+        text, at)
+    await store.add_timeline(uow.conn, [(caller.district_id, student_id, case_id, at, "note",
+                                         "Note on a task" if task_id else "Note on the case", author, note_id)])
+    uow.emit(CaseNoteAdded(district_id=caller.district_id, occurred_at=at, note_id=note_id, case_id=case_id,
+                           task_id=task_id, student_id=student_id, author_email=author, producer="caseflow.cases"))
+    return {"note_id": str(note_id), "written_at": at.isoformat()}
+
+
+# ---------------------------------------------------------------------------- tasks and meetings
+
+
+class TaskIn(BaseModel):
+    student_id: UUID
+    title: str = Field(min_length=1, max_length=300)
+    assignee_email: Email
+    due_date: date | None = None
+
+
+class MeetingIn(BaseModel):
+    student_id: UUID
+    title: str = Field(min_length=1, max_length=300)
+    scheduled_for: datetime
+
+
+async def _managed_student(uow, caller: Identity, student_id: UUID):
+    row = await store.student(uow.conn, caller.district_id, student_id)
+    if row is None or not _caller(caller).sees_school(row["school_id"]):
+        raise not_found("student not found")
+    if not _caller(caller).manages_school(row["school_id"]):
+        raise _needs_manage_cases()
+    return row
+
+
+@router.post("/tasks", status_code=status.HTTP_202_ACCEPTED)
+async def assign_task(request: Request, caller: Caller, body: TaskIn) -> dict:
+    """Assign a task for a student. It is stored at once; its TaskAssigned trigger then
+    opens a case if the dictionary says so, or joins the open case."""
+    at, task_id = _now(), uuid.uuid4()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        s = await _managed_student(uow, caller, body.student_id)
+        open_case = (await store.open_cases(uow.conn, [s["student_id"]])).get(s["student_id"])
+        await store.upsert_tasks(uow.conn, [(task_id, caller.district_id, s["student_id"], open_case, body.title,
+                                             body.assignee_email.lower(), body.due_date, caller.email.lower(), at)])
+        uow.emit(TaskAssigned(district_id=caller.district_id, occurred_at=at, student_source_id=s["source_id"],
+                              actor_email=caller.email.lower(), task_id=task_id, title=body.title,
+                              assignee_email=body.assignee_email.lower(), due_date=body.due_date,
+                              producer="caseflow.cases"))
+    return {"task_id": str(task_id), "case_id": str(open_case) if open_case else None}
+
+
+async def _task_for(uow, caller: Identity, task_id: UUID):
+    """The assignee, or manage_cases in the student's school, may work a task."""
+    row = await store.task(uow.conn, caller.district_id, task_id, lock=True)
+    c = _caller(caller)
+    if row is None or not (c.sees_school(row["school_id"]) or row["assignee_email"] == c.email):
+        raise not_found("task not found")
+    if not (c.manages_school(row["school_id"]) or row["assignee_email"] == c.email):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only the assignee or manage_cases may work this task")
+    return row
+
+
+@router.post("/tasks/{task_id}/notes", status_code=status.HTTP_201_CREATED)
+async def add_task_note(request: Request, caller: Caller, task_id: UUID, body: NoteIn) -> dict:
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _task_for(uow, caller, task_id)
+        return await _note(uow, caller, row["student_id"], row["case_id"], task_id, body.body)
+
+
+@router.post("/tasks/{task_id}/complete")
+async def complete_task(request: Request, caller: Caller, task_id: UUID) -> dict:
+    at = _now()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _task_for(uow, caller, task_id)
+        if row["status"] == "done":
+            raise HTTPException(status.HTTP_409_CONFLICT, "the task is already complete")
+        await uow.conn.execute("UPDATE tasks SET status = 'done', completed_at = $2, completed_by = $3 "
+                               "WHERE task_id = $1", task_id, at, caller.email.lower())
+        await store.add_timeline(uow.conn, [(caller.district_id, row["student_id"], row["case_id"], at,
+                                             "task_completed", f"Task completed: {row['title']}",
+                                             caller.email.lower(), task_id)])
+        uow.emit(TaskCompleted(district_id=caller.district_id, occurred_at=at, task_id=task_id, case_id=row["case_id"],
+                               student_id=row["student_id"], completed_by=caller.email.lower(),
+                               producer="caseflow.cases"))
+    return {"task_id": str(task_id), "status": "done"}
+
+
+@router.post("/meetings", status_code=status.HTTP_202_ACCEPTED)
+async def schedule_meeting(request: Request, caller: Caller, body: MeetingIn) -> dict:
+    """Schedule a Student Meeting: its trigger opens a case if the dictionary says so."""
+    at, meeting_id = _now(), uuid.uuid4()
+    async with request.app.state.runtime.unit_of_work() as uow:
+        s = await _managed_student(uow, caller, body.student_id)
+        uow.emit(StudentMeetingScheduled(district_id=caller.district_id, occurred_at=at,
+                                         student_source_id=s["source_id"], actor_email=caller.email.lower(),
+                                         meeting_id=str(meeting_id), title=body.title,
+                                         scheduled_for=body.scheduled_for, producer="caseflow.cases"))
+    return {"meeting_id": str(meeting_id)}
+
+
+# ---------------------------------------------------------------------------- timeline and dashboard
+
+
+@router.get("/students/{student_id}/timeline")
+async def student_timeline(request: Request, caller: Caller, student_id: UUID, after: int = 0,
+                           limit: Page = 200) -> dict:
+    """Every trigger, task event, note, meeting and status change for the student, in order."""
+    async with request.app.state.pool.acquire() as conn:
+        s = await store.student(conn, caller.district_id, student_id)
+        if s is None or not _caller(caller).sees_school(s["school_id"]):
+            raise not_found("student not found")
+        rows = await store.timeline(conn, student_id, limit, after)
+        cases = await conn.fetch(
+            """SELECT case_id, case_number, status,
+                      (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id) AS tasks_total,
+                      (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id AND t.status = 'done') AS tasks_done
+               FROM cases c WHERE student_id = $1 ORDER BY opened_at""", student_id)
+    items = [_jsonable(r) for r in rows]
+    return {"student_id": str(student_id), "cases": [_jsonable(c) for c in cases], "items": items,
+            "next_after": items[-1]["entry_id"] if len(items) == limit else None}
+
+
+@router.get("/dashboard")
+async def dashboard(request: Request, caller: Caller, school_id: str | None = None) -> dict:
+    """Open cases by school, team, team leader and case manager; overdue tasks; cases
+    opened by trigger kind and week."""
+    schools = None if caller.district_wide else sorted(caller.schools)
+    if school_id is not None:
+        schools = [school_id] if schools is None or school_id in schools else []
+    async with request.app.state.pool.acquire() as conn:
+        board = await store.dashboard(conn, district_id=caller.district_id, schools=schools, today=date.today())
+    board["overdue_tasks"]["oldest"] = [_jsonable(r) for r in board["overdue_tasks"]["oldest"]]
+    board["opened_by_week"] = [_jsonable(r) for r in board["opened_by_week"]]
+    return board

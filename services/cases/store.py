@@ -1,0 +1,290 @@
+"""The cases service's SQL. Runs inside the caller's transaction; never commits."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from services.cases.domain import Entry
+
+_STUDENT_LOCKS = 1024
+_STUDENT_LOCK_BASE = 0x63_73_00_00  # 'cs'
+
+
+async def lock_students(conn: asyncpg.Connection, students: Iterable[tuple[str, str]]) -> None:
+    """One student's triggers, roster events and case actions take turns until commit
+    (across partitions and instances), keyed by (district, SIS id), which every path knows:
+    "is a case open?" is answered once per student at a time, and a trigger cannot start
+    waiting for a student just as the student arrives unseen. Students share 1,024 locks,
+    taken in one order (a deadlock is retried)."""
+    buckets = sorted({_STUDENT_LOCK_BASE + zlib.crc32(f"{d}\x1f{s}".encode()) % _STUDENT_LOCKS
+                      for d, s in students})
+    if buckets:
+        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", buckets)
+
+
+# ---------------------------------------------------------------------------- students
+
+
+async def project_students(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (student_id, district_id, source_id, school_id, grade, given_name, family_name, status, as_of)."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO students (student_id, district_id, source_id, school_id, grade, given_name, family_name,
+                                     status, as_of)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                    $7::text[], $8::text[], $9::timestamptz[])
+               ON CONFLICT (student_id) DO UPDATE SET school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
+                   given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, status = EXCLUDED.status,
+                   as_of = EXCLUDED.as_of
+               WHERE students.as_of <= EXCLUDED.as_of""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def withdraw_students(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (student_id, as_of)."""
+    if rows:
+        await conn.execute(
+            """UPDATE students s SET status = 'withdrawn', as_of = r.at
+               FROM unnest($1::uuid[], $2::timestamptz[]) AS r(id, at)
+               WHERE s.student_id = r.id AND s.as_of <= r.at""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def students_by_source(conn: asyncpg.Connection, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], asyncpg.Record]:
+    if not pairs:
+        return {}
+    districts, sources = zip(*pairs, strict=True)
+    rows = await conn.fetch(
+        """SELECT s.student_id, s.district_id, s.source_id, s.school_id FROM students s
+           JOIN unnest($1::text[], $2::text[]) AS k(d, src) ON s.district_id = k.d AND s.source_id = k.src""",
+        list(districts), list(sources),
+    )
+    return {(r["district_id"], r["source_id"]): r for r in rows}
+
+
+async def student(conn: asyncpg.Connection, district_id: str, student_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM students WHERE district_id = $1 AND student_id = $2",
+                               district_id, student_id)
+
+
+# ---------------------------------------------------------------------------- triggers waiting for the roster
+
+
+async def wait_for_students(conn: asyncpg.Connection, triggers: list) -> None:
+    if triggers:
+        await conn.executemany(
+            """INSERT INTO waiting_triggers (event_id, district_id, student_source_id, occurred_at, event_type, payload)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
+            [(t.event_id, t.district_id, t.student_source_id, t.occurred_at, t.event_type,
+              json.loads(t.model_dump_json())) for t in triggers],
+        )
+
+
+async def take_waiting(conn: asyncpg.Connection, pairs: set[tuple[str, str]]) -> list[asyncpg.Record]:
+    """Remove and return the triggers that waited for these (district, SIS id), oldest first."""
+    if not pairs:
+        return []
+    districts, sources = zip(*pairs, strict=True)
+    return await conn.fetch(
+        """WITH taken AS (
+               DELETE FROM waiting_triggers w USING unnest($1::text[], $2::text[]) AS k(d, src)
+               WHERE w.district_id = k.d AND w.student_source_id = k.src
+               RETURNING w.event_type, w.payload, w.occurred_at, w.event_id
+           )
+           SELECT * FROM taken ORDER BY occurred_at, event_id""",
+        list(districts), list(sources),
+    )
+
+
+# ---------------------------------------------------------------------------- the dictionary
+
+
+async def dictionaries(conn: asyncpg.Connection, districts: Iterable[str]) -> dict[tuple[str, str], Entry]:
+    rows = await conn.fetch(
+        "SELECT district_id, trigger_kind, enabled, enabled_at FROM dictionary WHERE district_id = ANY($1::text[])",
+        sorted(set(districts)),
+    )
+    return {(r["district_id"], r["trigger_kind"]): Entry(r["enabled"], r["enabled_at"]) for r in rows}
+
+
+async def set_entry(conn: asyncpg.Connection, district_id: str, kind: str, enabled: bool, by: str,
+                    at: datetime) -> bool:
+    """Returns False when the entry already was so (nothing recorded)."""
+    before = await conn.fetchrow(
+        "SELECT enabled FROM dictionary WHERE district_id = $1 AND trigger_kind = $2 FOR UPDATE", district_id, kind)
+    if (before["enabled"] if before else False) == enabled:
+        return False
+    await conn.execute(
+        """INSERT INTO dictionary (district_id, trigger_kind, enabled, enabled_at, changed_by, changed_at)
+           VALUES ($1, $2, $3, CASE WHEN $3 THEN $5::timestamptz END, $4, $5)
+           ON CONFLICT (district_id, trigger_kind) DO UPDATE SET enabled = $3,
+               enabled_at = CASE WHEN $3 THEN $5::timestamptz END, changed_by = $4, changed_at = $5""",
+        district_id, kind, enabled, by, at,
+    )
+    await conn.execute(
+        "INSERT INTO dictionary_history (district_id, trigger_kind, enabled, changed_by, changed_at) "
+        "VALUES ($1, $2, $3, $4, $5)", district_id, kind, enabled, by, at)
+    return True
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+async def open_cases(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> dict[UUID, UUID]:
+    rows = await conn.fetch("SELECT student_id, case_id FROM cases WHERE student_id = ANY($1::uuid[]) "
+                            "AND status = 'open'", list(set(student_ids)))
+    return {r["student_id"]: r["case_id"] for r in rows}
+
+
+async def next_case_numbers(conn: asyncpg.Connection, district_id: str, year: int, count: int) -> int:
+    """Reserve `count` numbers for the district's year; returns the first."""
+    last = await conn.fetchval(
+        """INSERT INTO case_numbers (district_id, year, last) VALUES ($1, $2, $3)
+           ON CONFLICT (district_id, year) DO UPDATE SET last = case_numbers.last + $3
+           RETURNING last""",
+        district_id, year, count,
+    )
+    return last - count + 1
+
+
+async def insert_cases(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (case_id, district_id, case_number, student_id, school_id, trigger_kind, source_event_id, opened_at)."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                                  source_event_id, opened_at)
+               SELECT c, d, n, s, sc, 'open', k, e, at
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[],
+                           $8::timestamptz[]) AS r(c, d, n, s, sc, k, e, at)""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def add_timeline(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (district_id, student_id, case_id, at, kind, summary, actor, event_id)."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO timeline (district_id, student_id, case_id, at, kind, summary, actor, event_id)
+               SELECT * FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[],
+                                    $7::text[], $8::uuid[])""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def upsert_tasks(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (task_id, district_id, student_id, case_id, title, assignee_email, due_date, assigned_by, assigned_at).
+    A task the API already stored keeps its row; it only gains the case its trigger opened."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO tasks (task_id, district_id, student_id, case_id, title, assignee_email, due_date, status,
+                                  assigned_by, assigned_at)
+               SELECT t, d, s, c, ti, a, due, 'open', by, at
+               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::date[],
+                           $8::text[], $9::timestamptz[]) AS r(t, d, s, c, ti, a, due, by, at)
+               ON CONFLICT (task_id) DO UPDATE SET case_id = coalesce(tasks.case_id, EXCLUDED.case_id)""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def case_row(conn: asyncpg.Connection, district_id: str, case_id: UUID, lock: bool = False):
+    return await conn.fetchrow(
+        f"""SELECT c.*, s.given_name, s.family_name, s.source_id AS student_source_id,
+                   (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id) AS tasks_total,
+                   (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id AND t.status = 'done') AS tasks_done
+            FROM cases c JOIN students s ON s.student_id = c.student_id
+            WHERE c.district_id = $1 AND c.case_id = $2 {'FOR UPDATE OF c' if lock else ''}""",
+        district_id, case_id,
+    )
+
+
+SEARCH_COLUMNS = """c.case_id, c.case_number, c.status, c.student_id, s.given_name, s.family_name, c.school_id,
+                    c.team_name, c.team_leader, c.case_manager, c.trigger_kind, c.opened_at, c.closed_at,
+                    (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id) AS tasks_total,
+                    (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id AND t.status = 'done') AS tasks_done"""
+
+
+async def search(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None, status: str | None,
+                 case_number: str | None, person: str | None, school_id: str | None, team_name: str | None,
+                 team_leader: str | None, case_manager: str | None, after: str | None, limit: int):
+    """Cases by number, person of concern (name or SIS id), building, team, leader or manager."""
+    return await conn.fetch(
+        f"""SELECT {SEARCH_COLUMNS}
+            FROM cases c JOIN students s ON s.student_id = c.student_id
+            WHERE c.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2::text[]))
+              AND ($3::text IS NULL OR c.status = $3) AND ($4::text IS NULL OR c.case_number = $4)
+              AND ($5::text IS NULL OR lower(s.family_name) LIKE lower($5) || '%'
+                   OR lower(s.given_name || ' ' || s.family_name) LIKE lower($5) || '%' OR s.source_id = $5)
+              AND ($6::text IS NULL OR c.school_id = $6)
+              AND ($7::text IS NULL OR lower(c.team_name) = lower($7))
+              AND ($8::text IS NULL OR lower(c.team_leader) = lower($8))
+              AND ($9::text IS NULL OR lower(c.case_manager) = lower($9))
+              AND ($10::text IS NULL OR c.case_number > $10)
+            ORDER BY c.case_number LIMIT $11""",
+        district_id, schools, status, case_number, person, school_id, team_name, team_leader, case_manager, after,
+        limit,
+    )
+
+
+async def timeline(conn: asyncpg.Connection, student_id: UUID, limit: int, after: int):
+    return await conn.fetch(
+        """SELECT t.entry_id, t.at, t.kind, t.summary, t.actor, t.case_id, c.case_number, n.body AS note
+           FROM timeline t LEFT JOIN cases c ON c.case_id = t.case_id
+           LEFT JOIN notes n ON t.kind = 'note' AND n.note_id = t.event_id
+           WHERE t.student_id = $1 AND t.entry_id > $3 ORDER BY t.at, t.entry_id LIMIT $2""",
+        student_id, limit, after,
+    )
+
+
+async def task(conn: asyncpg.Connection, district_id: str, task_id: UUID, lock: bool = False):
+    return await conn.fetchrow(
+        f"""SELECT t.*, s.school_id FROM tasks t JOIN students s ON s.student_id = t.student_id
+            WHERE t.district_id = $1 AND t.task_id = $2 {'FOR UPDATE OF t' if lock else ''}""",
+        district_id, task_id,
+    )
+
+
+# ---------------------------------------------------------------------------- dashboard
+
+
+async def dashboard(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None, today,
+                    weeks: int = 12) -> dict:
+    scope = "district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2::text[]))"
+
+    async def grouped(column: str) -> list[dict]:
+        rows = await conn.fetch(
+            f"""SELECT {column} AS key, count(*) AS open_cases FROM cases WHERE {scope} AND status = 'open'
+                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 50""", district_id, schools)
+        return [{"key": r["key"], "open_cases": r["open_cases"]} for r in rows]
+
+    overdue = await conn.fetch(
+        f"""SELECT t.task_id, t.title, t.assignee_email, t.due_date, t.case_id, c.case_number, t.student_id
+            FROM tasks t JOIN cases c ON c.case_id = t.case_id
+            WHERE t.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2::text[]))
+              AND t.status = 'open' AND t.due_date < $3
+            ORDER BY t.due_date, t.task_id LIMIT 50""", district_id, schools, today)
+    overdue_count = await conn.fetchval(
+        """SELECT count(*) FROM tasks t JOIN cases c ON c.case_id = t.case_id
+           WHERE t.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2::text[]))
+             AND t.status = 'open' AND t.due_date < $3""", district_id, schools, today)
+    weekly = await conn.fetch(
+        f"""SELECT date_trunc('week', opened_at)::date AS week, trigger_kind, count(*) AS opened FROM cases
+            WHERE {scope} AND opened_at >= date_trunc('week', $3::date) - make_interval(weeks => $4 - 1)
+            GROUP BY 1, 2 ORDER BY 1, 2""", district_id, schools, today, weeks)
+    return {
+        "open_cases": await conn.fetchval(f"SELECT count(*) FROM cases WHERE {scope} AND status = 'open'",
+                                          district_id, schools),
+        "by_school": await grouped("school_id"),
+        "by_team": await grouped("team_name"),
+        "by_team_leader": await grouped("team_leader"),
+        "by_case_manager": await grouped("case_manager"),
+        "overdue_tasks": {"count": overdue_count, "oldest": [dict(r) for r in overdue]},
+        "opened_by_week": [dict(r) for r in weekly],
+    }
