@@ -86,6 +86,7 @@ from contracts.roster import (  # noqa: E402
 from contracts.topics import CASELOAD_MEMBERSHIPS, TOPICS  # noqa: E402
 from services.caseload import store as caseload_store  # noqa: E402
 from services.caseload.app import definition as caseload_definition  # noqa: E402
+from services.caseload.domain import ELEMENTARY_GRADES, SECONDARY_GRADES  # noqa: E402
 from services.kit import db  # noqa: E402
 from services.kit.auth import mint  # noqa: E402
 from services.kit.outbox import message_for, producer_for  # noqa: E402
@@ -215,6 +216,23 @@ class CaseloadService:
             tail = self.log_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"caseload exited with {self.proc.returncode}:\n{tail}")
 
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    async def batches(self) -> dict[str, tuple[float, float, float]]:
+        """Per consumed topic: (batches handled, seconds spent, records consumed), from /metrics."""
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(self.url + "/metrics", timeout=5)).text
+        out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for line in text.splitlines():
+            for i, name in enumerate(("caseflow_batch_handle_seconds_count{", "caseflow_batch_handle_seconds_sum{",
+                                      "caseflow_events_consumed_total{")):
+                if line.startswith(name):
+                    topic = line.split('topic="', 1)[1].split('"', 1)[0]
+                    out[topic][i] = float(line.rsplit(" ", 1)[1])
+        return {t: tuple(v) for t, v in out.items()}
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -286,6 +304,57 @@ async def end_offsets(kafka_servers: str, topics: list[str]) -> dict[str, int]:
     for tp, end in ends.items():
         out[tp.topic] += end
     return out
+
+
+async def missing_memberships(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(missing, extra): the automatic memberships the projection implies by the rule
+    (domain.automatic_memberships, computed from scratch) and the service does not hold, and
+    the ones it holds that the rule does not imply."""
+    row = await conn.fetchrow(
+        """WITH wanted AS (
+               SELECT DISTINCT lower(sf.email) AS owner_email, s.student_id, c.class_id::text AS source_ref
+               FROM students s
+               JOIN class_members m ON m.person_id = s.student_id AND m.role = 'student'
+               JOIN classes c ON c.class_id = m.class_id
+               JOIN class_members t ON t.class_id = c.class_id AND t.role = 'teacher'
+               JOIN staff sf ON sf.staff_id = t.person_id AND sf.active AND sf.email IS NOT NULL
+               WHERE s.status = 'active'
+                 AND ((c.class_type = 'homeroom' AND s.grade = ANY($1::text[]))
+                   OR (c.class_type = 'scheduled' AND s.grade = ANY($2::text[])))
+           ),
+           held AS (SELECT owner_email, student_id, source_ref FROM memberships
+                    WHERE reason IN ('homeroom', 'section'))
+           SELECT (SELECT count(*) FROM (SELECT * FROM wanted EXCEPT SELECT * FROM held) x),
+                  (SELECT count(*) FROM (SELECT * FROM held EXCEPT SELECT * FROM wanted) y)""",
+        list(ELEMENTARY_GRADES), list(SECONDARY_GRADES))
+    return row[0], row[1]
+
+
+async def caseload_query_at_scale(conn: asyncpg.Connection) -> tuple[float, int]:
+    """Median ms of the caseload query for an owner whose caseload is nearest 150 students,
+    on the tables as they are (20 runs, after 5 to get past plan caching)."""
+    row = await conn.fetchrow(
+        """SELECT district_id, owner_email, count(DISTINCT student_id) AS n FROM memberships
+           GROUP BY 1, 2 ORDER BY abs(count(DISTINCT student_id) - 150) LIMIT 1""")
+    times = []
+    for i in range(25):
+        t = time.perf_counter()
+        await caseload_store.caseload_of(conn, district_id=row["district_id"], owner_email=row["owner_email"],
+                                         school_id=None, grade=None, reason=None, after=None, limit=500)
+        if i >= 5:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000, row["n"]
+
+
+def describe_batches(before: dict, after: dict) -> str:
+    """The consumed batches between two /metrics readings, per topic: how many, how big, how long."""
+    out = []
+    for topic, (count, total, records) in sorted(after.items()):
+        c0, t0, r0 = before.get(topic, (0, 0, 0))
+        if count > c0:
+            out.append(f"{topic.split('.')[2]} {count - c0:,.0f} batches of {(records - r0) / (count - c0):,.0f} "
+                       f"in {(total - t0) / (count - c0) * 1000:,.0f} ms")
+    return "; ".join(out)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -365,18 +434,31 @@ async def materialize(kafka_servers: str, pg: str, scale: float, keep: bool) -> 
                           flush=True)
                 await asyncio.sleep(0.5)
             done = time.perf_counter() - service.started
+            cpu, batches = service.cpu_seconds(), await service.batches()
             memberships = await progress.memberships()
             changes = dict(await progress.conn.fetch("SELECT change, count(*) FROM membership_changes GROUP BY 1"))
         service.stop()
+        conn = await db.connect(run.dsn("caseload"))
+        try:
+            missing, extra = await missing_memberships(conn)
+            query_ms, caseload_size = await caseload_query_at_scale(conn)
+        finally:
+            await conn.close()
         out = await end_offsets(kafka_servers, [run.topic(CASELOAD_MEMBERSHIPS.name)])
         published_events = sum(out.values())
         dead = await end_offsets(kafka_servers, [run.topic(t.removeprefix(run.prefix) + ".DLT") for t in topics])
         print(f"  caseload service: start to every caseload materialized   {done:8.1f} s"
               f"  {n / done:>10,.0f} records/s   {done / raw:.2f}x raw")
         print(f"      ready after {ready:.1f} s; consumer lag 0 at {caught_up:.1f} s; outbox empty at {done:.1f} s")
+        print(f"      service: {cpu / done:.0%} of one core; {describe_batches({}, batches)}")
         print(f"      {memberships:,} memberships; {published_events:,} membership events published "
               f"(change log: {changes.get('added', 0):,} added, {changes.get('removed', 0):,} removed)"
               + (f"; {sum(dead.values()):,} DEAD-LETTERED" if sum(dead.values()) else ""))
+        print(f"      against the rule recomputed from scratch over the projection: {missing:,} memberships MISSING, "
+              f"{extra:,} extra" if missing or extra else
+              "      every membership the rule implies, recomputed from scratch over the projection, is there")
+        print(f"      the caseload query (store.caseload_of) on these tables, a {caseload_size}-student caseload: "
+              f"{query_ms:.1f} ms median (SQL alone, one at a time)")
         if scale != 1.0:
             print(f"      target < 300 s at scale 1.0; linear extrapolation from this scale: {done / scale:,.0f} s")
         else:
@@ -444,7 +526,7 @@ class District:
         return self._e(cls, student_id=student[0], source_id=student[1], school_id=self.school, grade=grade,
                        given_name="Given", family_name=f"Family{student[1]}", **extra)
 
-    def seed(self) -> list[Event]:
+    def seed(self) -> tuple[list[Event], list[Event]]:
         events: list[Event] = []
         for (staff_id, source, email), classes in zip(self.teachers, self.classes, strict=True):
             events.append(self._staff(staff_id, source, email))
@@ -464,7 +546,8 @@ class District:
         for j, student in enumerate(self.query_students):
             events.append(self._student(StudentEnrolled, student, "09"))
             events.append(self._enrol(EnrollmentAdded, student, self.query_classes[j % 5], "student"))
-        return events
+        return ([e for e in events if not isinstance(e, EnrollmentAdded)],
+                [e for e in events if isinstance(e, EnrollmentAdded)])
 
     def next_change(self) -> tuple[Event, tuple[str, str, str]]:
         """The next roster change, and the membership event it must cause: (student_id,
@@ -499,24 +582,52 @@ async def produce_all(run: Run, events: list[Event]) -> None:
         await producer.stop()
 
 
-async def start_seeded(run: Run, district: District) -> CaseloadService:
-    await run.prepare("caseload")
-    service = CaseloadService(run)
+async def settle(service: CaseloadService, run: Run, expected: int | None = None, timeout: float = 600) -> int:
+    """Wait until the service has consumed everything and published what it caused (and,
+    when given, holds `expected` memberships); return the memberships it holds."""
+    async with Progress(run) as progress:
+        deadline = time.monotonic() + timeout
+        settled_since = None
+        while True:
+            service.check_alive()
+            memberships = await progress.memberships()
+            if await progress.settled():
+                if expected is None or memberships == expected:
+                    return memberships
+                settled_since = settled_since or time.monotonic()
+                if time.monotonic() - settled_since > 10:
+                    return memberships  # nothing left to do, and not what the rule says
+            else:
+                settled_since = None
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not settled after {timeout:.0f} s: {memberships:,} memberships, "
+                                   f"lag {await progress.lag():,}, outbox {await progress.outbox():,}")
+            await asyncio.sleep(0.25)
+
+
+async def seed(service: CaseloadService, run: Run, district: District, analyze: bool = True) -> None:
+    """Seed the district: staff, classes and students first, then (once the service has
+    them) the enrollments. All at once would race: see missing_memberships."""
     ready = await service.ready()
     started = time.perf_counter()
-    events = district.seed()
-    await produce_all(run, events)
-    async with Progress(run) as progress:
-        deadline = time.monotonic() + 600
-        while not (await progress.memberships() == district.expected_memberships and await progress.settled()):
-            service.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"seeding not done after 600 s: {await progress.memberships():,} memberships of "
-                                   f"{district.expected_memberships:,}, lag {await progress.lag():,}")
-            await asyncio.sleep(0.25)
-    print(f"  seeded district: {len(events):,} roster events -> {district.expected_memberships:,} memberships in "
+    people, enrollments = district.seed()
+    await produce_all(run, people)
+    await settle(service, run)
+    await produce_all(run, enrollments)
+    held = await settle(service, run, district.expected_memberships)
+    print(f"  seeded district: {len(people) + len(enrollments):,} roster events -> {held:,} memberships in "
           f"{time.perf_counter() - started:.1f} s (service ready after {ready:.1f} s)")
-    return service
+    if held != district.expected_memberships:
+        raise RuntimeError(f"the seeded district has {held:,} memberships, not {district.expected_memberships:,}")
+    if analyze:
+        # A service in steady state has had its tables analyzed by autovacuum; freshly loaded
+        # ones have no statistics for a minute or so, and the planner picks nested loops
+        # over whole tables (see --no-analyze).
+        conn = await asyncpg.connect(run.dsn("caseload"))
+        try:
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
 
 
 # ---------------------------------------------------------------------------- 2. latency
@@ -615,7 +726,7 @@ async def baseline_round_trip(run: Run, rate: float, seconds: float) -> tuple[li
     return seen, sent, took
 
 
-async def latency(run: Run, district: District, rate: float, seconds: float) -> None:
+async def latency(run: Run, service: CaseloadService, district: District, rate: float, seconds: float) -> None:
     base, base_sent, base_took = await baseline_round_trip(run, rate, seconds)
     consumer = await _reader(run.kafka_servers, run.topic(CASELOAD_MEMBERSHIPS.name), CASELOAD_MEMBERSHIPS.partitions)
     pending: dict[tuple[str, str, str], deque] = defaultdict(deque)
@@ -654,7 +765,9 @@ async def latency(run: Run, district: District, rate: float, seconds: float) -> 
 
     reader = asyncio.create_task(read())
     try:
+        cpu_before, metrics_before = service.cpu_seconds(), await service.batches()
         sent, took = await drive(run, make, rate, seconds)
+        cpu, batches = service.cpu_seconds() - cpu_before, await service.batches()
         stop.set()
         try:
             await asyncio.wait_for(reader, 60)
@@ -672,93 +785,126 @@ async def latency(run: Run, district: District, rate: float, seconds: float) -> 
     print(f"      {matched:,} of {sent:,} changes matched to their membership event"
           + (f", {sent - matched:,} NOT SEEN within 60 s" if matched < sent else "")
           + f"; {other:,} other membership events (the removals of grade flips); "
-          f"{own_correlation / max(matched, 1):.0%} carry their own cause's correlation_id")
+          f"{own_correlation / max(matched, 1):.1%} carry their own cause's correlation_id")
+    print(f"      service during the load: {cpu / took:.0%} of one core; {describe_batches(metrics_before, batches)}")
     print(f"      target p99 < 1000 ms (to publish): {'met' if pct(lat.published, 99) < 1 else 'NOT met'}")
 
 
 # ---------------------------------------------------------------------------- 3. query
 
 
-async def hammer(call, seconds: float, concurrency: int = CONCURRENCY) -> tuple[list[float], int, float]:
-    """`concurrency` workers calling `call` back to back for `seconds` (after a 1 s warm-up);
-    return the latencies, the failures and the measured seconds."""
+async def hammer(call, seconds: float, cpu, concurrency: int = CONCURRENCY) -> tuple[list[float], int, float, float]:
+    """`concurrency` workers calling `call(worker)` back to back for `seconds` (after a 1 s
+    warm-up); return the latencies, the failures, the measured seconds and the CPU seconds
+    `cpu()` (the service's) counted over them."""
     deadline = time.perf_counter() + 1.0
     latencies: list[float] = []
     failures = 0
     measuring = False
 
-    async def worker():
+    async def worker(i: int):
         nonlocal failures
         while time.perf_counter() < deadline:
             t = time.perf_counter()
-            ok = await call()
+            ok = await call(i)
             if measuring:
                 latencies.append(time.perf_counter() - t)
                 failures += not ok
 
-    warm = [asyncio.create_task(worker()) for _ in range(concurrency)]
-    await asyncio.gather(*warm)
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
     measuring = True
+    cpu_before = cpu()
     started = time.perf_counter()
     deadline = started + seconds
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, failures, time.perf_counter() - started
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return latencies, failures, time.perf_counter() - started, cpu() - cpu_before
+
+
+class Http1:
+    """One bare HTTP/1.1 keep-alive connection. The load generator shares the 2 cores with
+    the service: httpx spends more CPU per request than the route being measured, this
+    spends next to none."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.port = port
+        self.head = f"Host: 127.0.0.1:{port}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+
+    async def open(self) -> Http1:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        return self
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        self.writer.write(f"GET {path} HTTP/1.1\r\n{self.head}\r\n".encode())
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(head[9:12]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 async def query(run: Run, service: CaseloadService, district: District, seconds: float) -> None:
     token = mint(SECRET, email=QUERY_TEACHER, district_id=district.district_id, schools=[],
                  roles=["caseload_viewer"])
-    headers = {"Authorization": f"Bearer {token}"}
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    conns = [await Http1(service.port, {"Authorization": f"Bearer {token}"}).open() for _ in range(CONCURRENCY)]
     rows = []
-    async with httpx.AsyncClient(base_url=service.url, headers=headers, limits=limits, timeout=30) as client:
-        first = await client.get("/v1/caseloads/me", params={"limit": 500})
-        first.raise_for_status()
-        items = len(first.json()["items"])
+    try:
+        status, body = await conns[0].get("/v1/caseloads/me?limit=500")
+        if status != 200:
+            raise RuntimeError(f"GET /v1/caseloads/me answered {status}: {body[:300]!r}")
+        items = len(json.loads(body)["items"])
         if items != len(district.query_students):
             print(f"  WARNING: the query teacher's caseload has {items} students, not {len(district.query_students)}")
 
-        async def healthz():
-            return (await client.get("/healthz")).status_code == 200
+        async def healthz(i: int) -> bool:
+            return (await conns[i].get("/healthz"))[0] == 200
 
-        async def one_page():
-            r = await client.get("/v1/caseloads/me", params={"limit": 500})
-            return r.status_code == 200 and len(r.json()["items"]) == items
+        async def one_page(i: int) -> bool:
+            status, body = await conns[i].get("/v1/caseloads/me?limit=500")
+            return status == 200 and len(json.loads(body)["items"]) == items
 
-        async def paged():
+        async def paged(i: int) -> bool:
             after, got = None, 0
             while True:
-                r = await client.get("/v1/caseloads/me", params={"limit": 100, **({"after": after} if after else {})})
-                if r.status_code != 200:
+                status, body = await conns[i].get("/v1/caseloads/me?limit=100" + (f"&after={after}" if after else ""))
+                if status != 200:
                     return False
-                body = r.json()
-                got += len(body["items"])
-                if not (after := body["next_after"]):
+                page = json.loads(body)
+                got += len(page["items"])
+                if not (after := page["next_after"]):
                     return got == items
 
-        rows.append(("raw baseline: GET /healthz", *await hammer(healthz, seconds)))
-        rows.append(("GET /v1/caseloads/me?limit=500 (1 page)", *await hammer(one_page, seconds)))
-        rows.append(("same, paged limit=100/after (2 requests)", *await hammer(paged, seconds)))
+        rows.append(("raw baseline: GET /healthz", *await hammer(healthz, seconds, service.cpu_seconds)))
+        rows.append(("GET /v1/caseloads/me?limit=500 (1 page)", *await hammer(one_page, seconds, service.cpu_seconds)))
+        rows.append(("same, paged limit=100/after (2 requests)", *await hammer(paged, seconds, service.cpu_seconds)))
+    finally:
+        for conn in conns:
+            conn.close()
 
     pool = await db.create_pool(run.dsn("caseload"), min_size=10, max_size=10)
     try:
-        async def sql():
+        async def sql(_: int) -> bool:
             async with pool.acquire() as conn:
                 found = await caseload_store.caseload_of(conn, district_id=district.district_id,
                                                          owner_email=QUERY_TEACHER, school_id=None, grade=None,
                                                          reason=None, after=None, limit=500)
             return len(found) == items
 
-        rows.append(("raw baseline: its SQL over asyncpg (pool 10)", *await hammer(sql, seconds)))
+        rows.append(("raw baseline: its SQL over asyncpg (pool 10)", *await hammer(sql, seconds, service.cpu_seconds)))
     finally:
         await pool.close()
 
     print(f"  a teacher with {items} students, {CONCURRENCY} concurrent clients, {seconds:.0f} s each:")
     floor = statistics.median(rows[0][1]) if rows[0][1] else None
-    for label, lats, failures, took in rows:
-        ratio = f"   p50 {statistics.median(lats) / floor:4.1f}x healthz" if floor and lats else ""
+    for label, lats, failures, took, cpu in rows:
+        ratio = f"  p50 {statistics.median(lats) / floor:5.1f}x healthz" if floor and lats else ""
+        service_cpu = f"  service CPU {cpu / max(len(lats), 1) * 1000:5.2f} ms/call" if "SQL" not in label else ""
         print(f"  {label:46s} p50 {pct(lats, 50) * 1000:7.1f}  p99 {pct(lats, 99) * 1000:7.1f} ms  "
-              f"{len(lats) / took:>7,.0f} req/s" + (f"  {failures} FAILED" if failures else "") + ratio)
+              f"{len(lats) / took:>7,.0f} calls/s" + ratio + service_cpu + (f"  {failures} FAILED" if failures else ""))
     p99 = pct(rows[1][1], 99)
     print(f"      target p99 < 50 ms (1 page): {'met' if p99 < 0.05 else 'NOT met'}")
 
@@ -773,6 +919,8 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the latency load")
     parser.add_argument("--rate", type=float, default=1000.0, help="roster changes per second (latency)")
     parser.add_argument("--query-seconds", type=float, default=20.0, help="length of each query phase")
+    parser.add_argument("--no-analyze", action="store_true",
+                        help="latency/query: skip the ANALYZE after seeding (fresh tables, no planner statistics)")
     parser.add_argument("--keep", action="store_true", help="keep this run's topics and databases")
     args = parser.parse_args()
     parts = [args.only] if args.only else ["materialize", "latency", "query"]
@@ -786,9 +934,11 @@ async def main() -> None:
             print(f"caseload latency and query bench, {os.cpu_count()} cores, prefix {run.prefix}")
             service = None
             try:
-                service = await start_seeded(run, district)
+                await run.prepare("caseload")
+                service = CaseloadService(run)
+                await seed(service, run, district, analyze=not args.no_analyze)
                 if "latency" in parts:
-                    await latency(run, district, args.rate, args.seconds)
+                    await latency(run, service, district, args.rate, args.seconds)
                 if "query" in parts:
                     async with Progress(run) as progress:
                         while not await progress.settled():

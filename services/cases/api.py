@@ -33,10 +33,6 @@ TriggerKind = Literal["submit_form", "create_plan", "assign_task", "schedule_mee
                       "submit_file"]
 
 
-def _caller(identity: Identity) -> domain.Caller:
-    return domain.Caller(email=identity.email.lower(), roles=identity.roles, schools=identity.schools)
-
-
 def _jsonable(row) -> dict:
     return {k: (str(v) if isinstance(v, UUID) else v.isoformat() if hasattr(v, "isoformat") else v)
             for k, v in dict(row).items()}
@@ -94,7 +90,7 @@ async def set_dictionary_entry(request: Request, caller: Caller, trigger_kind: T
 
 async def _case(conn, caller: Identity, case_id: UUID, lock: bool = False):
     row = await store.case_row(conn, caller.district_id, case_id, lock=lock)
-    if row is None or not _caller(caller).sees_school(row["school_id"]):
+    if row is None or not caller.may_see_school(row["school_id"]):
         raise not_found("case not found")
     return row
 
@@ -140,7 +136,7 @@ async def edit_case(request: Request, caller: Caller, case_id: UUID, body: CaseT
                                                                    "case_manager")
     async with request.app.state.runtime.unit_of_work() as uow:
         row = await _case(uow.conn, caller, case_id, lock=True)
-        if not _caller(caller).manages_school(row["school_id"]):
+        if not domain.manages_school(caller, row["school_id"]):
             raise _needs_manage_cases()
         values = {k: (v.lower() if v and k != "team_name" else v) for k, v in changes.items()}
         sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(values))
@@ -155,15 +151,20 @@ class Closing(BaseModel):
     reason: str = Field(min_length=1, max_length=500)
 
 
+async def _managed_case(uow, caller: Identity, case_id: UUID):
+    """The case, locked with its student's other case work, for someone who manages it."""
+    row = await _case(uow.conn, caller, case_id)
+    if not domain.manages_school(caller, row["school_id"]):
+        raise _needs_manage_cases()
+    await store.lock_students(uow.conn, [(caller.district_id, row["student_source_id"])])
+    return await _case(uow.conn, caller, case_id, lock=True)
+
+
 @router.post("/cases/{case_id}/close")
 async def close_case(request: Request, caller: Caller, case_id: UUID, body: Closing) -> dict:
     at = _now()
     async with request.app.state.runtime.unit_of_work() as uow:
-        row = await _case(uow.conn, caller, case_id)
-        if not _caller(caller).manages_school(row["school_id"]):
-            raise _needs_manage_cases()
-        await store.lock_students(uow.conn, [(caller.district_id, row["student_source_id"])])
-        row = await _case(uow.conn, caller, case_id, lock=True)
+        row = await _managed_case(uow, caller, case_id)
         if row["status"] != "open":
             raise HTTPException(status.HTTP_409_CONFLICT, f"case {row['case_number']} is already closed")
         await uow.conn.execute("UPDATE cases SET status = 'closed', closed_at = $2, closed_by = $3, close_reason = $4 "
@@ -181,11 +182,7 @@ async def close_case(request: Request, caller: Caller, case_id: UUID, body: Clos
 async def reopen_case(request: Request, caller: Caller, case_id: UUID) -> dict:
     at = _now()
     async with request.app.state.runtime.unit_of_work() as uow:
-        row = await _case(uow.conn, caller, case_id)
-        if not _caller(caller).manages_school(row["school_id"]):
-            raise _needs_manage_cases()
-        await store.lock_students(uow.conn, [(caller.district_id, row["student_source_id"])])
-        row = await _case(uow.conn, caller, case_id, lock=True)
+        row = await _managed_case(uow, caller, case_id)
         if row["status"] == "open":
             raise HTTPException(status.HTTP_409_CONFLICT, f"case {row['case_number']} is open")
         other = (await store.open_cases(uow.conn, [row["student_id"]])).get(row["student_id"])
@@ -211,7 +208,7 @@ class NoteIn(BaseModel):
 async def add_case_note(request: Request, caller: Caller, case_id: UUID, body: NoteIn) -> dict:
     async with request.app.state.runtime.unit_of_work() as uow:
         row = await _case(uow.conn, caller, case_id)
-        if not _caller(caller).manages_school(row["school_id"]):
+        if not domain.manages_school(caller, row["school_id"]):
             raise _needs_manage_cases()
         return await _note(uow, caller, row["student_id"], case_id, None, body.body)
 
@@ -248,9 +245,9 @@ class MeetingIn(BaseModel):
 
 async def _managed_student(uow, caller: Identity, student_id: UUID):
     row = await store.student(uow.conn, caller.district_id, student_id)
-    if row is None or not _caller(caller).sees_school(row["school_id"]):
+    if row is None or not caller.may_see_school(row["school_id"]):
         raise not_found("student not found")
-    if not _caller(caller).manages_school(row["school_id"]):
+    if not domain.manages_school(caller, row["school_id"]):
         raise _needs_manage_cases()
     return row
 
@@ -275,10 +272,10 @@ async def assign_task(request: Request, caller: Caller, body: TaskIn) -> dict:
 async def _task_for(uow, caller: Identity, task_id: UUID):
     """The assignee, or manage_cases in the student's school, may work a task."""
     row = await store.task(uow.conn, caller.district_id, task_id, lock=True)
-    c = _caller(caller)
-    if row is None or not (c.sees_school(row["school_id"]) or row["assignee_email"] == c.email):
+    assignee = row is not None and row["assignee_email"] == caller.email.lower()
+    if row is None or not (caller.may_see_school(row["school_id"]) or assignee):
         raise not_found("task not found")
-    if not (c.manages_school(row["school_id"]) or row["assignee_email"] == c.email):
+    if not (domain.manages_school(caller, row["school_id"]) or assignee):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only the assignee or manage_cases may work this task")
     return row
 
@@ -330,7 +327,7 @@ async def student_timeline(request: Request, caller: Caller, student_id: UUID, a
     """Every trigger, task event, note, meeting and status change for the student, in order."""
     async with request.app.state.pool.acquire() as conn:
         s = await store.student(conn, caller.district_id, student_id)
-        if s is None or not _caller(caller).sees_school(s["school_id"]):
+        if s is None or not caller.may_see_school(s["school_id"]):
             raise not_found("student not found")
         rows = await store.timeline(conn, student_id, limit, after)
         cases = await conn.fetch(

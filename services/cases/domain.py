@@ -23,6 +23,7 @@ from contracts.cases import (
     StudentMeetingScheduled,
     TaskAssigned,
 )
+from services.kit.auth import Identity
 
 # The dictionary's entries, in the seed's words.
 DICTIONARY = {
@@ -102,20 +103,7 @@ def overdue(due_date: date | None, status: str, today: date) -> bool:
 # ---------------------------------------------------------------------------- access
 
 
-@dataclass(frozen=True)
-class Caller:
-    email: str
-    roles: frozenset[str]
-    schools: frozenset[str]
-
-    @property
-    def district_wide(self) -> bool:
-        return "district_admin" in self.roles
-
-    def sees_school(self, school_id: str) -> bool:
-        """Staff see the cases of students in their schools (read-only without manage_cases)."""
-        return self.district_wide or school_id in self.schools
-
-    def manages_school(self, school_id: str) -> bool:
-        """Opening, closing, assigning and editing need manage_cases, in one's schools."""
-        return "manage_cases" in self.roles and self.sees_school(school_id)
+def manages_school(caller: Identity, school_id: str) -> bool:
+    """Opening, closing, assigning and editing need manage_cases, in one's schools; other
+    staff read the cases of their schools (Identity.may_see_school)."""
+    return "manage_cases" in caller.roles and caller.may_see_school(school_id)
