@@ -11,6 +11,7 @@ from pathlib import Path
 from contracts.topics import EVENT_TYPES, TOPICS
 
 SCHEMAS = Path(__file__).parent / "schemas"
+BASELINES = Path(__file__).parent / "baselines"
 
 
 def rendered() -> dict[str, str]:
@@ -52,3 +53,22 @@ def stale() -> list[str]:
     return sorted(
         [n for n, text in wanted.items() if present.get(n) != text] + [n for n in present if n not in wanted]
     )
+
+
+def write_missing_baselines(folder: Path = BASELINES) -> tuple[list[str], list[str]]:
+    """Freeze, as `<event_type>.json`, the schema of every event type that has no baseline yet.
+
+    A baseline is the contract as first released (contracts/compatibility.py checks the
+    models against it), so an existing one is never overwritten. Returns (written, kept)."""
+    folder.mkdir(exist_ok=True)
+    schemas = rendered()
+    written, kept = [], []
+    for event_type in sorted(EVENT_TYPES):
+        try:
+            with (folder / f"{event_type}.json").open("x") as f:
+                f.write(schemas[f"{event_type}.json"])
+        except FileExistsError:
+            kept.append(event_type)
+        else:
+            written.append(event_type)
+    return written, kept

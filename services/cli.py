@@ -73,6 +73,12 @@ def cmd_contracts(args: argparse.Namespace) -> int:
             return 1
         print("JSON Schemas are up to date")
         return 0
+    if args.action == "baseline":
+        written, kept = schemas_export.write_missing_baselines()
+        for event_type in written:
+            print(f"baseline written: contracts/baselines/{event_type}.json")
+        print(f"{len(kept)} event types already have a baseline, left as they are (a baseline is never overwritten)")
+        return 0
     print(json.dumps(schemas_export.export()))
     return 0
 
@@ -148,8 +154,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", type=int, default=8 * 3600, help="seconds")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("contracts", help="the events' JSON Schemas in contracts/schemas/")
-    p.add_argument("action", choices=("export", "check"), help="export: write them; check: fail if stale")
+    p = sub.add_parser("contracts", help="the events' JSON Schemas in contracts/schemas/ and contracts/baselines/")
+    p.add_argument("action", choices=("export", "check", "baseline"),
+                   help="export: write them; check: fail if stale; "
+                        "baseline: freeze the schema of event types that have no baseline yet (never overwrites)")
     p.set_defaults(func=cmd_contracts)
 
     roster = sub.add_parser("roster", help="roster tasks").add_subparsers(dest="roster_command", required=True)
