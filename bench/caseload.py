@@ -2,45 +2,54 @@
 raw baseline measured in the same run.
 
     python bench/caseload.py [--only materialize|latency|query] [--scale 1.0] [--seconds 60]
-                             [--rate 1000] [--query-seconds 20] [--keep]
+                             [--rate 1000] [--query-seconds 20] [--no-analyze] [--keep]
 
 Each part runs the real service (python -m services.caseload, every guarantee on: inbox,
-projection, outbox relay) on the real broker and database, under its own topic prefix and
-databases (dropped at the end unless --keep).
+projection, outbox relay) as a process on the real broker and database, under its own topic
+prefix and databases (dropped at the end unless --keep). Without --only, all three run, the
+first at --scale (default 1.0: New York City).
 
-1. materialize: a New York City-sized roster import (1,100,000 students, 8,000,000
-   enrollments..., times --scale; bench/roster_import.py's generator and its cached package
-   under .caseflow/bench-oneroster/) is imported and published by the roster importer and
-   outbox relay, as bench/roster_import.py does. Then the caseload service starts; the time
-   is from its start until its consumer groups have caught up with every roster topic
-   (lag 0) and its outbox is empty (published). Prints the time, the memberships, the
-   membership events published. Baseline: a bare aiokafka consumer reading the same
-   records from the roster topics with getmany (no processing).
-   Target: < 5 min at --scale 1.0.
-2. latency: a seeded district (100 teachers with emails, 10,000 students) gets a steady
-   --rate roster changes per second for --seconds, produced straight to the roster topics
-   with CloudEvents headers: EnrollmentAdded / EnrollmentRemoved into a second section (80%)
-   and StudentUpdated flipping a grade 05 <-> 06 (20%, homeroom -> section caseload); each
-   causes one CaseloadMembershipAdded/Removed. Each event is matched to its membership event
-   by (student_id, added/removed, source_ref) and timed from just before the send to (a) the
-   membership record's publish timestamp (the relay's produce time) and (b) the moment a
-   reader in this process sees it. Prints p50/p95/p99/max and the achieved input rate.
-   Baseline: the same events, same rate, produced to a bare topic and read back (Kafka alone).
-   Target: p99 < 1 s (to publish).
+1. materialize: a New York City-sized roster import (1,100,000 students, 75,000 staff,
+   60,000 classes, 8,000,000 enrollments, times --scale; bench/roster_import.py's generator
+   and its cached package under .caseflow/bench-oneroster/) is stored and published by the
+   roster importer and outbox relay, as bench/roster_import.py does. Then the caseload service
+   starts; the time runs from its start until its consumer groups have caught up with every
+   topic it reads (lag 0) and its outbox is empty (all published). Prints the time, the
+   memberships, the membership events published, the service's CPU and batch times, whether
+   the memberships agree with the rule recomputed from scratch in SQL, and the caseload query
+   on the tables it leaves. Baseline: a bare aiokafka consumer reading the same records from
+   the roster topics with getmany (no processing). Target: < 5 min at --scale 1.0.
+2. latency: a seeded district (100 teachers with emails, 10,000 students; staff, classes and
+   students first, then enrollments, then ANALYZE as autovacuum would have done in steady
+   state, unless --no-analyze) gets a steady --rate roster changes per second for --seconds,
+   produced straight to the roster topics with CloudEvents headers (services.kit.outbox.
+   message_for): EnrollmentAdded / EnrollmentRemoved into a second section (80%) and
+   StudentUpdated flipping grade 05 <-> 06 (20%: homeroom caseload -> section caseload). Each
+   change causes a CaseloadMembershipAdded/Removed and is matched to it by (student_id,
+   added|removed, source_ref) - not by correlation_id: the service stamps every membership
+   event of a batch with the correlation_id of the batch's last event. Timed from just before
+   the send to (a) the membership record's timestamp (set by the relay's producer: published)
+   and (b) the moment a reader in this process sees it. Prints p50/p95/p99/max and the
+   achieved input rate. Baseline: the same events at the same rate through Kafka alone
+   (produced to a bare topic, read back by the same kind of reader). Target: p99 < 1 s to
+   publish.
 3. query: a teacher with 150 students (5 sections of 30) in the same district; 50 concurrent
-   clients call GET /v1/caseloads/me?limit=500 (one page), then page it with limit=100/after,
-   each for --query-seconds. Baselines: the same 50 clients on GET /healthz (HTTP, auth-free
-   floor, this client included) and the service's own SQL (store.caseload_of) run directly by
-   50 tasks over an asyncpg pool of 10. Prints p50/p99 latency and requests/s.
-   Target: p99 < 50 ms.
+   clients (bare HTTP/1.1 keep-alive connections: httpx would cost more CPU than the route)
+   call GET /v1/caseloads/me?limit=500 with a signed token, then read it in pages of
+   limit=100/after, each for --query-seconds. Baselines: the same 50 clients on GET /healthz
+   (the HTTP floor), and the service's own SQL (store.caseload_of) run by 50 tasks over an
+   asyncpg pool of 10 (the service's pool size). Prints p50/p99, calls/s and the service's
+   CPU per call. Target: p99 < 50 ms.
 
-This machine is noisy (and the load generator shares its cores): compare ratios, repeat, and
-read the medians; nothing here asserts a time.
+This machine is noisy (and the load generator shares its 2 cores with the service, the
+broker and the database): compare ratios, repeat, and read the medians; nothing here asserts
+a time.
 
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else the real Apache Kafka from
-deploy/local/kafka.sh and an embedded PostgreSQL in .caseflow/bench-caseload-postgres (its own
-data folder: EmbeddedPostgres.start() stops any server running on the same folder, so two
-benches must not share one).
+deploy/local/kafka.sh and an embedded PostgreSQL in .caseflow/bench-caseload-postgres (with
+bench/roster_import.py's settings, in its own data folder: EmbeddedPostgres.start() stops any
+server running on the same folder, so two benches must not share one). Service logs:
+.caseflow/bench-logs/.
 """
 
 from __future__ import annotations
@@ -59,7 +68,6 @@ import uuid
 from collections import Counter, defaultdict, deque
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -441,7 +449,11 @@ async def materialize(kafka_servers: str, pg: str, scale: float, keep: bool) -> 
         conn = await db.connect(run.dsn("caseload"))
         try:
             missing, extra = await missing_memberships(conn)
+            analyzed = await conn.fetchval("SELECT last_autoanalyze IS NOT NULL FROM pg_stat_user_tables "
+                                           "WHERE relname = 'memberships'")
             query_ms, caseload_size = await caseload_query_at_scale(conn)
+            await conn.execute("ANALYZE")
+            query_analyzed_ms, _ = await caseload_query_at_scale(conn)
         finally:
             await conn.close()
         out = await end_offsets(kafka_servers, [run.topic(CASELOAD_MEMBERSHIPS.name)])
@@ -457,8 +469,9 @@ async def materialize(kafka_servers: str, pg: str, scale: float, keep: bool) -> 
         print(f"      against the rule recomputed from scratch over the projection: {missing:,} memberships MISSING, "
               f"{extra:,} extra" if missing or extra else
               "      every membership the rule implies, recomputed from scratch over the projection, is there")
-        print(f"      the caseload query (store.caseload_of) on these tables, a {caseload_size}-student caseload: "
-              f"{query_ms:.1f} ms median (SQL alone, one at a time)")
+        print(f"      the caseload query (store.caseload_of) on these tables, a {caseload_size}-student caseload, SQL "
+              f"alone: {query_ms:.1f} ms median as left ({'after' if analyzed else 'before'} autovacuum's first "
+              f"ANALYZE), {query_analyzed_ms:.1f} ms after an ANALYZE")
         if scale != 1.0:
             print(f"      target < 300 s at scale 1.0; linear extrapolation from this scale: {done / scale:,.0f} s")
         else:

@@ -255,6 +255,8 @@ async def test_tasks_notes_close_and_reopen(cases, system: Stack):
     assert await eventually(lifecycle, what="the case's events") == [
         b"cases.case_opened.v1", b"cases.case_note_added.v1", b"cases.task_completed.v1", b"cases.case_closed.v1",
         b"cases.case_reopened.v1", b"cases.case_note_added.v1"]
+    # Neither the student's name nor a note's text reaches the logs.
+    assert "Reyes" not in cases.log() and "voicemail" not in cases.log()
 
 
 async def test_search_by_each_field_and_no_district_sees_anothers_cases(cases, system: Stack):
@@ -290,3 +292,10 @@ async def test_search_by_each_field_and_no_district_sees_anothers_cases(cases, s
             ).status_code == 403
     assert (await client.post(f"/v1/cases/{one['case_id']}/close", headers=TEACHER, json={"reason": "x"})
             ).status_code == 403
+
+
+async def test_the_asyncapi_document_names_case_opened_and_the_triggers(cases, system: Stack):
+    spec = (await cases.client.get("/asyncapi.json")).json()
+    channels = {c["address"] for c in spec["channels"].values()}
+    assert {system.topic("cases.v1"), system.topic("cases.triggers.v1"), system.topic("roster.students.v1")} <= channels
+    assert "case_number" in json.dumps(spec["components"])  # CaseOpened's payload is documented
