@@ -35,6 +35,7 @@ async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | Stu
 
 
 async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDeactivated]) -> None:
+    await store.lock_class_lists(uow.conn, {e.district_id for e in events}, exclusive=True)
     last: dict[UUID, tuple] = {}  # one staff member's events arrive in order: the last one stands
     for e in events:
         if isinstance(e, StaffUpserted):
@@ -52,6 +53,7 @@ async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDea
 
 
 async def on_roster_classes(uow: UnitOfWork, events: list[ClassUpserted | ClassRemoved]) -> None:
+    await store.lock_class_lists(uow.conn, {e.district_id for e in events}, exclusive=True)
     last = {e.class_id: e for e in events}  # in order per class: the last event stands
     upserts = [(e.class_id, e.district_id, e.source_id, e.school_id, e.class_type, e.title, e.class_code,
                 e.occurred_at) for e in last.values() if isinstance(e, ClassUpserted)]
@@ -61,6 +63,8 @@ async def on_roster_classes(uow: UnitOfWork, events: list[ClassUpserted | ClassR
 
 
 async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | EnrollmentRemoved]) -> None:
+    await store.lock_class_lists(uow.conn, {e.district_id for e in events},
+                                 exclusive=any(e.role != "student" for e in events))
     added = {(e.class_id, e.person_id): (e.class_id, e.person_id, e.role, e.district_id)
              for e in events if isinstance(e, EnrollmentAdded)}
     removed = []

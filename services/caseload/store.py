@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from uuid import UUID
 
@@ -133,6 +134,22 @@ async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID]) -> No
     (by id), so a large batch takes at most 256, in one order (a deadlock is retried)."""
     buckets = sorted({_STUDENT_LOCK_BASE + i.int % _STUDENT_LOCKS for i in student_ids})
     await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", buckets)
+
+
+_DISTRICT_LOCK_BASE = 0x63_64_00_00  # 'cd'
+
+
+async def lock_class_lists(conn: asyncpg.Connection, districts: Iterable[str], *, exclusive: bool) -> None:
+    """Who is in which class is read by the handlers of class, staff and teacher changes to
+    find the students they affect, and written by enrolments. A student's enrolment and a
+    change to their class or teacher, committing at once unseen by each other, would each
+    miss the membership both imply. So those readers (and teacher enrolments) hold the
+    district's class lists exclusively, and student enrolments share them: student
+    enrolments run side by side; a class, staff or teacher change waits for them, and they
+    for it."""
+    keys = sorted({_DISTRICT_LOCK_BASE + zlib.crc32(d.encode()) % 4096 for d in districts})
+    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(f"SELECT {fn}(k) FROM unnest($1::bigint[]) AS k", keys)
 
 
 async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> list[asyncpg.Record]:

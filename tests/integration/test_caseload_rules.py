@@ -260,3 +260,42 @@ async def test_the_change_feed_forgets_what_is_older_than_its_retention(service_
     assert await forget_old_changes(pool, retention_days=90, batch=7) == 30  # 90 days old and older
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM membership_changes") == 90
+
+
+@pytest.mark.parametrize("first", ["class_change", "enrolment"])
+async def test_a_class_becoming_a_homeroom_as_a_student_joins_it_still_makes_the_membership(service_db, first):
+    """A change to a class finds the students it affects in the class lists; a student
+    joining the class at that moment must not fall between the two."""
+    pool = await service_db("caseload")
+    at = dict(district_id="d1", occurred_at=datetime(2026, 9, 1, tzinfo=UTC))
+    later = dict(district_id="d1", occurred_at=datetime(2026, 9, 2, tzinfo=UTC))
+    async with pool.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
+        await handlers.on_roster_staff(uow, [StaffUpserted(staff_id=TEACHERS[0], source_id="t0", role="teacher",
+                                                           given_name="T", family_name="T", email="a@x.org",
+                                                           school_ids=["A"], matched=True, **at)])
+        await handlers.on_roster_students(uow, [StudentEnrolled(
+            student_id=STUDENTS[0], source_id="s0", school_id="A", grade="03", given_name="G", family_name="F", **at)])
+        await handlers.on_roster_classes(uow, [ClassUpserted(class_id=CLASSES[0], source_id="c0", school_id="A",
+                                                             class_type="scheduled", title="3-401", grades=["03"],
+                                                             periods=[], **at)])
+        await handlers.on_roster_enrollments(uow, [EnrollmentAdded(
+            person_id=TEACHERS[0], role="teacher", class_id=CLASSES[0], class_source_id="c0", user_source_id="t0",
+            school_id="A", primary=True, **at)])
+    becomes_homeroom = (handlers.on_roster_classes, [ClassUpserted(
+        class_id=CLASSES[0], source_id="c0", school_id="A", class_type="homeroom", title="3-401", grades=["03"],
+        periods=[], **later)])
+    joins = (handlers.on_roster_enrollments, [EnrollmentAdded(
+        person_id=STUDENTS[0], role="student", class_id=CLASSES[0], class_source_id="c0", user_source_id="s0",
+        school_id="A", primary=False, **later)])
+    one, two = (becomes_homeroom, joins) if first == "class_change" else (joins, becomes_homeroom)
+    async with pool.acquire() as a, pool.acquire() as b:
+        tx_a = a.transaction()
+        await tx_a.start()
+        await one[0](UnitOfWork(a, source="caseflow.caseload", settings=SETTINGS), one[1])
+        second = asyncio.create_task(_in_transaction(b, two))
+        await asyncio.sleep(0.5)
+        await tx_a.commit()
+        await second
+        held = await a.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
+    assert [(r["owner_email"], r["reason"]) for r in held] == [("a@x.org", "homeroom")]
