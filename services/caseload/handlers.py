@@ -31,7 +31,7 @@ async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | Stu
     # First attendances that waited for the roster to know the student.
     for district_id, source_ids in _by_district((s.district_id, s.source_id) for s in latest if s.source_id):
         await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
-    await _refresh(uow, {e.student_id for e in events}, events[-1])
+    await _refresh(uow, {e.student_id for e in events}, events[-1], {e.student_id: e for e in events})
 
 
 async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDeactivated]) -> None:
@@ -75,7 +75,7 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
     await store.project_members(uow.conn, list(added.values()), removed)
     touched: set[UUID] = {e.person_id for e in events if e.role == "student"}
     touched |= await store.students_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
-    await _refresh(uow, touched, events[-1])
+    await _refresh(uow, touched, events[-1], {e.person_id: e for e in events if e.role == "student"})
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
@@ -110,19 +110,22 @@ def _by_district(pairs) -> list[tuple[str, list[str]]]:
     return [(d, sorted(ids)) for d, ids in out.items()]
 
 
-async def _refresh(uow: UnitOfWork, student_ids: set[UUID], cause) -> None:
-    emit_changes(uow, await store.refresh_caseloads(uow.conn, student_ids), occurred_at=cause.occurred_at,
-                 correlation_id=cause.correlation_id)
+async def _refresh(uow: UnitOfWork, student_ids: set[UUID], cause, cause_of: dict | None = None) -> None:
+    """cause: the event the changes answer; cause_of: the student's own event, where there
+    is one (its time and correlation id go on the student's membership events)."""
+    emit_changes(uow, await store.refresh_caseloads(uow.conn, student_ids), cause=cause, cause_of=cause_of)
 
 
-def emit_changes(uow: UnitOfWork, rows, *, occurred_at: datetime | None = None,
+def emit_changes(uow: UnitOfWork, rows, *, cause=None, cause_of: dict | None = None,
                  correlation_id: str | None = None) -> None:
     """Publish each membership added or removed (rows from store.refresh_caseloads)."""
-    occurred_at = occurred_at or datetime.now(UTC)
+    now = datetime.now(UTC)
     for row in rows:
+        why = (cause_of or {}).get(row["student_id"], cause)
         fields = dict(
             district_id=row["district_id"], student_id=row["student_id"], owner_email=row["owner_email"],
             reason=row["reason"], detail=row["detail"], source_ref=row["source_ref"], school_id=row["school_id"],
-            occurred_at=occurred_at, correlation_id=correlation_id, producer="caseflow.caseload",
+            occurred_at=why.occurred_at if why else now, correlation_id=why.correlation_id if why else correlation_id,
+            producer="caseflow.caseload",
         )
         uow.emit(CaseloadMembershipAdded(**fields) if row["change"] == "added" else CaseloadMembershipRemoved(**fields))
