@@ -167,6 +167,23 @@ class Stack:
     async def stop(self) -> None:
         for proc in self.processes:
             proc.stop()
+        await self.delete_topics()
+
+    async def delete_topics(self) -> None:
+        """Each stack's ~170 partitions hold open files on the one broker of a test run:
+        give them back, or a long run exhausts the broker's file handles."""
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.backends.kafka)
+        await admin.start()
+        try:
+            mine = [t for t in await admin.list_topics() if t.startswith(self.prefix)]
+            if mine:
+                await admin.delete_topics(mine)
+        except Exception as e:  # noqa: BLE001 - cleanup: a failure here must not fail the test
+            print(f"could not delete the topics of {self.prefix}: {e!r}")
+        finally:
+            await admin.close()
 
 
 class ServiceProcess:

@@ -182,6 +182,8 @@ group.initial.rebalance.delay.ms=0
 num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
+# Test stacks delete their topics when done: free their files at once, not after a minute.
+file.delete.delay.ms=1000
 EOF
   if [[ -n "$KAFKA_EXTRA_PROPERTIES" ]]; then
     printf '\n# KAFKA_EXTRA_PROPERTIES\n%s\n' "$KAFKA_EXTRA_PROPERTIES" >>"$PROPS_FILE"
