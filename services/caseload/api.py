@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from services.caseload import actions, domain, handlers, store
@@ -89,7 +89,7 @@ async def _act(request: Request, identity: Identity, action: actions.Action, stu
 
 @router.get("/caseloads/me")
 async def my_caseload(request: Request, caller: Caller, school_id: str | None = None, grade: str | None = None,
-                      reason: str | None = None, after: UUID | None = None, limit: Page = 100) -> dict:
+                      reason: str | None = None, after: UUID | None = None, limit: Page = 100) -> Response:
     """The caller's caseload, each student with why they are on it and since when."""
     _may_read(caller)
     return await _caseload(request, caller, caller.email.lower(), school_id, grade, reason, after, limit)
@@ -98,7 +98,7 @@ async def my_caseload(request: Request, caller: Caller, school_id: str | None = 
 @router.get("/caseloads/{owner_email}")
 async def caseload_of(request: Request, caller: Caller, owner_email: str, school_id: str | None = None,
                       grade: str | None = None, reason: str | None = None, after: UUID | None = None,
-                      limit: Page = 100) -> dict:
+                      limit: Page = 100) -> Response:
     """Another staff member's caseload (admins, and supervisors for providers: only the
     students of the schools they see)."""
     if owner_email.lower() == caller.email.lower():
@@ -109,18 +109,14 @@ async def caseload_of(request: Request, caller: Caller, owner_email: str, school
     return await _caseload(request, caller, owner_email.lower(), school_id, grade, reason, after, limit)
 
 
-async def _caseload(request, caller: Identity, owner_email, school_id, grade, reason, after, limit) -> dict:
+async def _caseload(request, caller: Identity, owner_email, school_id, grade, reason, after, limit) -> Response:
+    # An admin reading another's caseload sees only the students of their own schools.
+    schools = None if caller.district_wide or owner_email == caller.email.lower() else sorted(caller.schools)
     async with request.app.state.pool.acquire() as conn:
-        rows = await store.caseload_of(conn, district_id=caller.district_id, owner_email=owner_email,
-                                       school_id=school_id, grade=grade, reason=reason, after=after, limit=limit)
-    items = [
-        {"student_id": str(r["student_id"]), "given_name": r["given_name"], "family_name": r["family_name"],
-         "school_id": r["school_id"], "grade": r["grade"], "why": r["why"]}
-        for r in rows
-        if caller.district_wide or owner_email == caller.email.lower() or r["school_id"] in caller.schools
-    ]
-    return {"owner_email": owner_email, "items": items,
-            "next_after": str(rows[-1]["student_id"]) if len(rows) == limit else None}
+        page = await store.caseload_page(conn, district_id=caller.district_id, owner_email=owner_email,
+                                         school_id=school_id, grade=grade, reason=reason, after=after, limit=limit,
+                                         schools=schools)
+    return Response(page, media_type="application/json")
 
 
 @router.get("/caseload-changes")

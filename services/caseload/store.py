@@ -228,18 +228,30 @@ async def student(conn: asyncpg.Connection, *, district_id: str, student_id: UUI
     )
 
 
-async def caseload_of(conn: asyncpg.Connection, *, district_id: str, owner_email: str, school_id: str | None,
-                      grade: str | None, reason: str | None, after: UUID | None, limit: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        """SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.grade,
-                  jsonb_agg(jsonb_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
-                           ORDER BY m.since, m.detail) AS why
-           FROM memberships m JOIN students s ON s.student_id = m.student_id
-           WHERE m.district_id = $1 AND m.owner_email = $2
-             AND ($3::text IS NULL OR s.school_id = $3) AND ($4::text IS NULL OR s.grade = $4)
-             AND ($5::text IS NULL OR m.reason = $5) AND ($6::uuid IS NULL OR s.student_id > $6)
-           GROUP BY s.student_id ORDER BY s.student_id LIMIT $7""",
-        district_id, owner_email, school_id, grade, reason, after, limit,
+async def caseload_page(conn: asyncpg.Connection, *, district_id: str, owner_email: str, school_id: str | None,
+                        grade: str | None, reason: str | None, after: UUID | None, limit: int,
+                        schools: list[str] | None) -> str:
+    """One page of a caseload as the JSON the API answers with, built by PostgreSQL: a
+    teacher's 150 students cost one query and no Python-side conversion. `schools`: only
+    students of these schools (None: all)."""
+    return await conn.fetchval(
+        """WITH page AS (
+               SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.grade,
+                      jsonb_agg(jsonb_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
+                                ORDER BY m.since, m.detail) AS why
+               FROM memberships m JOIN students s ON s.student_id = m.student_id
+               WHERE m.district_id = $1 AND m.owner_email = $2
+                 AND ($3::text IS NULL OR s.school_id = $3) AND ($4::text IS NULL OR s.grade = $4)
+                 AND ($5::text IS NULL OR m.reason = $5) AND ($6::uuid IS NULL OR m.student_id > $6)
+                 AND ($8::text[] IS NULL OR s.school_id = ANY($8::text[]))
+               GROUP BY s.student_id ORDER BY s.student_id LIMIT $7
+           )
+           SELECT json_build_object(
+               'owner_email', $2::text,
+               'items', coalesce(json_agg(page ORDER BY page.student_id), '[]'::json),
+               'next_after', CASE WHEN count(*) = $7 THEN max(page.student_id::text) END)::text
+           FROM page""",
+        district_id, owner_email, school_id, grade, reason, after, limit, schools,
     )
 
 

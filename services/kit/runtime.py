@@ -211,4 +211,9 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
 
 
 def main(definition_factory) -> None:
-    asyncio.run(serve(definition_factory()))
+    try:
+        import uvloop  # a faster event loop where it is installed (not on Windows)
+    except ImportError:
+        asyncio.run(serve(definition_factory()))
+    else:
+        uvloop.run(serve(definition_factory()))
