@@ -162,41 +162,51 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
     if not ids:
         return []
     await lock_students(conn, ids)
+    # Driven from the batch's students (the plan must not depend on the planner's guess at
+    # the array's length: after five runs asyncpg's prepared statement gets a generic plan):
+    # their classes through class_members_by_person, then each class's teachers through
+    # class_members_teachers (migration 004), not through the class list. No join between two
+    # CTEs: without statistics the planner would nest-loop them.
     return await conn.fetch(
-        """WITH wanted AS (
-               SELECT DISTINCT lower(sf.email) AS owner_email, s.student_id,
+        """WITH batch AS MATERIALIZED (
+               SELECT s.student_id, s.district_id, s.school_id, s.source_id, s.grade
+               FROM students s
+               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
+           ),
+           enrolled AS MATERIALIZED (
+               SELECT b.student_id, b.district_id, b.school_id, b.grade, m.class_id
+               FROM batch b JOIN class_members m ON m.person_id = b.student_id AND m.role = 'student'
+               WHERE b.grade = ANY($2::text[]) OR b.grade = ANY($3::text[])
+           ),
+           wanted AS (
+               SELECT lower(sf.email) AS owner_email, e.student_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom' ELSE 'section' END AS reason,
-                      c.class_id::text AS source_ref, s.district_id, s.school_id,
+                      c.class_id::text AS source_ref, e.district_id, e.school_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom ' || c.title
                            ELSE 'section ' || coalesce(c.class_code, c.title) END AS detail
-               FROM students s
-               JOIN class_members m ON m.person_id = s.student_id AND m.role = 'student'
-               JOIN classes c ON c.class_id = m.class_id
+               FROM enrolled e
+               JOIN classes c ON c.class_id = e.class_id
                JOIN class_members t ON t.class_id = c.class_id AND t.role = 'teacher'
                JOIN staff sf ON sf.staff_id = t.person_id AND sf.active AND sf.email IS NOT NULL
-               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
-                 AND ((c.class_type = 'homeroom' AND s.grade = ANY($2::text[]))
-                   OR (c.class_type = 'scheduled' AND s.grade = ANY($3::text[])))
+               WHERE (c.class_type = 'homeroom' AND e.grade = ANY($2::text[]))
+                  OR (c.class_type = 'scheduled' AND e.grade = ANY($3::text[]))
                UNION ALL
                SELECT p.owner_email, s.student_id, 'point_person', p.type, s.district_id, s.school_id,
                       coalesce(t.label, initcap(p.type)) || ' point person'
-               FROM students s JOIN point_persons p ON p.student_id = s.student_id
+               FROM batch s JOIN point_persons p ON p.student_id = s.student_id
                LEFT JOIN point_person_types t ON t.district_id = s.district_id AND t.type = p.type
-               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
                UNION ALL
                SELECT g.lead_email, s.student_id, 'support', g.support_id::text, s.district_id, s.school_id,
                       'support "' || g.name || '" lead'
-               FROM students s JOIN support_members sm ON sm.student_id = s.student_id
+               FROM batch s JOIN support_members sm ON sm.student_id = s.student_id
                JOIN supports g ON g.support_id = sm.support_id
-               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
                UNION ALL
                SELECT l.provider_email, s.student_id, 'provider', l.mandate_id, s.district_id, s.school_id,
                       'provider mandate for ' || md.service
-               FROM students s
+               FROM batch s
                JOIN provider_links l ON l.district_id = s.district_id AND l.student_source_id = s.source_id
                                     AND l.ended_at IS NULL
                JOIN mandates md ON md.district_id = l.district_id AND md.mandate_id = l.mandate_id AND md.active
-               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
            ),
            gone AS (
                DELETE FROM memberships h
