@@ -115,7 +115,9 @@ class EventConsumer:
 
         broker.subscriber(
             self._topic_name,
-            group_id=sub.consumer,
+            # The group is named in the same namespace as the topics (CASEFLOW_TOPIC_PREFIX):
+            # systems sharing one cluster never join each other's groups.
+            group_id=self._settings.kafka.topic(sub.consumer),
             batch=True,
             max_records=self._settings.consumer_batch_size,
             batch_timeout_ms=100,
@@ -232,10 +234,11 @@ class EventConsumer:
         return fresh
 
     async def _dispatch(self, uow: UnitOfWork, events: list[Event]) -> None:
-        # Consecutive events of one type go to their handler together: batching without
-        # reordering (an enrolment and a withdrawal of one student keep their order).
-        for cls, run in groupby(events, key=type):
-            handler = self.subscription.handlers.get(cls)
+        # Consecutive events for one handler go to it together: batching without reordering
+        # (an enrolment and a withdrawal of one student keep their order). A handler that
+        # takes several event types gets them mixed, in order, as one list.
+        handlers = self.subscription.handlers
+        for handler, run in groupby(events, key=lambda e: handlers.get(type(e))):
             if handler is not None:
                 await handler(uow, list(run))
 
