@@ -185,8 +185,9 @@ async def upsert_tasks(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     if rows:
         await conn.execute(
             """INSERT INTO tasks (task_id, district_id, student_id, case_id, title, assignee_email, due_date, status,
-                                  assigned_by, assigned_at)
-               SELECT t, d, s, c, ti, a, due, 'open', by, at
+                                  assigned_by, assigned_at, school_id)
+               SELECT t, d, s, c, ti, a, due, 'open', by, at,
+                      (SELECT st.school_id FROM students st WHERE st.student_id = s)
                FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::date[],
                            $8::text[], $9::timestamptz[]) AS r(t, d, s, c, ti, a, due, by, at)
                ON CONFLICT (task_id) DO UPDATE SET case_id = coalesce(tasks.case_id, EXCLUDED.case_id)""",
@@ -214,7 +215,15 @@ SEARCH_COLUMNS = """c.case_id, c.case_number, c.status, c.student_id, s.given_na
 async def search(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None, status: str | None,
                  case_number: str | None, person: str | None, school_id: str | None, team_name: str | None,
                  team_leader: str | None, case_manager: str | None, after: str | None, limit: int):
-    """Cases by number, person of concern (name or SIS id), building, team, leader or manager."""
+    """Cases by number, person of concern (name or SIS id), building, team, leader or manager.
+    Planned for the filters given each time (a generic plan would ignore the right index)."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        return await _search(conn, district_id, schools, status, case_number, person, school_id, team_name,
+                             team_leader, case_manager, after, limit)
+
+
+async def _search(conn, *args):
     return await conn.fetch(
         f"""SELECT {SEARCH_COLUMNS}
             FROM cases c JOIN students s ON s.student_id = c.student_id
@@ -228,8 +237,7 @@ async def search(conn: asyncpg.Connection, *, district_id: str, schools: list[st
               AND ($9::text IS NULL OR lower(c.case_manager) = lower($9))
               AND ($10::text IS NULL OR c.case_number > $10)
             ORDER BY c.case_number LIMIT $11""",
-        district_id, schools, status, case_number, person, school_id, team_name, team_leader, case_manager, after,
-        limit,
+        *args,
     )
 
 
@@ -256,33 +264,42 @@ async def task(conn: asyncpg.Connection, district_id: str, task_id: UUID, lock: 
 
 async def dashboard(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None, today,
                     weeks: int = 12) -> dict:
+    """From the counters kept as cases change (migration 002), and the open tasks' index."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        return await _dashboard(conn, district_id, schools, today, weeks)
+
+
+async def _dashboard(conn, district_id: str, schools: list[str] | None, today, weeks: int) -> dict:
     scope = "district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2::text[]))"
 
-    async def grouped(column: str) -> list[dict]:
+    async def grouped(dimension: str) -> list[dict]:
         rows = await conn.fetch(
-            f"""SELECT {column} AS key, count(*) AS open_cases FROM cases WHERE {scope} AND status = 'open'
-                GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 50""", district_id, schools)
-        return [{"key": r["key"], "open_cases": r["open_cases"]} for r in rows]
+            f"""SELECT key, sum(open_cases)::bigint AS open_cases FROM open_case_counts
+                WHERE {scope} AND dimension = $3 GROUP BY key HAVING sum(open_cases) > 0
+                ORDER BY 2 DESC, 1 LIMIT 50""", district_id, schools, dimension)
+        return [{"key": r["key"] or None, "open_cases": r["open_cases"]} for r in rows]
 
     overdue = await conn.fetch(
-        f"""SELECT t.task_id, t.title, t.assignee_email, t.due_date, t.case_id, c.case_number, t.student_id
-            FROM tasks t JOIN cases c ON c.case_id = t.case_id
-            WHERE t.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2::text[]))
+        f"""SELECT t.task_id, t.title, t.assignee_email, t.due_date, t.case_id, c.case_number, t.student_id,
+                   t.school_id
+            FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
+            WHERE t.district_id = $1 AND ($2::text[] IS NULL OR t.school_id = ANY($2::text[]))
               AND t.status = 'open' AND t.due_date < $3
             ORDER BY t.due_date, t.task_id LIMIT 50""", district_id, schools, today)
     overdue_count = await conn.fetchval(
-        """SELECT count(*) FROM tasks t JOIN cases c ON c.case_id = t.case_id
-           WHERE t.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2::text[]))
-             AND t.status = 'open' AND t.due_date < $3""", district_id, schools, today)
+        f"SELECT count(*) FROM tasks WHERE {scope} AND status = 'open' AND due_date < $3", district_id, schools, today)
     weekly = await conn.fetch(
-        f"""SELECT date_trunc('week', opened_at)::date AS week, trigger_kind, count(*) AS opened FROM cases
-            WHERE {scope} AND opened_at >= date_trunc('week', $3::date) - make_interval(weeks => $4 - 1)
+        f"""SELECT week, trigger_kind, sum(opened)::bigint AS opened FROM weekly_openings
+            WHERE {scope} AND week >= date_trunc('week', $3::date)::date - 7 * ($4 - 1)
             GROUP BY 1, 2 ORDER BY 1, 2""", district_id, schools, today, weeks)
+    by_school = await grouped("school")
     return {
-        "open_cases": await conn.fetchval(f"SELECT count(*) FROM cases WHERE {scope} AND status = 'open'",
-                                          district_id, schools),
-        "by_school": await grouped("school_id"),
-        "by_team": await grouped("team_name"),
+        "open_cases": await conn.fetchval(
+            f"SELECT coalesce(sum(open_cases), 0)::bigint FROM open_case_counts WHERE {scope} AND dimension = 'school'",
+            district_id, schools),
+        "by_school": by_school,
+        "by_team": await grouped("team"),
         "by_team_leader": await grouped("team_leader"),
         "by_case_manager": await grouped("case_manager"),
         "overdue_tasks": {"count": overdue_count, "oldest": [dict(r) for r in overdue]},

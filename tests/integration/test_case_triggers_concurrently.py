@@ -81,3 +81,27 @@ async def test_two_triggers_for_one_student_at_once_open_one_case(pool):
         joined = await conn.fetch("SELECT kind, case_id FROM timeline ORDER BY entry_id")
     assert [r["kind"] for r in joined] == ["submit_form", "case_opened", "submit_file"]
     assert len({r["case_id"] for r in joined}) == 1
+
+
+async def test_the_dashboards_counters_always_equal_a_count_over_every_case(pool):
+    async with pool.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS)
+        await handlers.on_roster_students(uow, [student(f"c{i}") for i in range(12)])
+        await handlers.on_triggers(uow, [form(f"c{i}") for i in range(12)])
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE cases SET team_name = 'SST', team_leader = 'lee@x.org' WHERE case_number < '26-000007'")
+        await conn.execute("UPDATE cases SET case_manager = 'ok@x.org', school_id = 'B' WHERE case_number > '26-000004'")
+        await conn.execute("UPDATE cases SET status = 'closed' WHERE case_number IN ('26-000002', '26-000009')")
+        await conn.execute("DELETE FROM cases WHERE case_number = '26-000011'")
+        kept = {(r["school_id"], r["dimension"], r["key"]): r["open_cases"] for r in await conn.fetch(
+            "SELECT school_id, dimension, key, open_cases FROM open_case_counts WHERE open_cases <> 0")}
+        counted = {(r["school_id"], r["dimension"], r["key"]): r["n"] for r in await conn.fetch(
+            """SELECT c.school_id, d.dimension, d.key, count(*) AS n FROM cases c,
+                      LATERAL (VALUES ('school', ''), ('team', coalesce(c.team_name, '')),
+                                      ('team_leader', coalesce(c.team_leader, '')),
+                                      ('case_manager', coalesce(c.case_manager, ''))) AS d(dimension, key)
+               WHERE c.status = 'open' GROUP BY 1, 2, 3""")}
+        weekly = await conn.fetchval("SELECT sum(opened) FROM weekly_openings")
+    assert kept == counted
+    assert kept[("A", "school", "")] == 3  # 1-4 at A, 2 closed
+    assert weekly == 12  # opened, whatever became of them since
