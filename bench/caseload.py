@@ -37,7 +37,7 @@ first at --scale (default 1.0: New York City).
    clients (bare HTTP/1.1 keep-alive connections: httpx would cost more CPU than the route)
    call GET /v1/caseloads/me?limit=500 with a signed token, then read it in pages of
    limit=100/after, each for --query-seconds. Baselines: the same 50 clients on GET /healthz
-   (the HTTP floor), and the service's own SQL (store.caseload_of) run by 50 tasks over an
+   (the HTTP floor), and the service's own SQL (store.caseload_page) run by 50 tasks over an
    asyncpg pool of 10 (the service's pool size). Prints p50/p99, calls/s and the service's
    CPU per call. Target: p99 < 50 ms.
 
@@ -257,7 +257,7 @@ class Progress:
 
     def __init__(self, run: Run) -> None:
         self.run = run
-        self.groups = [(s.consumer, [TopicPartition(run.topic(s.topic.name), p) for p in range(s.topic.partitions)])
+        self.groups = [(run.topic(s.consumer), [TopicPartition(run.topic(s.topic.name), p) for p in range(s.topic.partitions)])
                        for s in caseload_definition().subscriptions]
         self.admin = AIOKafkaAdminClient(bootstrap_servers=run.kafka_servers)
         self.offsets = AIOKafkaConsumer(bootstrap_servers=run.kafka_servers, enable_auto_commit=False)
@@ -347,8 +347,9 @@ async def caseload_query_at_scale(conn: asyncpg.Connection) -> tuple[float, int]
     times = []
     for i in range(25):
         t = time.perf_counter()
-        await caseload_store.caseload_of(conn, district_id=row["district_id"], owner_email=row["owner_email"],
-                                         school_id=None, grade=None, reason=None, after=None, limit=500)
+        await caseload_store.caseload_page(conn, district_id=row["district_id"], owner_email=row["owner_email"],
+                                           school_id=None, grade=None, reason=None, after=None, limit=500,
+                                           schools=None)
         if i >= 5:
             times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000, row["n"]
@@ -469,7 +470,7 @@ async def materialize(kafka_servers: str, pg: str, scale: float, keep: bool) -> 
         print(f"      against the rule recomputed from scratch over the projection: {missing:,} memberships MISSING, "
               f"{extra:,} extra" if missing or extra else
               "      every membership the rule implies, recomputed from scratch over the projection, is there")
-        print(f"      the caseload query (store.caseload_of) on these tables, a {caseload_size}-student caseload, SQL "
+        print(f"      the caseload query (store.caseload_page) on these tables, a {caseload_size}-student caseload, SQL "
               f"alone: {query_ms:.1f} ms median as left ({'after' if analyzed else 'before'} autovacuum's first "
               f"ANALYZE), {query_analyzed_ms:.1f} ms after an ANALYZE")
         if scale != 1.0:
@@ -902,10 +903,10 @@ async def query(run: Run, service: CaseloadService, district: District, seconds:
     try:
         async def sql(_: int) -> bool:
             async with pool.acquire() as conn:
-                found = await caseload_store.caseload_of(conn, district_id=district.district_id,
-                                                         owner_email=QUERY_TEACHER, school_id=None, grade=None,
-                                                         reason=None, after=None, limit=500)
-            return len(found) == items
+                found = await caseload_store.caseload_page(conn, district_id=district.district_id,
+                                                           owner_email=QUERY_TEACHER, school_id=None, grade=None,
+                                                           reason=None, after=None, limit=500, schools=None)
+            return len(json.loads(found)["items"]) == items
 
         rows.append(("raw baseline: its SQL over asyncpg (pool 10)", *await hammer(sql, seconds, service.cpu_seconds)))
     finally:
