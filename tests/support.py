@@ -250,3 +250,26 @@ class ServiceProcess:
             except json.JSONDecodeError:
                 continue
         return lines
+
+
+async def second_runs_before_first_commits(pool: asyncpg.Pool, first, second, *, settings) -> None:
+    """Two handler calls, (handler, events) each, in two transactions at once: the first
+    runs but does not commit; the second starts; only then the first commits. Whatever
+    one must see of the other has to survive this interleaving."""
+    from services.kit.consumer import UnitOfWork
+
+    def uow(conn):
+        return UnitOfWork(conn, source=f"caseflow.{settings.service}", settings=settings)
+
+    async def in_transaction(conn, step) -> None:
+        async with conn.transaction():
+            await step[0](uow(conn), step[1])
+
+    async with pool.acquire() as a, pool.acquire() as b:
+        tx = a.transaction()
+        await tx.start()
+        await first[0](uow(a), first[1])
+        later = asyncio.create_task(in_transaction(b, second))
+        await asyncio.sleep(0.5)
+        await tx.commit()
+        await later

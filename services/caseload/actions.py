@@ -102,8 +102,7 @@ async def _run_once(runtime, caller: Caller, district_id: str, action: Action, i
         if refused:
             raise BatchRefused(refused)  # rolls the transaction back: nothing applied
         await action.apply(ctx, [students[i] for i in ids])
-        changes = await store.refresh_caseloads(uow.conn, ids)
-        handlers.emit_changes(uow, changes, correlation_id=correlation_id)
+        changes = await handlers.refresh(uow, ids, correlation_id=correlation_id)
     return changes
 
 
@@ -160,15 +159,8 @@ class SupportMembership(Action):
                                           f"{self.support['school_id']}; the student is at {student['school_id']}")
 
     async def apply(self, ctx: Context, students: list) -> None:
-        ids = [s["student_id"] for s in students]
-        if self.add:
-            await ctx.conn.execute(
-                """INSERT INTO support_members (support_id, student_id, added_by)
-                   SELECT $1, unnest($2::uuid[]), $3 ON CONFLICT DO NOTHING""",
-                self.support["support_id"], ids, ctx.caller.email)
-        else:
-            await ctx.conn.execute("DELETE FROM support_members WHERE support_id = $1 AND student_id = ANY($2::uuid[])",
-                                   self.support["support_id"], ids)
+        await store.support_members(ctx.conn, self.support["support_id"], [s["student_id"] for s in students],
+                                    add=self.add, by=ctx.caller.email)
 
 
 # ---------------------------------------------------------------------------- provider caseloads (seed 001)
@@ -184,23 +176,14 @@ class ProviderCaseload(Action):
     add: bool
 
     def require_role(self, caller: Caller) -> None:
-        if self.provider_email == caller.email:
-            if "provider" not in caller.roles:
-                raise Refused("not_a_provider", "one's own provider caseload needs the provider role")
-        elif not caller.roles & {"supervisor", "district_admin", "school_admin"}:
-            raise Refused("not_a_supervisor", "only a supervisor (or an admin) changes another provider's "
-                                              "caseload; a provider changes their own")
+        pass  # who may change a provider's caseload depends on the provider: see prepare
 
     async def prepare(self, ctx: Context, students: dict) -> None:
         ctx.facts["provider_schools"] = schools = await store.provider_schools(ctx.conn, ctx.district_id,
                                                                                self.provider_email)
-        caller = ctx.caller
-        if self.provider_email != caller.email and not caller.district_wide \
-                and not ("*" in schools or schools & caller.schools):
-            raise Refused("no_access_to_provider", "you need access to the provider: they are not authorised in "
-                                                   "any of your schools")
-        ctx.facts["mandates"] = {s["student_id"]: await store.active_mandates(ctx.conn, ctx.district_id, s["source_id"])
-                                 for s in students.values()}
+        domain.check_may_change_provider_caseload(ctx.caller, self.provider_email, schools)
+        ctx.facts["mandates"] = await store.active_mandates(
+            ctx.conn, ctx.district_id, [s["source_id"] for s in students.values() if s["source_id"]])
         ctx.facts["link"] = {}
 
     def visible(self, ctx: Context, student) -> bool:
@@ -212,19 +195,18 @@ class ProviderCaseload(Action):
 
     def check(self, ctx: Context, student) -> None:
         if self.add:
-            ctx.facts["link"][student["student_id"]] = domain.check_provider_link(
-                caller=ctx.caller, provider_email=self.provider_email,
+            ctx.facts["link"][student["student_id"]] = domain.mandate_to_link(
                 provider_schools=ctx.facts["provider_schools"], student_school=student["school_id"],
-                mandates=ctx.facts["mandates"][student["student_id"]], service=self.service)
+                mandates=ctx.facts["mandates"].get(student["source_id"], []), service=self.service)
 
     async def apply(self, ctx: Context, students: list) -> None:
         via = "provider" if self.provider_email == ctx.caller.email else "supervisor"
-        for s in students:
-            if self.add:
-                await store.provider_link(ctx.conn, district_id=ctx.district_id, source_id=s["source_id"],
-                                          mandate_id=ctx.facts["link"][s["student_id"]],
-                                          provider_email=self.provider_email, added_via=via, added_by=ctx.caller.email)
-            else:
-                await store.end_provider_links(ctx.conn, district_id=ctx.district_id, source_id=s["source_id"],
-                                               provider_email=self.provider_email, ended_by=ctx.caller.email,
-                                               why=f"taken off by {via}")
+        if self.add:
+            await store.link_provider(ctx.conn, district_id=ctx.district_id, provider_email=self.provider_email,
+                                      links=[(s["source_id"], ctx.facts["link"][s["student_id"]]) for s in students],
+                                      added_via=via, added_by=ctx.caller.email)
+        else:
+            await store.end_provider_links(ctx.conn, district_id=ctx.district_id,
+                                           source_ids=[s["source_id"] for s in students],
+                                           provider_email=self.provider_email, ended_by=ctx.caller.email,
+                                           why=f"taken off by {via}")

@@ -324,7 +324,7 @@ async def change_support(request: Request, caller: Caller, support_id: UUID, bod
                 "UPDATE memberships SET detail = $2 WHERE reason = 'support' AND source_ref = $1",
                 str(support_id), f'support "{body.name}" lead')
         members = await store.support_student_ids(uow.conn, support_id)
-        handlers.emit_changes(uow, await store.refresh_caseloads(uow.conn, members))
+        await handlers.refresh(uow, members)
         row = await store.support(uow.conn, caller.district_id, support_id)
     return _jsonable(row)
 
@@ -337,7 +337,7 @@ async def delete_support(request: Request, caller: Caller, support_id: UUID) -> 
         _may_manage_supports(caller, row["school_id"])
         members = await store.support_student_ids(uow.conn, support_id)
         await uow.conn.execute("DELETE FROM supports WHERE support_id = $1", support_id)
-        handlers.emit_changes(uow, await store.refresh_caseloads(uow.conn, members))
+        await handlers.refresh(uow, members)
 
 
 @router.post("/supports/{support_id}/students")
@@ -433,20 +433,11 @@ async def authorise_provider(request: Request, caller: Caller, provider_email: s
     async with request.app.state.runtime.unit_of_work() as uow:
         await store.authorise_provider(uow.conn, caller.district_id, email, schools, caller.email.lower(),
                                        within=None if caller.district_wide else caller.schools)
-        ended = await uow.conn.fetch(
-            """UPDATE provider_links l SET ended_at = now(), ended_by = $3,
-                   ended_why = 'provider no longer authorised for the school'
-               FROM students s
-               WHERE l.district_id = $1 AND l.provider_email = $2 AND l.ended_at IS NULL
-                 AND s.district_id = l.district_id AND s.source_id = l.student_source_id
-                 AND NOT EXISTS (SELECT 1 FROM provider_authorisations pa WHERE pa.district_id = $1
-                                 AND pa.provider_email = $2 AND pa.school_id IN (s.school_id, '*'))
-               RETURNING s.student_id""",
-            caller.district_id, email, caller.email.lower())
+        ended = await store.end_unauthorised_links(uow.conn, caller.district_id, email, caller.email.lower())
         applied = await store.apply_first_attendances(uow.conn, caller.district_id, provider_email=email)
-        touched = {r["student_id"] for r in ended} | await store.student_ids_for(
+        touched = ended | await store.student_ids_for(
             uow.conn, caller.district_id, [r["student_source_id"] for r in applied if r["status"] == "applied"])
-        handlers.emit_changes(uow, await store.refresh_caseloads(uow.conn, touched))
+        await handlers.refresh(uow, touched)
     return await get_provider(request, caller, provider_email)
 
 
@@ -474,7 +465,7 @@ async def student_providers(request: Request, caller: Caller, student_id: UUID) 
         row = await _visible_student(conn, _caller(caller), caller.district_id, student_id)
         if row is None:
             raise not_found("student not found")
-        mandates = await store.active_mandates(conn, caller.district_id, row["source_id"])
+        mandates = (await store.active_mandates(conn, caller.district_id, [row["source_id"]])).get(row["source_id"], [])
         links = await store.provider_links_of(conn, caller.district_id, row["source_id"]) if row["source_id"] else []
     return {"student_id": str(student_id),
             "mandates": [{"mandate_id": m, "service": s} for m, s in mandates],

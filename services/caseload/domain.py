@@ -172,22 +172,26 @@ def check_point_person(ptype: PointPersonType | None, type_name: str, levels: fr
 # -------------------------------------------------------------------- providers (seed 001)
 
 
-def check_provider_link(*, caller: Caller, provider_email: str, provider_schools: frozenset[str],
-                        student_school: str, mandates: list[tuple[str, str]], service: str | None) -> str:
-    """May `caller` put the student on the provider's caseload? Returns the mandate id to
-    link; raises Refused naming the rule that failed. provider_schools: the schools the
-    provider is authorised for ('*' for the whole district); mandates: the student's active
-    (mandate_id, service)."""
-    own = provider_email.lower() == caller.email.lower()
-    if not own:
-        if "supervisor" not in caller.roles and not caller.district_wide and "school_admin" not in caller.roles:
-            raise Refused("not_a_supervisor", "only a supervisor (or an admin) adds students to another "
-                                              "provider's caseload; a provider adds to their own")
-        if not caller.district_wide and not ("*" in provider_schools or provider_schools & caller.schools):
-            raise Refused("no_access_to_provider", "the supervisor needs access to the provider: the provider "
-                                                   "is not authorised in any of the supervisor's schools")
-    elif "provider" not in caller.roles:
-        raise Refused("not_a_provider", "adding a student to one's own provider caseload needs the provider role")
+def check_may_change_provider_caseload(caller: Caller, provider_email: str, provider_schools: frozenset[str]) -> None:
+    """A provider changes their own caseload; a supervisor (or an admin) another provider's,
+    if they have access to the provider. provider_schools: the schools the provider is
+    authorised for ('*' for the whole district). Raises Refused."""
+    if provider_email.lower() == caller.email.lower():
+        if "provider" not in caller.roles:
+            raise Refused("not_a_provider", "adding a student to one's own provider caseload needs the provider role")
+        return
+    if "supervisor" not in caller.roles and not caller.district_wide and "school_admin" not in caller.roles:
+        raise Refused("not_a_supervisor", "only a supervisor (or an admin) adds students to another "
+                                          "provider's caseload; a provider adds to their own")
+    if not caller.district_wide and not ("*" in provider_schools or provider_schools & caller.schools):
+        raise Refused("no_access_to_provider", "the supervisor needs access to the provider: the provider "
+                                               "is not authorised in any of the supervisor's schools")
+
+
+def mandate_to_link(*, provider_schools: frozenset[str], student_school: str, mandates: list[tuple[str, str]],
+                    service: str | None) -> str:
+    """The student's mandate a provider link goes under; raises Refused naming the rule.
+    mandates: the student's active (mandate_id, service)."""
     if not mandates:
         raise Refused("no_mandate", "the student has no active mandate (IEP or service mandate)")
     if "*" not in provider_schools and student_school not in provider_schools:
@@ -202,6 +206,15 @@ def check_provider_link(*, caller: Caller, provider_email: str, provider_schools
         raise Refused("service_needed", "the student has several mandates ("
                       + ", ".join(sorted(s for _, s in mandates)) + "): say which service")
     return mandates[0][0]
+
+
+def check_provider_link(*, caller: Caller, provider_email: str, provider_schools: frozenset[str],
+                        student_school: str, mandates: list[tuple[str, str]], service: str | None) -> str:
+    """May `caller` put the student on the provider's caseload (seed 001)? Returns the
+    mandate id to link; raises Refused naming the rule that failed."""
+    check_may_change_provider_caseload(caller, provider_email, provider_schools)
+    return mandate_to_link(provider_schools=provider_schools, student_school=student_school, mandates=mandates,
+                           service=service)
 
 
 # -------------------------------------------------------------------- the roster projection

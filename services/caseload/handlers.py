@@ -31,7 +31,7 @@ async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | Stu
     # First attendances that waited for the roster to know the student.
     for district_id, source_ids in _by_district((s.district_id, s.source_id) for s in latest if s.source_id):
         await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
-    await _refresh(uow, {e.student_id for e in events}, events[-1], {e.student_id: e for e in events})
+    await refresh(uow, {e.student_id for e in events}, events[-1], {e.student_id: e for e in events})
 
 
 async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDeactivated]) -> None:
@@ -49,7 +49,7 @@ async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDea
     roles = await store.lock_staff_roles(uow.conn, [r[0] for r in rows])
     rows = [r if r[5] else (*r[:3], roles.get(r[0], r[3]), *r[4:]) for r in rows]
     await store.project_staff(uow.conn, rows)
-    await _refresh(uow, await store.students_taught_by(uow.conn, (e.staff_id for e in events)), events[-1])
+    await refresh(uow, await store.students_taught_by(uow.conn, (e.staff_id for e in events)), events[-1])
 
 
 async def on_roster_classes(uow: UnitOfWork, events: list[ClassUpserted | ClassRemoved]) -> None:
@@ -59,7 +59,7 @@ async def on_roster_classes(uow: UnitOfWork, events: list[ClassUpserted | ClassR
                 e.occurred_at) for e in last.values() if isinstance(e, ClassUpserted)]
     removed = [e.class_id for e in last.values() if isinstance(e, ClassRemoved)]
     await store.project_classes(uow.conn, upserts, removed)
-    await _refresh(uow, await store.students_in_classes(uow.conn, (e.class_id for e in events)), events[-1])
+    await refresh(uow, await store.students_in_classes(uow.conn, (e.class_id for e in events)), events[-1])
 
 
 async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | EnrollmentRemoved]) -> None:
@@ -75,7 +75,7 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
     await store.project_members(uow.conn, list(added.values()), removed)
     touched: set[UUID] = {e.person_id for e in events if e.role == "student"}
     touched |= await store.students_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
-    await _refresh(uow, touched, events[-1], {e.person_id: e for e in events if e.role == "student"})
+    await refresh(uow, touched, events[-1], {e.person_id: e for e in events if e.role == "student"})
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
@@ -100,7 +100,7 @@ async def _refresh_by_source(uow: UnitOfWork, events, apply_waiting: bool = Fals
     for district_id, source_ids in _by_district((e.district_id, e.student_source_id) for e in events):
         if apply_waiting:
             await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
-        await _refresh(uow, await store.student_ids_for(uow.conn, district_id, source_ids), events[-1])
+        await refresh(uow, await store.student_ids_for(uow.conn, district_id, source_ids), events[-1])
 
 
 def _by_district(pairs) -> list[tuple[str, list[str]]]:
@@ -110,10 +110,15 @@ def _by_district(pairs) -> list[tuple[str, list[str]]]:
     return [(d, sorted(ids)) for d, ids in out.items()]
 
 
-async def _refresh(uow: UnitOfWork, student_ids: set[UUID], cause, cause_of: dict | None = None) -> None:
-    """cause: the event the changes answer; cause_of: the student's own event, where there
-    is one (its time and correlation id go on the student's membership events)."""
-    emit_changes(uow, await store.refresh_caseloads(uow.conn, student_ids), cause=cause, cause_of=cause_of)
+async def refresh(uow: UnitOfWork, student_ids, cause=None, cause_of: dict | None = None,
+                  correlation_id: str | None = None) -> list:
+    """Bring these students' caseloads in line and publish each membership added or
+    removed; return the changes. cause: the event the changes answer; cause_of: the
+    student's own event, where there is one (its time and correlation id go on the
+    student's membership events)."""
+    changes = await store.refresh_caseloads(uow.conn, student_ids)
+    emit_changes(uow, changes, cause=cause, cause_of=cause_of, correlation_id=correlation_id)
+    return changes
 
 
 def emit_changes(uow: UnitOfWork, rows, *, cause=None, cause_of: dict | None = None,

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable
 from uuid import UUID
 
 import asyncpg
 
-from services.caseload.domain import ELEMENTARY_GRADES, SECONDARY_GRADES, ProjectedStudent
+from services.kit import db
+
+from services.caseload.domain import (
+    DEFAULT_POINT_PERSON_TYPES,
+    ELEMENTARY_GRADES,
+    SECONDARY_GRADES,
+    PointPersonType,
+    ProjectedStudent,
+)
 
 
 async def held_students(conn: asyncpg.Connection, ids: Iterable[UUID]) -> dict[UUID, ProjectedStudent]:
@@ -121,8 +128,7 @@ async def students_taught_by(conn: asyncpg.Connection, staff_ids: Iterable[UUID]
     return {r[0] for r in rows}
 
 
-_STUDENT_LOCKS = 256
-_STUDENT_LOCK_BASE = 0x63_61_00_00  # 'ca', clear of the kit's own advisory lock keys
+_STUDENT_LOCKS, _CLASS_LIST_LOCKS = 1, 2  # advisory lock namespaces of this service
 
 
 async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID]) -> None:
@@ -132,11 +138,7 @@ async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID]) -> No
     refresh, and the membership both imply would never be written. Whoever refreshes second
     now runs its query after the first committed, and sees both. Students share 256 locks
     (by id), so a large batch takes at most 256, in one order (a deadlock is retried)."""
-    buckets = sorted({_STUDENT_LOCK_BASE + i.int % _STUDENT_LOCKS for i in student_ids})
-    await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", buckets)
-
-
-_DISTRICT_LOCK_BASE = 0x63_64_00_00  # 'cd'
+    await db.lock_until_commit(conn, _STUDENT_LOCKS, student_ids, buckets=256)
 
 
 async def lock_class_lists(conn: asyncpg.Connection, districts: Iterable[str], *, exclusive: bool) -> None:
@@ -147,9 +149,7 @@ async def lock_class_lists(conn: asyncpg.Connection, districts: Iterable[str], *
     district's class lists exclusively, and student enrolments share them: student
     enrolments run side by side; a class, staff or teacher change waits for them, and they
     for it."""
-    keys = sorted({_DISTRICT_LOCK_BASE + zlib.crc32(d.encode()) % 4096 for d in districts})
-    fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-    await conn.execute(f"SELECT {fn}(k) FROM unnest($1::bigint[]) AS k", keys)
+    await db.lock_until_commit(conn, _CLASS_LIST_LOCKS, districts, buckets=4096, shared=not exclusive)
 
 
 async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> list[asyncpg.Record]:
@@ -409,13 +409,17 @@ async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
     )
 
 
-async def active_mandates(conn: asyncpg.Connection, district_id: str, source_id: str | None) -> list[tuple[str, str]]:
-    if source_id is None:
-        return []
+async def active_mandates(conn: asyncpg.Connection, district_id: str,
+                         source_ids: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """Students' active mandates, by SIS id: [(mandate_id, service)], oldest first."""
     rows = await conn.fetch(
-        """SELECT mandate_id, service FROM mandates WHERE district_id = $1 AND student_source_id = $2 AND active
-           ORDER BY recorded_at""", district_id, source_id)
-    return [(r["mandate_id"], r["service"]) for r in rows]
+        """SELECT student_source_id, mandate_id, service FROM mandates
+           WHERE district_id = $1 AND student_source_id = ANY($2::text[]) AND active ORDER BY recorded_at""",
+        district_id, source_ids)
+    out: dict[str, list[tuple[str, str]]] = {}
+    for r in rows:
+        out.setdefault(r["student_source_id"], []).append((r["mandate_id"], r["service"]))
+    return out
 
 
 async def provider_schools(conn: asyncpg.Connection, district_id: str, provider_email: str) -> frozenset[str]:
@@ -440,25 +444,42 @@ async def authorise_provider(conn: asyncpg.Connection, district_id: str, provide
     )
 
 
-async def provider_link(conn: asyncpg.Connection, *, district_id: str, source_id: str, mandate_id: str,
-                        provider_email: str, added_via: str, added_by: str) -> bool:
-    done = await conn.execute(
+async def link_provider(conn: asyncpg.Connection, *, district_id: str, provider_email: str,
+                        links: list[tuple[str, str]], added_via: str, added_by: str) -> None:
+    """links: (student SIS id, mandate id); a link already active stays as it is."""
+    await conn.execute(
         """INSERT INTO provider_links (district_id, student_source_id, mandate_id, provider_email, added_via, added_by)
-           VALUES ($1, $2, $3, $4, $5, $6)
+           SELECT $1, s, m, $2, $3, $4 FROM unnest($5::text[], $6::text[]) AS l(s, m)
            ON CONFLICT (district_id, mandate_id, provider_email) WHERE ended_at IS NULL DO NOTHING""",
-        district_id, source_id, mandate_id, provider_email, added_via, added_by,
+        district_id, provider_email, added_via, added_by, [s for s, _ in links], [m for _, m in links],
     )
-    return done.endswith("1")
 
 
-async def end_provider_links(conn: asyncpg.Connection, *, district_id: str, source_id: str, provider_email: str,
-                             ended_by: str, why: str) -> int:
-    done = await conn.execute(
+async def end_provider_links(conn: asyncpg.Connection, *, district_id: str, source_ids: list[str],
+                             provider_email: str, ended_by: str, why: str) -> None:
+    await conn.execute(
         """UPDATE provider_links SET ended_at = now(), ended_by = $4, ended_why = $5
-           WHERE district_id = $1 AND student_source_id = $2 AND provider_email = $3 AND ended_at IS NULL""",
-        district_id, source_id, provider_email, ended_by, why,
+           WHERE district_id = $1 AND student_source_id = ANY($2::text[]) AND provider_email = $3
+             AND ended_at IS NULL""",
+        district_id, source_ids, provider_email, ended_by, why,
     )
-    return int(done.split()[-1])
+
+
+async def end_unauthorised_links(conn: asyncpg.Connection, district_id: str, provider_email: str,
+                                 ended_by: str) -> set[UUID]:
+    """End the provider's links to students of schools they are no longer authorised for;
+    return those students."""
+    rows = await conn.fetch(
+        """UPDATE provider_links l SET ended_at = now(), ended_by = $3,
+               ended_why = 'provider no longer authorised for the school'
+           FROM students s
+           WHERE l.district_id = $1 AND l.provider_email = $2 AND l.ended_at IS NULL
+             AND s.district_id = l.district_id AND s.source_id = l.student_source_id
+             AND NOT EXISTS (SELECT 1 FROM provider_authorisations pa WHERE pa.district_id = $1
+                             AND pa.provider_email = $2 AND pa.school_id IN (s.school_id, '*'))
+           RETURNING s.student_id""",
+        district_id, provider_email, ended_by)
+    return {r["student_id"] for r in rows}
 
 
 async def provider_links_of(conn: asyncpg.Connection, district_id: str, source_id: str) -> list[asyncpg.Record]:
@@ -474,9 +495,7 @@ async def provider_links_of(conn: asyncpg.Connection, district_id: str, source_i
 # ---------------------------------------------------------------------------- point persons and supports
 
 
-async def point_person_types(conn: asyncpg.Connection, district_id: str):
-    from services.caseload.domain import DEFAULT_POINT_PERSON_TYPES, PointPersonType
-
+async def point_person_types(conn: asyncpg.Connection, district_id: str) -> list[PointPersonType]:
     rows = await conn.fetch(
         "SELECT type, label, levels FROM point_person_types WHERE district_id = $1 ORDER BY position", district_id)
     if not rows:
@@ -566,6 +585,16 @@ async def supports(conn: asyncpg.Connection, district_id: str, school_ids: list[
         """SELECT g.*, (SELECT count(*) FROM support_members m WHERE m.support_id = g.support_id) AS students
            FROM supports g WHERE district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2::text[]))
            ORDER BY school_id, name""", district_id, school_ids)
+
+
+async def support_members(conn: asyncpg.Connection, support_id: UUID, student_ids: list[UUID], *, add: bool,
+                          by: str) -> None:
+    if add:
+        await conn.execute("""INSERT INTO support_members (support_id, student_id, added_by)
+                              SELECT $1, unnest($2::uuid[]), $3 ON CONFLICT DO NOTHING""", support_id, student_ids, by)
+    else:
+        await conn.execute("DELETE FROM support_members WHERE support_id = $1 AND student_id = ANY($2::uuid[])",
+                           support_id, student_ids)
 
 
 async def support_student_ids(conn: asyncpg.Connection, support_id: UUID) -> list[UUID]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterable
 from datetime import datetime
 from uuid import UUID
@@ -11,9 +10,9 @@ from uuid import UUID
 import asyncpg
 
 from services.cases.domain import Entry
+from services.kit import db
 
-_STUDENT_LOCKS = 1024
-_STUDENT_LOCK_BASE = 0x63_73_00_00  # 'cs'
+_STUDENT_LOCKS = 1  # advisory lock namespace of this service
 
 
 async def lock_students(conn: asyncpg.Connection, students: Iterable[tuple[str, str]]) -> None:
@@ -22,10 +21,7 @@ async def lock_students(conn: asyncpg.Connection, students: Iterable[tuple[str, 
     "is a case open?" is answered once per student at a time, and a trigger cannot start
     waiting for a student just as the student arrives unseen. Students share 1,024 locks,
     taken in one order (a deadlock is retried)."""
-    buckets = sorted({_STUDENT_LOCK_BASE + zlib.crc32(f"{d}\x1f{s}".encode()) % _STUDENT_LOCKS
-                      for d, s in students})
-    if buckets:
-        await conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", buckets)
+    await db.lock_until_commit(conn, _STUDENT_LOCKS, students, buckets=1024)
 
 
 # ---------------------------------------------------------------------------- students

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -106,3 +107,15 @@ async def ensure_database(dsn: str) -> None:
                 pass
     finally:
         await conn.close()
+
+
+async def lock_until_commit(conn: asyncpg.Connection, namespace: int, keys, *, buckets: int,
+                            shared: bool = False) -> None:
+    """Transaction-level advisory locks on `keys` (strings, UUIDs or tuples), hashed into
+    `buckets` locks of one namespace so a large batch takes a bounded number of them, in
+    one order (two batches cannot deadlock on them alone). Released at commit or rollback.
+    A service numbers its kinds of lock 1, 2, ... (namespace): keys below the kit's own."""
+    held = sorted({(namespace << 20) + zlib.crc32(repr(k).encode()) % buckets for k in keys})
+    if held:
+        fn = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        await conn.execute(f"SELECT {fn}(k) FROM unnest($1::bigint[]) AS k", held)

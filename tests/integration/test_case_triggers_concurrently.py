@@ -3,7 +3,6 @@ sees the first, so no trigger is lost and no second case opens."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,6 +13,7 @@ from services.cases import handlers, store
 from services.kit.consumer import UnitOfWork
 from services.kit.settings import AuthSettings, KafkaSettings, Settings
 from services.roster.domain import student_id_for
+from tests.support import second_runs_before_first_commits
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +33,7 @@ def form(source_id: str) -> FormSubmitted:
 
 
 async def at_once(pool, first, second) -> None:
-    """Run `first` in a transaction, start `second` before it commits, then commit."""
-    async with pool.acquire() as a, pool.acquire() as b:
-        tx = a.transaction()
-        await tx.start()
-        await first[0](UnitOfWork(a, source="caseflow.cases", settings=SETTINGS), first[1])
-        task = asyncio.create_task(_in_transaction(b, second))
-        await asyncio.sleep(0.5)
-        await tx.commit()
-        await task
-
-
-async def _in_transaction(conn, step) -> None:
-    handler, events = step
-    async with conn.transaction():
-        await handler(UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS), events)
+    await second_runs_before_first_commits(pool, first, second, settings=SETTINGS)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ from scratch over the projection by the seed's rules (real PostgreSQL)."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -28,6 +27,7 @@ from services.caseload.domain import Membership, Projection, automatic_membershi
 from services.kit import outbox
 from services.kit.consumer import UnitOfWork
 from services.kit.settings import AuthSettings, KafkaSettings, Settings
+from tests.support import second_runs_before_first_commits
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +159,7 @@ async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(ser
                     await conn.execute("UPDATE supports SET lead_email = $1", email)
                     lead = email
                     touched = [s for _, s in members]
-            handlers.emit_changes(uow, await store.refresh_caseloads(conn, touched))
+            await handlers.refresh(uow, touched)
             await outbox.write(conn, uow.outgoing)
             published.extend(uow.outgoing)
 
@@ -227,23 +227,10 @@ async def test_a_students_facts_arriving_at_once_on_different_topics_still_make_
         school_id="A", primary=False, **at)])
     one, two = (student, homeroom) if first == "student" else (homeroom, student)
 
-    async with pool.acquire() as a, pool.acquire() as b:
-        tx_a = a.transaction()
-        await tx_a.start()
-        await one[0](UnitOfWork(a, source="caseflow.caseload", settings=SETTINGS), one[1])
-        # The second handler runs while the first has not committed yet...
-        second = asyncio.create_task(_in_transaction(b, two))
-        await asyncio.sleep(0.5)
-        await tx_a.commit()  # ... and the first commits only now.
-        await second
-        held = await a.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
+    await second_runs_before_first_commits(pool, one, two, settings=SETTINGS)
+    async with pool.acquire() as conn:
+        held = await conn.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
     assert [(r["owner_email"], r["reason"]) for r in held] == [("a@x.org", "homeroom")]
-
-
-async def _in_transaction(conn, step) -> None:
-    handler, events = step
-    async with conn.transaction():
-        await handler(UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS), events)
 
 
 async def test_the_change_feed_forgets_what_is_older_than_its_retention(service_db):
@@ -289,13 +276,7 @@ async def test_a_class_becoming_a_homeroom_as_a_student_joins_it_still_makes_the
         person_id=STUDENTS[0], role="student", class_id=CLASSES[0], class_source_id="c0", user_source_id="s0",
         school_id="A", primary=False, **later)])
     one, two = (becomes_homeroom, joins) if first == "class_change" else (joins, becomes_homeroom)
-    async with pool.acquire() as a, pool.acquire() as b:
-        tx_a = a.transaction()
-        await tx_a.start()
-        await one[0](UnitOfWork(a, source="caseflow.caseload", settings=SETTINGS), one[1])
-        second = asyncio.create_task(_in_transaction(b, two))
-        await asyncio.sleep(0.5)
-        await tx_a.commit()
-        await second
-        held = await a.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
+    await second_runs_before_first_commits(pool, one, two, settings=SETTINGS)
+    async with pool.acquire() as conn:
+        held = await conn.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
     assert [(r["owner_email"], r["reason"]) for r in held] == [("a@x.org", "homeroom")]
