@@ -18,14 +18,14 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.envelope import Event
+from contracts.envelope import Event, FromOutside
 
 # The dictionary's entries, in the seed's order and words.
 TriggerKind = Literal["submit_form", "create_plan", "assign_task", "schedule_meeting", "conduct_plan_review",
                       "submit_file"]
 
 
-class _Trigger(Event):
+class _Trigger(FromOutside):
     student_source_id: str = Field(min_length=1, max_length=128, description="The student's id in the district's SIS.")
     actor_email: str | None = Field(default=None, max_length=320, description="Who did it, when known.")
 

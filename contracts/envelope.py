@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def utc_now() -> datetime:
@@ -32,3 +32,31 @@ class Event(BaseModel):
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
         return value.astimezone(UTC)
+
+
+class FromOutside(Event):
+    """Base of the events outside systems publish into Caseflow (SIS, special education,
+    case triggers). Their exporters write "no value" in many ways; a blank or
+    whitespace-only text where the contract allows none means none (a staff member with
+    email "" has no email, and so no caseload). Text is read without its surrounding
+    whitespace, so a required name of spaces is refused like an empty one."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_none(cls, data):
+        if isinstance(data, dict):
+            optional = cls._optional_fields()
+            return {k: (None if k in optional and isinstance(v, str) and not v.strip() else v)
+                    for k, v in data.items()}
+        return data
+
+    @classmethod
+    def _optional_fields(cls) -> frozenset[str]:
+        cached = cls.__dict__.get("_optional_cache")
+        if cached is None:
+            cached = frozenset(name for name, f in cls.model_fields.items()
+                               if not f.is_required() and f.default is None)
+            type.__setattr__(cls, "_optional_cache", cached)
+        return cached

@@ -27,6 +27,9 @@ class StudentEnrolled(Event):
     birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
     email: str | None = Field(default=None, description="Email (personal data: never logged).")
     state_id: str | None = Field(default=None, description="State or city student id.")
+    school_ids: list[str] | None = Field(
+        default=None, description="Every school the student is enrolled in (dual enrolment, OneRoster "
+        "orgSourcedIds), school_id among them, in a stable order. Staff of each of these schools see the student.")
 
 
 class StudentUpdated(Event):
@@ -43,6 +46,9 @@ class StudentUpdated(Event):
     birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
     email: str | None = Field(default=None, description="Email (personal data: never logged).")
     state_id: str | None = Field(default=None, description="State or city student id.")
+    school_ids: list[str] | None = Field(
+        default=None, description="Every school the student is enrolled in (dual enrolment, OneRoster "
+        "orgSourcedIds), school_id among them, in a stable order. Staff of each of these schools see the student.")
     changed: list[str] = Field(description="Names of the fields that changed.")
 
 

@@ -11,10 +11,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.envelope import Event
+from contracts.envelope import FromOutside
 
 
-class SisStudentEnrolled(Event):
+class SisStudentEnrolled(FromOutside):
     """A district's SIS says a student is enrolled in one of its schools."""
 
     event_type: Literal["sis.student_enrolled.v1"] = Field(default="sis.student_enrolled.v1", description="Event type and major version.")
@@ -26,16 +26,19 @@ class SisStudentEnrolled(Event):
     birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
     email: str | None = Field(default=None, max_length=320, description="Student's email, if any (personal data: never logged).")
     state_id: str | None = Field(default=None, max_length=64, description="State or city student id (e.g. OSIS number).")
+    school_ids: list[str] | None = Field(
+        default=None, description="Every school the student is enrolled in (dual enrolment), school_id among them; "
+        "none means school_id alone.")
 
 
-class SisStudentWithdrawn(Event):
+class SisStudentWithdrawn(FromOutside):
     """A district's SIS says a student left the district (discharged, transferred out)."""
 
     event_type: Literal["sis.student_withdrawn.v1"] = Field(default="sis.student_withdrawn.v1", description="Event type and major version.")
     source_id: str = Field(min_length=1, max_length=128, description="The student's id in the SIS (OneRoster sourcedId).")
 
 
-class SisStaffUpserted(Event):
+class SisStaffUpserted(FromOutside):
     """A district's SIS says a staff member (teacher, aide, administrator) exists, as now."""
 
     event_type: Literal["sis.staff_upserted.v1"] = Field(default="sis.staff_upserted.v1", description="Event type and major version.")

@@ -13,10 +13,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.envelope import Event
+from contracts.envelope import FromOutside
 
 
-class MandateRecorded(Event):
+class MandateRecorded(FromOutside):
     """A student has a mandate for a service (from an IEP or a service mandate)."""
 
     event_type: Literal["sped.mandate_recorded.v1"] = Field(default="sped.mandate_recorded.v1", description="Event type and major version.")
@@ -27,7 +27,7 @@ class MandateRecorded(Event):
     end_date: date | None = Field(default=None, description="When the mandate is due to end, if known.")
 
 
-class MandateEnded(Event):
+class MandateEnded(FromOutside):
     """A student's mandate ended: the providers linked to it lose the student."""
 
     event_type: Literal["sped.mandate_ended.v1"] = Field(default="sped.mandate_ended.v1", description="Event type and major version.")
@@ -36,7 +36,7 @@ class MandateEnded(Event):
     reason: str | None = Field(default=None, max_length=200, description="Why it ended (declassified, aged out, ...).")
 
 
-class FirstAttendanceRecorded(Event):
+class FirstAttendanceRecorded(FromOutside):
     """A provider entered the student's first attendance for a service session (the
     "first attend"): the student joins that provider's caseload."""
 

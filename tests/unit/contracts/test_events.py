@@ -152,3 +152,20 @@ def test_a_refusal_never_quotes_personal_data():
 def test_roster_events_describe_themselves_for_subscribers():
     schema = StudentEnrolled.model_json_schema()
     assert all("description" in prop for prop in schema["properties"].values())
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t"])
+def test_from_an_outside_system_a_blank_optional_text_means_none(blank):
+    from contracts.sis import SisStaffUpserted
+
+    staff = SisStaffUpserted.model_validate_json(json.dumps(
+        {"district_id": "d1", "source_id": "T-1", "role": "teacher", "given_name": "Ana", "family_name": "Reyes",
+         "email": blank, "identifier": blank, "school_ids": ["02M001"]}))
+    assert staff.email is None and staff.identifier is None
+    student = SisStudentEnrolled.model_validate({**FACTS, "email": blank, "state_id": blank})
+    assert student.email is None and student.state_id is None
+
+
+def test_from_an_outside_system_a_blank_required_text_is_still_refused():
+    with pytest.raises(ValidationError):
+        SisStudentEnrolled.model_validate({**FACTS, "given_name": "  "})
