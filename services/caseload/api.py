@@ -32,7 +32,21 @@ _ROLE_RULES = {"viewer_cannot_act", "not_on_your_caseload", "not_a_supervisor", 
 
 
 def _caller(identity: Identity) -> domain.Caller:
-    return domain.Caller(email=identity.email.lower(), roles=identity.roles, schools=identity.schools)
+    email = domain.login_email(identity.email)
+    if email is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the token names no login email")
+    return domain.Caller(email=email, roles=identity.roles, schools=identity.schools)
+
+
+def _named(email: str, what: str, *, writing: bool = False) -> str:
+    """An email a route takes as an owner (in the path or the body), as a login email. A
+    blank one names no one: 404 on a read, 422 on a write (never "remove", never an owner)."""
+    login = domain.login_email(email)
+    if login is None:
+        if writing:
+            raise _refusal(Refused("blank_email", f"the {what} is named by their login email; this one is blank"))
+        raise not_found(f"{what} not found")
+    return login
 
 
 def _may_read(caller: Identity) -> None:
@@ -92,7 +106,7 @@ async def my_caseload(request: Request, caller: Caller, school_id: str | None = 
                       reason: str | None = None, after: UUID | None = None, limit: Page = 100) -> Response:
     """The caller's caseload, each student with why they are on it and since when."""
     _may_read(caller)
-    return await _caseload(request, caller, caller.email.lower(), school_id, grade, reason, after, limit)
+    return await _caseload(request, caller, _caller(caller).email, school_id, grade, reason, after, limit)
 
 
 @router.get("/caseloads/{owner_email}")
@@ -101,17 +115,18 @@ async def caseload_of(request: Request, caller: Caller, owner_email: str, school
                       limit: Page = 100) -> Response:
     """Another staff member's caseload (admins, and supervisors for providers: only the
     students of the schools they see)."""
-    if owner_email.lower() == caller.email.lower():
+    owner = _named(owner_email, "caseload")
+    if owner == _caller(caller).email:
         return await my_caseload(request, caller, school_id, grade, reason, after, limit)
     if not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins and supervisors read other staff members' "
                                                         "caseloads")
-    return await _caseload(request, caller, owner_email.lower(), school_id, grade, reason, after, limit)
+    return await _caseload(request, caller, owner, school_id, grade, reason, after, limit)
 
 
 async def _caseload(request, caller: Identity, owner_email, school_id, grade, reason, after, limit) -> Response:
     # An admin reading another's caseload sees only the students of their own schools.
-    schools = None if caller.district_wide or owner_email == caller.email.lower() else sorted(caller.schools)
+    schools = None if caller.district_wide or owner_email == _caller(caller).email else sorted(caller.schools)
     async with request.app.state.pool.acquire() as conn:
         page = await store.caseload_page(conn, district_id=caller.district_id, owner_email=owner_email,
                                          school_id=school_id, grade=grade, reason=reason, after=after, limit=limit,
@@ -131,7 +146,7 @@ async def caseload_changes(request: Request, caller: Caller, since: datetime | N
     async with request.app.state.pool.acquire() as conn:
         rows = await store.changes(
             conn, district_id=caller.district_id, after=cursor, since=since,
-            owner_email=None if caller.roles & domain.ADMIN_ROLES else caller.email.lower(),
+            owner_email=None if caller.roles & domain.ADMIN_ROLES else _caller(caller).email,
             schools=None if caller.district_wide or "school_admin" not in caller.roles else sorted(caller.schools),
             limit=limit)
     items = [{k: v for k, v in _jsonable(r).items() if k not in ("xid", "seq")} for r in rows]
@@ -202,7 +217,7 @@ async def set_point_person_types(request: Request, caller: Caller, body: list[Po
         if dropped:
             raise HTTPException(status.HTTP_409_CONFLICT, "still assigned: " + ", ".join(
                 f"{t} ({n} students)" for t, n in sorted(dropped.items())) + "; remove those point persons first")
-        await store.set_point_person_types(uow.conn, caller.district_id, types, caller.email.lower())
+        await store.set_point_person_types(uow.conn, caller.district_id, types, _caller(caller).email)
     return await get_point_person_types(request, caller)
 
 
@@ -226,7 +241,8 @@ async def point_persons(request: Request, caller: Caller, student_id: UUID) -> d
 async def assign_point_person(request: Request, caller: Caller, student_id: UUID, type: str,
                               body: PointPersonIn) -> dict:
     """Make a staff member the student's point person of this type, replacing the one before."""
-    return await _act(request, caller, actions.AssignPointPerson(type, body.owner_email.lower()), [student_id],
+    owner = _named(body.owner_email, "point person", writing=True)
+    return await _act(request, caller, actions.AssignPointPerson(type, owner), [student_id],
                       single=True)
 
 
@@ -282,7 +298,8 @@ async def create_support(request: Request, caller: Caller, body: SupportIn) -> d
         done = await uow.conn.execute(
             """INSERT INTO supports (support_id, district_id, school_id, name, lead_email, created_by)
                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (district_id, school_id, name) DO NOTHING""",
-            support_id, caller.district_id, body.school_id, body.name, body.lead_email.lower(), caller.email.lower())
+            support_id, caller.district_id, body.school_id, body.name, _named(body.lead_email, "lead", writing=True),
+            _caller(caller).email)
         if done.endswith("0"):
             raise HTTPException(status.HTTP_409_CONFLICT, f"the school already has a support named {body.name!r}")
         row = await store.support(uow.conn, caller.district_id, support_id)
@@ -318,7 +335,7 @@ async def change_support(request: Request, caller: Caller, support_id: UUID, bod
                                                             "with a login email"))
         await uow.conn.execute(
             "UPDATE supports SET name = coalesce($2, name), lead_email = coalesce($3, lead_email) WHERE support_id = $1",
-            support_id, body.name, body.lead_email.lower() if body.lead_email else None)
+            support_id, body.name, _named(body.lead_email, "lead", writing=True) if body.lead_email else None)
         if body.name:
             await uow.conn.execute(
                 "UPDATE memberships SET detail = $2 WHERE reason = 'support' AND source_ref = $1",
@@ -380,14 +397,15 @@ async def batch_action(request: Request, caller: Caller, body: BatchAction) -> d
         return value
 
     if body.action in ("assign_point_person", "remove_point_person"):
-        owner = need("owner_email").lower() if body.action == "assign_point_person" else None
+        owner = _named(need("owner_email"), "point person", writing=True) if body.action == "assign_point_person" \
+            else None
         action: actions.Action = actions.AssignPointPerson(need("type"), owner)
     elif body.action in ("add_to_support", "remove_from_support"):
         async with request.app.state.pool.acquire() as conn:
             row = await _support(conn, caller, need("support_id"))
         action = actions.SupportMembership(dict(row), add=body.action == "add_to_support")
     else:
-        action = actions.ProviderCaseload(need("provider_email").lower(), body.service,
+        action = actions.ProviderCaseload(_named(need("provider_email"), "provider", writing=True), body.service,
                                           add=body.action == "add_to_provider_caseload")
     return await _act(request, caller, action, body.student_ids)
 
@@ -408,8 +426,8 @@ class ProviderStudents(BaseModel):
 @router.get("/providers/{provider_email}")
 async def get_provider(request: Request, caller: Caller, provider_email: str) -> dict:
     """Where a provider is authorised to serve (admins, supervisors, the provider)."""
-    email = provider_email.lower()
-    if email != caller.email.lower() and not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
+    email = _named(provider_email, "provider")
+    if email != _caller(caller).email and not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins, supervisors and the provider read this")
     async with request.app.state.pool.acquire() as conn:
         schools = await store.provider_schools(conn, caller.district_id, email)
@@ -428,12 +446,12 @@ async def authorise_provider(request: Request, caller: Caller, provider_email: s
     outside = set(body.schools) - caller.schools
     if outside and not caller.district_wide:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "not your schools: " + ", ".join(sorted(outside)))
-    email = provider_email.lower()
+    email, me = _named(provider_email, "provider", writing=True), _caller(caller).email
     schools = ["*"] if body.district_wide else sorted(set(body.schools))
     async with request.app.state.runtime.unit_of_work() as uow:
-        await store.authorise_provider(uow.conn, caller.district_id, email, schools, caller.email.lower(),
+        await store.authorise_provider(uow.conn, caller.district_id, email, schools, me,
                                        within=None if caller.district_wide else caller.schools)
-        ended = await store.end_unauthorised_links(uow.conn, caller.district_id, email, caller.email.lower())
+        ended = await store.end_unauthorised_links(uow.conn, caller.district_id, email, me)
         applied = await store.apply_first_attendances(uow.conn, caller.district_id, provider_email=email)
         touched = ended | await store.student_ids_for(
             uow.conn, caller.district_id, [r["student_source_id"] for r in applied if r["status"] == "applied"])
@@ -446,14 +464,14 @@ async def add_to_provider_caseload(request: Request, caller: Caller, provider_em
                                    body: ProviderStudents) -> dict:
     """Seed 001: a supervisor with access to the students and the provider, or the provider
     themself, adds students with a mandate the provider is authorised to serve."""
-    action = actions.ProviderCaseload(provider_email.lower(), body.service, add=True)
+    action = actions.ProviderCaseload(_named(provider_email, "provider", writing=True), body.service, add=True)
     return await _act(request, caller, action, body.student_ids, single=len(body.student_ids) == 1)
 
 
 @router.delete("/providers/{provider_email}/students/{student_id}")
 async def remove_from_provider_caseload(request: Request, caller: Caller, provider_email: str,
                                         student_id: UUID) -> dict:
-    action = actions.ProviderCaseload(provider_email.lower(), None, add=False)
+    action = actions.ProviderCaseload(_named(provider_email, "provider", writing=True), None, add=False)
     return await _act(request, caller, action, [student_id], single=True)
 
 

@@ -25,7 +25,7 @@ from contracts.topics import (
     SPED_MANDATES,
 )
 from services.caseload import api, handlers
-from services.caseload.upkeep import CaseloadOptions, keep_change_feed_bounded
+from services.caseload.upkeep import CaseloadOptions, drop_blank_owners, keep_change_feed_bounded
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
 
@@ -75,6 +75,6 @@ def definition() -> ServiceDefinition:
         ],
         routers=[api.router],
         publishes=[CASELOAD_MEMBERSHIPS],
-        background=[keep_change_feed_bounded],
+        background=[keep_change_feed_bounded, drop_blank_owners],
         options=CaseloadOptions.from_env(),
     )

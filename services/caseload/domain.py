@@ -37,6 +37,18 @@ SECONDARY_GRADES = ("06", "07", "08", "09", "10", "11", "12", "13")
 CLASS_TYPE_FOR_BAND = {"elementary": "homeroom", "secondary": "scheduled"}
 
 
+def login_email(text: str | None) -> str | None:
+    """The login email a caseload is keyed by: read without surrounding whitespace, in
+    lower case; None when there is none. Whatever spelling of "none" arrives (None, "",
+    spaces, from an SIS event, a file or a form), a staff member without a login email is
+    unmatched and owns no membership. Every email the service takes as an owner (staff,
+    point persons, support leads, providers, callers) goes through here, once, on the way
+    in; the store keeps what this returns, so its SQL compares emails as they are."""
+    if text is None:
+        return None
+    return text.strip().lower() or None
+
+
 def grade_band(grade: str) -> str | None:
     if grade in ELEMENTARY_GRADES:
         return "elementary"
@@ -176,7 +188,7 @@ def check_may_change_provider_caseload(caller: Caller, provider_email: str, prov
     """A provider changes their own caseload; a supervisor (or an admin) another provider's,
     if they have access to the provider. provider_schools: the schools the provider is
     authorised for ('*' for the whole district). Raises Refused."""
-    if provider_email.lower() == caller.email.lower():
+    if login_email(provider_email) == login_email(caller.email):
         if "provider" not in caller.roles:
             raise Refused("not_a_provider", "adding a student to one's own provider caseload needs the provider role")
         return
@@ -286,8 +298,8 @@ def automatic_memberships(p: Projection) -> set[Membership]:
     for class_id, person_id, role in p.members:
         if role == "teacher" and person_id in p.staff:
             email, active = p.staff[person_id]
-            if email and active:
-                teachers.setdefault(class_id, set()).add(email.lower())
+            if login_email(email) and active:
+                teachers.setdefault(class_id, set()).add(login_email(email))
     out: set[Membership] = set()
     for class_id, person_id, role in p.members:
         if role != "student" or person_id not in p.students or class_id not in p.classes:

@@ -38,12 +38,12 @@ async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDea
     await store.lock_class_lists(uow.conn, {e.district_id for e in events}, exclusive=True)
     last: dict[UUID, tuple] = {}  # one staff member's events arrive in order: the last one stands
     for e in events:
-        if isinstance(e, StaffUpserted):
-            last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, e.role, e.email, True, e.occurred_at,
-                              e.school_ids)
+        if isinstance(e, StaffUpserted):  # a blank email (an older producer's "") is no email: unmatched
+            last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, e.role, domain.login_email(e.email), True,
+                                e.occurred_at, e.school_ids)
         else:
             last[e.staff_id] = (e.staff_id, e.district_id, e.source_id, "teacher", None, False, e.occurred_at,
-                              None)
+                                None)
     rows = list(last.values())
     # A deactivation keeps the role we knew.
     roles = await store.lock_staff_roles(uow.conn, [r[0] for r in rows])
@@ -91,7 +91,12 @@ async def on_mandates_ended(uow: UnitOfWork, events: list[MandateEnded]) -> None
 async def on_first_attendances(uow: UnitOfWork, events: list[FirstAttendanceRecorded]) -> None:
     """Seed 001: a provider's "first attend" adds the student to their caseload, here within
     seconds. Without an active mandate, or the provider's authorisation for the student's
-    school, or a student the roster knows, it waits (and applies when that arrives)."""
+    school, or a student the roster knows, it waits (and applies when that arrives). A first
+    attendance naming no provider (a blank email) can never apply: it fails, to be
+    dead-lettered with its reason."""
+    events = [e.model_copy(update={"provider_email": domain.login_email(e.provider_email)}) for e in events]
+    if any(e.provider_email is None for e in events):
+        raise ValueError("a first attendance names no provider: its provider_email is blank")
     await store.record_first_attendances(uow.conn, events)
     await _refresh_by_source(uow, events, apply_waiting=True)
 

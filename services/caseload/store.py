@@ -15,6 +15,7 @@ from services.caseload.domain import (
     SECONDARY_GRADES,
     PointPersonType,
     ProjectedStudent,
+    login_email,
 )
 
 
@@ -58,7 +59,8 @@ async def lock_staff_roles(conn: asyncpg.Connection, ids: list[UUID]) -> dict[UU
 
 async def project_staff(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     """rows: (staff_id, district_id, source_id, role, email, active, as_of, school_ids); newest wins.
-    school_ids None keeps the schools known (a deactivation does not say them)."""
+    email: domain.login_email's reading (None when blank: unmatched). school_ids None keeps
+    the schools known (a deactivation does not say them)."""
     if rows:
         await conn.execute(
             """INSERT INTO staff (staff_id, district_id, source_id, role, email, active, as_of, school_ids)
@@ -179,7 +181,8 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
                WHERE b.grade = ANY($2::text[]) OR b.grade = ANY($3::text[])
            ),
            wanted AS (
-               SELECT lower(sf.email) AS owner_email, e.student_id,
+               -- staff.email holds domain.login_email's reading: NULL is unmatched.
+               SELECT sf.email AS owner_email, e.student_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom' ELSE 'section' END AS reason,
                       c.class_id::text AS source_ref, e.district_id, e.school_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom ' || c.title
@@ -227,6 +230,13 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
            SELECT * FROM gone UNION ALL SELECT * FROM came""",
         ids, list(ELEMENTARY_GRADES), list(SECONDARY_GRADES),
     )
+
+
+async def students_with_blank_owners(conn: asyncpg.Connection) -> list[UUID]:
+    """Students on a caseload whose owner is a blank email, kept from before a blank email
+    was no email (migration 005)."""
+    rows = await conn.fetch("SELECT DISTINCT student_id FROM memberships WHERE owner_email ~ '^\\s*$'")
+    return [r[0] for r in rows]
 
 
 async def student(conn: asyncpg.Connection, *, district_id: str, student_id: UUID) -> asyncpg.Record | None:
@@ -348,10 +358,11 @@ async def end_mandates(conn: asyncpg.Connection, events) -> None:
 
 
 async def record_first_attendances(conn: asyncpg.Connection, events) -> None:
+    """events: FirstAttendanceRecorded, each provider_email already a login email."""
     await conn.execute(
         """INSERT INTO first_attendances (event_id, district_id, student_source_id, provider_email, service,
                                           mandate_id, session_date, status)
-           SELECT e, d, s, lower(p), sv, m, sd, 'pending'
+           SELECT e, d, s, p, sv, m, sd, 'pending'
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::date[])
                 AS r(e, d, s, p, sv, m, sd)
            ON CONFLICT (event_id) DO NOTHING""",
@@ -532,9 +543,8 @@ async def school_grades(conn: asyncpg.Connection, district_id: str, school_ids: 
 
 async def active_staff_emails(conn: asyncpg.Connection, district_id: str, emails: Iterable[str]) -> set[str]:
     rows = await conn.fetch(
-        """SELECT DISTINCT lower(email) FROM staff
-           WHERE district_id = $1 AND active AND lower(email) = ANY($2::text[])""",
-        district_id, sorted({e.lower() for e in emails}),
+        """SELECT DISTINCT email FROM staff WHERE district_id = $1 AND active AND email = ANY($2::text[])""",
+        district_id, sorted({e for e in map(login_email, emails) if e}),
     )
     return {r[0] for r in rows}
 

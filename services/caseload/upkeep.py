@@ -1,4 +1,5 @@
-"""Background upkeep of the caseload service: the change feed keeps a bounded history."""
+"""Background upkeep of the caseload service: the change feed keeps a bounded history;
+memberships a blank email held before it was no email leave once, published."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
+from services.caseload import handlers, store
 from services.kit import logs
 
 log = logs.get("caseflow.caseload.upkeep")
@@ -54,3 +56,17 @@ async def keep_change_feed_bounded(runtime) -> None:
         except Exception as e:  # noqa: BLE001 - upkeep retries next time; the service goes on
             log.warning("change feed upkeep failed", error=repr(e))
         await asyncio.sleep(options.upkeep_interval_seconds)
+
+
+async def drop_blank_owners(runtime) -> None:
+    """Before migration 005 a staff member with email "" (or spaces) owned memberships.
+    Their students' caseloads are brought in line once as the service starts: those
+    memberships leave, each removal published like any other. Then nothing is left to do."""
+    try:
+        async with runtime.unit_of_work() as uow:
+            students = await store.students_with_blank_owners(uow.conn)
+            changes = await handlers.refresh(uow, students)
+        if changes:
+            log.info("memberships of blank emails removed", students=len(students), changes=len(changes))
+    except Exception as e:  # noqa: BLE001 - the next start tries again; the service goes on
+        log.warning("removing memberships of blank emails failed", error=repr(e))

@@ -345,3 +345,37 @@ async def test_a_district_sets_its_own_point_person_types(caseloads):
     assert ell.status_code == 200
     assert await my_caseload(client, bearer(COUNSELLOR, ["caseload_viewer"])) == {
         sid("es-1"): ["English learners point person"]}
+
+
+async def test_a_blank_email_names_no_provider_no_point_person_and_no_caseload(caseloads, system: Stack):
+    client = caseloads.client
+    hs1 = sid("hs-1")
+    await system.publish_all([MandateRecorded(district_id=DISTRICT, occurred_at=datetime.now(UTC),
+                                              mandate_id="iep-9-speech", student_source_id="hs-1", service="speech")])
+
+    async def mandate_known():
+        return (await client.get(f"/v1/students/{hs1}/providers", headers=ADMIN)).json()["mandates"] or None
+
+    await eventually(mandate_known, what="the mandate in the caseload service")
+    supervisor = bearer("supervisor@d.example.org", ["supervisor"], ["H1"])
+    for blank in ("%20%20", "%09"):
+        authorised = await client.put(f"/v1/providers/{blank}", headers=ADMIN, json={"schools": ["H1"]})
+        assert authorised.status_code == 422 and authorised.json()["detail"]["rule"] == "blank_email"
+        added = await client.post(f"/v1/providers/{blank}/students", headers=supervisor, json={"student_ids": [hs1]})
+        assert added.status_code == 422 and added.json()["detail"]["rule"] == "blank_email"
+        assert (await client.get(f"/v1/providers/{blank}", headers=ADMIN)).status_code == 404
+        assert (await client.get(f"/v1/caseloads/{blank}", headers=ADMIN)).status_code == 404
+    for blank in ("", "  "):
+        point = await client.put(f"/v1/students/{hs1}/point-persons/attendance", headers=ADMIN,
+                                 json={"owner_email": blank})
+        assert point.status_code == 422
+        batch = await client.post("/v1/batch-actions", headers=ADMIN, json={
+            "action": "add_to_provider_caseload", "provider_email": blank, "student_ids": [hs1]})
+        assert batch.status_code == 422
+    # A provider written with spaces and capitals is the same provider.
+    assert (await client.put("/v1/providers/%20Speech.Provider@Agency.example.org", headers=ADMIN,
+                             json={"schools": ["H1"]})).status_code == 200
+    assert (await client.post(f"/v1/providers/{SPEECH.upper()}/students", headers=supervisor,
+                              json={"student_ids": [hs1]})).status_code == 200
+    owners = (await client.get(f"/v1/students/{hs1}/caseloads", headers=ADMIN)).json()["caseloads"]
+    assert [(c["owner_email"], c["reason"]) for c in owners] == [(SPEECH, "provider")]

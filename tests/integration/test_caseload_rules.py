@@ -41,7 +41,10 @@ CLASSES = [uuid.uuid5(NS, f"c{i}") for i in range(3)]
 steps = st.lists(st.one_of(
     st.tuples(st.just("enrol"), st.integers(0, 3), st.sampled_from(["KG", "03", "07", "10"])),
     st.tuples(st.just("withdraw"), st.integers(0, 3)),
-    st.tuples(st.just("staff"), st.integers(0, 1), st.sampled_from([None, "a@x.org", "b@x.org"])),
+    # Every spelling of "no email" an older producer or an SIS bridge may send, and a login
+    # email written with spaces and capitals.
+    st.tuples(st.just("staff"), st.integers(0, 1), st.sampled_from([None, "", "  ", "a@x.org", " A@x.org ",
+                                                                    "b@x.org"])),
     st.tuples(st.just("deactivate"), st.integers(0, 1)),
     st.tuples(st.just("class"), st.integers(0, 2), st.sampled_from(["homeroom", "scheduled"])),
     st.tuples(st.just("remove_class"), st.integers(0, 2)),
@@ -280,3 +283,95 @@ async def test_a_class_becoming_a_homeroom_as_a_student_joins_it_still_makes_the
     async with pool.acquire() as conn:
         held = await conn.fetch("SELECT owner_email, reason FROM memberships WHERE student_id = $1", STUDENTS[0])
     assert [(r["owner_email"], r["reason"]) for r in held] == [("a@x.org", "homeroom")]
+
+
+async def handled(pool, handler, events) -> list[dict]:
+    """Run one handler on these events in its own transaction; the membership events it emitted."""
+    import json
+
+    async with pool.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
+        await handler(uow, events)
+        await outbox.write(conn, uow.outgoing)
+    return [json.loads(m.payload) for m in uow.outgoing]
+
+
+def teacher(email: str | None, at: datetime) -> StaffUpserted:
+    return StaffUpserted(district_id="d1", occurred_at=at, staff_id=TEACHERS[0], source_id="t0", role="teacher",
+                         given_name="T", family_name="T", email=email, school_ids=["A"], matched=bool(email))
+
+
+@pytest.mark.parametrize("blank", ["", "  ", "\t"])
+async def test_a_teacher_whose_email_is_blank_owns_no_membership_until_a_real_one_arrives(service_db, blank):
+    """An older producer or another SIS bridge may still send email "" (or spaces) in
+    StaffUpserted: that teacher is unmatched, whatever the spelling of "none"."""
+    pool = await service_db("caseload")
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    at = dict(district_id="d1", occurred_at=t0)
+    emitted = await handled(pool, handlers.on_roster_staff, [teacher(blank, t0)])
+    emitted += await handled(pool, handlers.on_roster_classes, [ClassUpserted(
+        class_id=CLASSES[0], source_id="c0", school_id="A", class_type="homeroom", title="3-401", grades=["03"],
+        periods=[], **at)])
+    emitted += await handled(pool, handlers.on_roster_students, [StudentEnrolled(
+        student_id=s, source_id=f"s{i}", school_id="A", grade="03", given_name="G", family_name="F", **at)
+        for i, s in enumerate(STUDENTS[:2])])
+    emitted += await handled(pool, handlers.on_roster_enrollments, [
+        EnrollmentAdded(person_id=person, role=role, class_id=CLASSES[0], class_source_id="c0", user_source_id="x",
+                        school_id="A", primary=role == "teacher", **at)
+        for person, role in [(TEACHERS[0], "teacher"), (STUDENTS[0], "student"), (STUDENTS[1], "student")]])
+    async with pool.acquire() as conn:
+        assert await conn.fetch("SELECT owner_email FROM memberships") == []
+        assert await conn.fetchval("SELECT email FROM staff WHERE staff_id = $1", TEACHERS[0]) is None
+    assert emitted == []
+
+    # The next day's file gives the teacher a login email: the homeroom is on her caseload.
+    emitted = await handled(pool, handlers.on_roster_staff, [teacher(" Rivera@X.org ", t0 + timedelta(days=1))])
+    assert sorted((e["event_type"], e["owner_email"], e["reason"]) for e in emitted) == [
+        ("caseload.membership_added.v1", "rivera@x.org", "homeroom")] * 2
+    async with pool.acquire() as conn:
+        held = await conn.fetch("SELECT owner_email, student_id FROM memberships ORDER BY student_id")
+    assert sorted(r["student_id"] for r in held) == sorted(STUDENTS[:2])
+    assert {r["owner_email"] for r in held} == {"rivera@x.org"}
+
+    # ... and losing it again ("" from a bridge) takes the caseload away.
+    emitted = await handled(pool, handlers.on_roster_staff, [teacher(blank, t0 + timedelta(days=2))])
+    assert sorted(e["event_type"] for e in emitted) == ["caseload.membership_removed.v1"] * 2
+
+
+async def test_memberships_a_blank_email_held_from_before_leave_as_the_service_starts(service_db):
+    """Before a blank email was no email, "" owned memberships. They leave once, at start,
+    each removal published like any other."""
+    import json
+    from contextlib import asynccontextmanager
+
+    from services.caseload.upkeep import drop_blank_owners
+
+    pool = await service_db("caseload")
+    at = dict(district_id="d1", occurred_at=datetime(2026, 9, 1, tzinfo=UTC))
+    await handled(pool, handlers.on_roster_students, [StudentEnrolled(
+        student_id=STUDENTS[0], source_id="s0", school_id="A", grade="03", given_name="G", family_name="F", **at)])
+    async with pool.acquire() as conn:  # as a StaffUpserted with email "" left it
+        await conn.execute("""INSERT INTO memberships (owner_email, student_id, reason, source_ref, district_id,
+                                                       school_id, detail)
+                              VALUES ('', $1, 'homeroom', $2, 'd1', 'A', 'homeroom 3-401')""",
+                           STUDENTS[0], str(CLASSES[0]))
+
+    class Runtime:
+        outgoing: list = []
+
+        @asynccontextmanager
+        async def unit_of_work(self):
+            async with pool.acquire() as conn, conn.transaction():
+                uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
+                yield uow
+                await outbox.write(conn, uow.outgoing)
+            self.outgoing += uow.outgoing
+
+    runtime = Runtime()
+    await drop_blank_owners(runtime)
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM memberships") == 0
+    assert [(e["event_type"], e["owner_email"]) for e in map(json.loads, (m.payload for m in runtime.outgoing))] == [
+        ("caseload.membership_removed.v1", "")]
+    await drop_blank_owners(runtime)  # nothing left to do
+    assert len(runtime.outgoing) == 1

@@ -3,7 +3,9 @@ sections, only for teachers matched to a login email."""
 
 from uuid import uuid4
 
-from services.caseload.domain import Membership, Projection, automatic_memberships, grade_band
+import pytest
+
+from services.caseload.domain import Membership, Projection, automatic_memberships, grade_band, login_email
 
 HOMEROOM, SECTION = uuid4(), uuid4()
 ANA, LEE = uuid4(), uuid4()  # grade 03 and grade 09
@@ -50,3 +52,23 @@ def test_withdrawn_students_and_inactive_teachers_are_on_no_caseload():
 def test_grade_bands():
     assert [grade_band(g) for g in ("PK", "KG", "05", "06", "12", "UG")] == [
         "elementary", "elementary", "elementary", "secondary", "secondary", None]
+
+
+@pytest.mark.parametrize("spelling", [None, "", "  ", "\t\n", "\u00a0"])
+def test_a_blank_email_is_no_email_whatever_its_spelling(spelling):
+    assert login_email(spelling) is None
+
+
+def test_a_login_email_is_read_without_surrounding_spaces_and_in_lower_case():
+    assert login_email("  Maria.Santos@School.ORG \n") == "maria.santos@school.org"
+
+
+@pytest.mark.parametrize("spelling", ["", "  "])
+def test_a_teacher_whose_email_is_blank_is_unmatched_and_owns_no_membership(spelling):
+    unmatched = projection(staff={MARIA: (spelling, True), JOHN: ("john@school.org", True)})
+    assert {m.owner_email for m in automatic_memberships(unmatched)} == {"john@school.org"}
+
+
+def test_the_owner_of_a_membership_is_the_teachers_login_email():
+    spaced = projection(staff={MARIA: (" Maria@School.org ", True), JOHN: ("john@school.org", True)})
+    assert Membership("maria@school.org", ANA, "homeroom", str(HOMEROOM)) in automatic_memberships(spaced)
