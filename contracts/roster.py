@@ -72,7 +72,7 @@ class StaffUpserted(Event):
     event_type: Literal["roster.staff_upserted.v1"] = Field(default="roster.staff_upserted.v1", description="Event type and major version.")
     staff_id: UUID = Field(description="Caseflow's id for the staff member, stable for (district, source_id).")
     source_id: str = Field(description="The staff member's id in the district's SIS.")
-    role: Literal["teacher", "aide", "administrator"] = Field(description="OneRoster role.")
+    role: Literal["teacher", "aide", "administrator", "counselor"] = Field(description="OneRoster role (1.2's principal and site, district and system administrators are administrator).")
     given_name: str = Field(description="Given name.")
     family_name: str = Field(description="Family name.")
     email: str | None = Field(default=None, description="Login email; the key that matches the account to a caseload user.")

@@ -43,7 +43,7 @@ class SisStaffUpserted(FromOutside):
 
     event_type: Literal["sis.staff_upserted.v1"] = Field(default="sis.staff_upserted.v1", description="Event type and major version.")
     source_id: str = Field(min_length=1, max_length=128, description="The staff member's id in the SIS.")
-    role: Literal["teacher", "aide", "administrator"] = Field(description="OneRoster role.")
+    role: Literal["teacher", "aide", "administrator", "counselor"] = Field(description="OneRoster role (1.2's principal and site, district and system administrators are administrator).")
     given_name: str = Field(min_length=1, max_length=200, description="Given name.")
     family_name: str = Field(min_length=1, max_length=200, description="Family name.")
     email: str | None = Field(default=None, max_length=320, description="Login email; none leaves the teacher unmatched.")

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from contextlib import ExitStack
 from urllib.parse import urlsplit, urlunsplit
@@ -9,6 +10,13 @@ import pytest
 from services.kit import db
 from tests import backends
 from tests.support import Backends, Stack
+
+
+# "Today", for every import and service the tests run: a school day of the fixtures' year
+# (tests/fixtures/oneroster: terms 2026-09-10 .. 2027-06-25), so no test depends on the
+# day it runs. Tests about dates pass their own.
+TEST_TODAY = "2026-11-02"
+os.environ.setdefault("CASEFLOW_TODAY", TEST_TODAY)
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,7 @@ class Stack:
             CASEFLOW_JWT_SECRET=SECRET,
             **{f"CASEFLOW_{service.upper()}_DATABASE_URL": self.database_url(service)},
             CASEFLOW_CONSUMER_BATCH_SIZE="500",
+            CASEFLOW_TODAY=os.environ.get("CASEFLOW_TODAY", ""),
             PYTHONPATH=str(ROOT),
             **extra,
         )

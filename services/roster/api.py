@@ -17,7 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from services.kit import logs
 from services.kit.auth import Caller, Identity, not_found
 from services.roster import store
-from services.roster.importer import ImportOptions, run_import
+from services.roster.importer import ImportOptions, check_package, district_org_refusal, run_import
+from services.roster.oneroster import PackageRejected
 
 router = APIRouter(prefix="/v1", tags=["roster"])
 log = logs.get("caseflow.roster.api")
@@ -66,7 +67,7 @@ async def get_student(request: Request, caller: Caller, student_id: UUID) -> dic
     schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
         row = await store.student(conn, district_id=caller.district_id, student_id=student_id)
-    if row is None or (schools is not None and row["school_id"] not in schools):
+    if row is None or (schools is not None and not set(row["school_ids"]) & set(schools)):
         raise not_found("student not found")
     return _jsonable(row)
 
@@ -95,49 +96,64 @@ async def list_classes(request: Request, caller: Caller, school_id: str | None =
 async def list_enrollments(request: Request, caller: Caller, school_id: str | None = None,
                            class_source_id: str | None = None, user_source_id: str | None = None,
                            after: str | None = None, limit: Page = 100) -> dict:
-    """Enrolments (students and teachers in classes); `after` is the last item's `cursor`."""
+    """Enrolment records by sourcedId (students and staff in classes), with the dates each
+    counts and whether it counts today; `after` is the last item's `cursor`."""
     schools = _reader_scope(caller)
+    today = request.app.state.runtime.definition.options.today()
     async with request.app.state.pool.acquire() as conn:
         rows = await store.enrollments_page(conn, district_id=caller.district_id, schools=schools,
                                             school_id=school_id, class_source_id=class_source_id,
-                                            user_source_id=user_source_id, after=after, limit=limit)
+                                            user_source_id=user_source_id, after=after, limit=limit, today=today)
     return _page([_jsonable(r) for r in rows], limit, "cursor")
 
 
 @router.get("/reconcile/{entity}/{source_id}")
 async def reconcile(request: Request, caller: Caller, entity: str, source_id: str) -> dict:
-    """What the last file said about a student or class, beside what the roster holds, so
-    "the file is right but the system is wrong" is settled in a minute."""
-    if entity not in ("students", "classes"):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "reconciliation covers students and classes")
+    """What the latest file said about a student, staff member or class (also when the row
+    was rejected, with why), beside what the roster holds, so "the file is right but the
+    system is wrong" is settled in a minute."""
+    kinds = {"students": "student", "staff": "staff", "classes": "class"}
+    if entity not in kinds:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "reconciliation covers students, staff and classes")
     schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
-        file_row, held = await store.reconciliation(conn, district_id=caller.district_id, entity=entity[:-1]
-                                                    if entity == "students" else "class", source_id=source_id)
-    school = (held or {}).get("school_id") or ((file_row or {}).get("row_data") or {}).get("school_id")
-    if (file_row is None and held is None) or (schools is not None and school not in schools):
-        raise not_found(f"{entity[:-1] if entity == 'students' else 'class'} not found")
+        file_row, held = await store.reconciliation(conn, district_id=caller.district_id, entity=kinds[entity],
+                                                    source_id=source_id)
+    said = (file_row or {}).get("row_data") or {}
+    visible = set((held or {}).get("school_ids") or [(held or {}).get("school_id")])
+    visible |= set(said.get("school_ids") or [said.get("school_id")])
+    if (file_row is None and held is None) or (schools is not None and not visible & set(schools)):
+        raise not_found(f"{kinds[entity]} not found")
     file_view = None
     if file_row is not None:
         file_view = {"import_id": str(file_row["import_id"]), "file": file_row["file"], "line": file_row["line"],
-                     "said": file_row["row_data"]}
+                     "accepted": file_row["accepted"], "problems": list(file_row["reasons"]), "said": said}
     held_view = _jsonable(held) if held is not None else None
     differences = []
-    if file_view and held_view:
-        said = file_view["said"]
-        differences = sorted(k for k in said if k != "status" and k in held_view and said[k] != held_view[k])
+    if file_view and held_view and file_row["accepted"]:
+        differences = sorted(k for k in said if k != "status" and k in held_view and not _same(said[k], held_view[k]))
         if said.get("status") == "active" and held_view.get("status") in ("withdrawn", "inactive"):
             differences.append("status")
     return {"source_id": source_id, "last_file": file_view, "held": held_view, "differences": differences}
+
+
+def _same(said, held) -> bool:
+    if isinstance(said, list) and isinstance(held, list):
+        return sorted(said) == sorted(held)
+    return said == held
 
 
 # ---------------------------------------------------------------------------- imports
 
 
 @router.post("/imports", status_code=status.HTTP_202_ACCEPTED)
-async def upload_import(request: Request, caller: Caller, dry_run: bool = False) -> JSONResponse:
-    """Upload a OneRoster package as a .zip (body: application/zip). The import runs in the
-    background; follow it at the returned location."""
+async def upload_import(request: Request, caller: Caller, dry_run: bool = False,
+                        confirm_district: bool = False) -> JSONResponse:
+    """Upload a OneRoster package as a .zip (body: application/zip). A package that cannot
+    be read (not a zip, no manifest, a declared file missing, a file without a column the
+    roster needs) answers 422 at once, with why; one whose orgs.csv names another district
+    org than the district's earlier files answers 409 unless confirm_district=true. Else
+    202: the import runs in the background; follow it at the returned location."""
     _require_district_admin(caller)
     options: ImportOptions = request.app.state.runtime.definition.options
     import_id = uuid.uuid4()
@@ -156,7 +172,19 @@ async def upload_import(request: Request, caller: Caller, dry_run: bool = False)
     if size == 0:
         path.unlink(missing_ok=True)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty body: send the package as a .zip (application/zip)")
-    await _start_import(request, caller, path, import_id, dry_run=dry_run, confirm=False)
+    try:
+        async with request.app.state.pool.acquire() as conn:
+            refusal = await asyncio.to_thread(check_package, path) or (
+                None if confirm_district else await district_org_refusal(conn, caller.district_id, path))
+    except PackageRejected as e:
+        path.unlink(missing_ok=True)
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, f"the package cannot be imported: {e}") from None
+    if refusal:
+        path.unlink(missing_ok=True)
+        raise HTTPException(status.HTTP_409_CONFLICT, f"{refusal}; if this package is right for {caller.district_id}, "
+                                                      f"send it again with ?confirm_district=true")
+    await _start_import(request, caller, path, import_id, dry_run=dry_run, confirm=False,
+                        confirm_district=confirm_district)
     return JSONResponse({"import_id": str(import_id), "status": "running"}, status_code=202,
                         headers={"Location": f"/v1/imports/{import_id}"})
 
@@ -182,7 +210,7 @@ async def get_import(request: Request, caller: Caller, import_id: UUID) -> dict:
 @router.get("/imports/{import_id}/problems", response_model=None)
 async def import_problems(request: Request, caller: Caller, import_id: UUID, format: str = "json",
                           after: int = -1, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000):
-    """The import's row problems: file, line, column, value, reason (JSON, or format=csv)."""
+    """The import's row problems: file, line, sourcedId, column, value, reason (JSON, or format=csv)."""
     _require_district_admin(caller)
     async with request.app.state.pool.acquire() as conn:
         if await store.import_(conn, district_id=caller.district_id, import_id=import_id) is None:
@@ -191,9 +219,9 @@ async def import_problems(request: Request, caller: Caller, import_id: UUID, for
     if format == "csv":
         out = io.StringIO()
         w = csv.writer(out)
-        w.writerow(["severity", "file", "line", "column", "value", "reason"])
+        w.writerow(["severity", "file", "line", "sourcedId", "column", "value", "reason"])
         for r in rows:
-            w.writerow([r["severity"], r["file"], r["line"], r["column"], r["value"], r["reason"]])
+            w.writerow([r["severity"], r["file"], r["line"], r["source_id"], r["column"], r["value"], r["reason"]])
         return Response(out.getvalue(), media_type="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="import-{import_id}-problems.csv"'})
     items = [dict(r) for r in rows]
@@ -215,7 +243,7 @@ async def confirm_import(request: Request, caller: Caller, import_id: UUID) -> d
 
 
 async def _start_import(request: Request, caller: Identity, path: Path, import_id: UUID, *, dry_run: bool,
-                        confirm: bool) -> None:
+                        confirm: bool, confirm_district: bool = False) -> None:
     """Start the import in the background; return once it is on record, so the location we
     answer with resolves at once."""
     runtime = request.app.state.runtime
@@ -226,8 +254,8 @@ async def _start_import(request: Request, caller: Identity, path: Path, import_i
         try:
             result = await run_import(runtime.pool, district_id=caller.district_id, path=path,
                                       kafka=runtime.settings.kafka, origin="http", created_by=caller.email,
-                                      dry_run=dry_run, confirm=confirm, wipe_share=options.wipe_share,
-                                      import_id=import_id, on_record=on_record)
+                                      dry_run=dry_run, confirm=confirm, confirm_district=confirm_district,
+                                      options=options, import_id=import_id, on_record=on_record)
             if result.status != "held":
                 path.unlink(missing_ok=True)
             runtime.relay.wake()
@@ -246,5 +274,6 @@ async def _start_import(request: Request, caller: Identity, path: Path, import_i
 def _import_view(row) -> dict:
     view = _jsonable(row)
     view.pop("package_path", None)
+    view["rows_skipped"] = view["error_count"]  # rows, not problems; error_count is its earlier name
     view["problems"] = f"/v1/imports/{row['import_id']}/problems"
     return view

@@ -17,7 +17,7 @@ from contracts.topics import (
 )
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
-from services.roster import api, dropfolder, handlers
+from services.roster import api, class_members, dropfolder, handlers
 from services.roster.importer import ImportOptions, recover_on_start
 
 
@@ -46,6 +46,6 @@ def definition() -> ServiceDefinition:
         ],
         routers=[api.router],
         publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],
-        background=[recover_on_start, dropfolder.watch],
+        background=[recover_on_start, dropfolder.watch, class_members.keep_class_members_current],
         options=ImportOptions.from_env(),
     )

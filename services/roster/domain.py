@@ -4,9 +4,10 @@ events say so. Identical facts change nothing and say nothing."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, fields, replace
+import re
+from dataclasses import dataclass, field, fields, replace
+from datetime import date, datetime
 from functools import lru_cache
-from datetime import date
 from uuid import UUID
 
 from contracts.roster import EnrollmentRemoved, StaffUpserted, StudentEnrolled, StudentUpdated, StudentWithdrawn
@@ -39,6 +40,11 @@ class Student:
     birth_date: date | None
     email: str | None
     state_id: str | None
+    school_ids: tuple[str, ...] = field(default=())  # every school, home first (dual enrolment)
+
+    def __post_init__(self) -> None:
+        if not self.school_ids:
+            object.__setattr__(self, "school_ids", (self.school_id,))
 
 
 _FACTS = [f.name for f in fields(Student) if f.name not in ("student_id", "district_id", "source_id")]
@@ -68,6 +74,7 @@ def enrol(
             birth_date=fact.birth_date,
             email=fact.email,
             state_id=fact.state_id,
+            school_ids=school_list(fact.school_id, fact.school_ids or ()),
         )
         held = students.get(sid)
         common = dict(
@@ -75,7 +82,7 @@ def enrol(
             occurred_at=fact.occurred_at,
             correlation_id=fact.correlation_id or str(fact.event_id),
             producer="caseflow.roster",
-            **{name: getattr(incoming, name) for name in _EVENT_FIELDS},
+            **{name: _event_value(getattr(incoming, name)) for name in _EVENT_FIELDS},
         )
         if held is None:
             events.append(StudentEnrolled(event_id=_caused_by(fact.event_id), **common))
@@ -88,6 +95,10 @@ def enrol(
         students[sid] = incoming
         changed[sid] = incoming
     return changed, events
+
+
+def _event_value(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _caused_by(event_id: UUID) -> UUID:
@@ -156,7 +167,7 @@ def upsert_staff(
     for fact in facts:
         sid = staff_id_for(fact.district_id, fact.source_id)
         incoming = StaffMember(sid, fact.district_id, fact.source_id, fact.role, fact.given_name, fact.family_name,
-                               fact.email, fact.identifier, tuple(fact.school_ids))
+                               login_email(fact.email), fact.identifier, tuple(fact.school_ids))
         if held.get(sid) == incoming:
             continue
         held[sid] = changed[sid] = incoming
@@ -164,7 +175,203 @@ def upsert_staff(
             event_id=_caused_by(fact.event_id), district_id=fact.district_id, occurred_at=fact.occurred_at,
             correlation_id=fact.correlation_id or str(fact.event_id), producer="caseflow.roster", staff_id=sid,
             source_id=fact.source_id, role=fact.role, given_name=fact.given_name, family_name=fact.family_name,
-            email=fact.email, identifier=fact.identifier, school_ids=list(fact.school_ids),
-            matched=fact.email is not None,
+            email=incoming.email, identifier=fact.identifier, school_ids=list(fact.school_ids),
+            matched=incoming.email is not None,
         ))
     return changed, events
+
+
+def login_email(raw: str | None) -> str | None:
+    """The email a staff member logs in with, as the roster keeps it: none when blank (an
+    unmatched teacher: no caseload), else stripped. Every feed (SIS events, files) goes
+    through this one rule."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    return raw or None
+
+
+# ----------------------------------------------------------------------- dual enrolment
+
+
+def school_list(home: str, listed) -> tuple[str, ...]:
+    """Every school a student belongs to: the home school first, then the others in sorted
+    order, so the order a file or SIS lists them in never changes what the roster holds."""
+    return (home, *sorted(set(listed) - {home}))
+
+
+def home_school(listed, *, primary: str | None = None, held: str | None = None) -> str:
+    """The school a student's roster record names (`school_id`) when a file lists several
+    (OneRoster orgSourcedIds: dual enrolment): the file's primary org where it says one
+    (OneRoster 1.2 primaryOrgSourcedId), else the school held now if still listed (a
+    reordered list moves nobody), else the first listed. The importer's SQL states the
+    same rule (importer._HOME_SCHOOL); a test checks they agree."""
+    listed = list(listed)
+    if primary and primary in listed:
+        return primary
+    if held and held in listed:
+        return held
+    return listed[0]
+
+
+# ------------------------------------------------- reading district files: normalising
+
+GRADES = frozenset(["IT", "PR", "PK", "TK", "KG", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11",
+                    "12", "13", "PS", "UG", "Other"])
+_GRADE_WORDS = {"K": "KG", "KINDERGARTEN": "KG", "PREK": "PK", "PRE-K": "PK", "PRE K": "PK",
+                "PREKINDERGARTEN": "PK", "PRE-KINDERGARTEN": "PK", "TRANSITIONAL KINDERGARTEN": "TK",
+                "UNGRADED": "UG", "OTHER": "Other"}
+_BY_UPPER = {g.upper(): g for g in GRADES}
+
+
+def normalise_grade(raw: str) -> str | None:
+    """A grade as a district's file writes it, in OneRoster's (CEDS) form, or None when it
+    is not one for sure. Unambiguous spellings are read: `3` and `003` are `03`, `K` and
+    `kindergarten` are `KG`, `Pre-K` is `PK`, any letter case. `0` and `13th` are refused:
+    some systems write kindergarten as 0, others pre-K."""
+    value = raw.strip()
+    upper = value.upper()
+    if upper in _BY_UPPER:
+        return _BY_UPPER[upper]
+    if upper in _GRADE_WORDS:
+        return _GRADE_WORDS[upper]
+    if value.isdigit() and 1 <= int(value) <= 13:
+        return f"{int(value):02d}"
+    return None
+
+
+def normalise_choice(raw: str, allowed) -> str | None:
+    """An enumerated value (role, status, classType, type, primary...) in any letter case
+    and without surrounding spaces, as the vocabulary writes it; None when not one of them."""
+    value = raw.strip()
+    if value in allowed:
+        return value
+    folded = {a.casefold(): a for a in allowed}
+    return folded.get(value.casefold())
+
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def parse_file_date(raw: str) -> date | None:
+    """A OneRoster date (YYYY-MM-DD); a date-time (YYYY-MM-DDThh:mm:ss[.sss]Z, as some
+    exporters write beginDate) is read as its date. Anything else (2026-9-1, 09/01/2026,
+    2014-02-30) is None: the order of day and month is not ours to guess."""
+    value = raw.strip()
+    if not _DATE.match(value):
+        return None
+    try:
+        if len(value) == 10:
+            return date.fromisoformat(value)
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date()
+    except ValueError:
+        return None
+
+
+# OneRoster 1.2 names more roles than 1.1; the roster keeps students and staff (teacher,
+# aide, administrator, counselor) and knows the rest (guardians, proctors...) only to tell
+# them from unknown users.
+STAFF_ROLES = ("teacher", "aide", "administrator", "counselor")
+OTHER_ROLES = ("guardian", "parent", "proctor", "relative")
+ROLE_OF = {
+    "student": "student", "teacher": "teacher", "aide": "aide", "administrator": "administrator",
+    "counselor": "counselor", "principal": "administrator", "siteAdministrator": "administrator",
+    "districtAdministrator": "administrator", "systemAdministrator": "administrator",
+    **{r: r for r in OTHER_ROLES},
+}
+ENROLLMENT_ROLES = ("student", "teacher", "aide", "administrator", "proctor")
+
+
+def enrolment_role_fits(enrolment_role: str, user_role: str) -> bool:
+    """An enrolment's role must agree with its user's: a student is enrolled as a student,
+    staff in a staff role (a teacher may be enrolled as an aide, a principal as a teacher).
+    Guardians and other relatives are never enrolled in classes."""
+    if enrolment_role == "student" or user_role == "student":
+        return enrolment_role == user_role
+    if user_role in OTHER_ROLES:
+        return enrolment_role == "proctor" and user_role == "proctor"
+    return enrolment_role in ("teacher", "aide", "administrator", "proctor")
+
+
+# Several enrolment records for one person in one class (a re-enrolment under a new
+# sourcedId, a co-teacher row and a teacher row) make one class membership: the first role
+# of this order, primary when any record is.
+ROLE_PRECEDENCE = ("student", "teacher", "administrator", "aide")
+
+
+def membership_role(roles) -> str:
+    return min(roles, key=ROLE_PRECEDENCE.index)
+
+
+# ----------------------------------------------------------------- who is in a class today
+
+
+def class_span(term_ids, sessions: dict[str, tuple[date | None, date | None]]) -> tuple[date | None, date | None]:
+    """The dates a class meets, from its terms (OneRoster termSourcedIds -> academicSessions):
+    from the first term's start to the last term's end (a winter break between two terms
+    does not take students off caseloads for two days). (None, None) when no term is known."""
+    spans = [sessions[t] for t in term_ids if t in sessions]
+    starts = [s for s, _ in spans if s is not None]
+    ends = [e for _, e in spans if e is not None]
+    return (min(starts) if starts else None, max(ends) if ends else None)
+
+
+def enrolment_span(begin: date | None, end: date | None, klass: tuple[date | None, date | None]
+                   ) -> tuple[date | None, date | None]:
+    """When an enrolment counts: its own beginDate and endDate, each bound falling back to
+    its class's terms' dates, else open. The importer stores this span on each enrolment
+    record (enrollments.starts/ends) and PostgreSQL compares it with today."""
+    return (begin if begin is not None else klass[0], end if end is not None else klass[1])
+
+
+def is_current(span: tuple[date | None, date | None], today: date) -> bool:
+    """"Responsible today": an enrolment counts from its first day to its last, inclusive.
+    The SQL twin is importer._CURRENT; a test checks they agree."""
+    starts, ends = span
+    return (starts is None or starts <= today) and (ends is None or today <= ends)
+
+
+# -------------------------------------------------------------------------- the guards
+
+
+@dataclass(frozen=True)
+class Guards:
+    """How much an import may lose before a person must confirm it, as a share of what the
+    district holds (Clever holds a sync on "significant changes" until the district
+    approves; a truncated or mangled export must never empty caseloads unseen). Each kind
+    of loss has its own share (CASEFLOW_ROSTER_WIPE_SHARE, ..._WIPE_SHARE_STAFF,
+    ..._WIPE_SHARE_CLASSES, ..._WIPE_SHARE_ENROLLMENTS), and so do a file's rejected rows
+    (CASEFLOW_ROSTER_REJECT_SHARE)."""
+
+    students: float = 0.20
+    staff: float = 0.20
+    classes: float = 0.20
+    enrollments: float = 0.20
+    rejected_rows: float = 0.20
+
+
+_LOSSES = (
+    ("students", "students_withdrawn", "withdraw", "active students"),
+    ("staff", "staff_deactivated", "deactivate", "active staff"),
+    ("classes", "classes_removed", "remove", "classes"),
+    ("enrollments", "enrollments_removed", "remove", "class enrolments"),
+)
+
+
+def holds(counts: dict[str, int], held: dict[str, int], files: dict[str, tuple[int, int]], guards: Guards
+          ) -> list[str]:
+    """Why an import must wait for a person, in words (empty: it may be applied).
+
+    counts: the import's changes (students_withdrawn, ...); held: what the district holds
+    now (students, staff, classes, enrollments); files: per file, (rows rejected, rows)."""
+    reasons = []
+    for kind, change, verb, what in _LOSSES:
+        lost, have, share = counts.get(change, 0), held.get(kind, 0), getattr(guards, kind)
+        if have and lost / have > share:
+            reasons.append(f"this import would {verb} {lost:,} of {have:,} {what} ({lost / have:.0%}, more than "
+                           f"{share:.0%})")
+    for file, (rejected, rows) in sorted(files.items()):
+        if rows and rejected / rows > guards.rejected_rows:
+            reasons.append(f"{rejected:,} of {rows:,} rows of {file} were rejected ({rejected / rows:.0%}, more than "
+                           f"{guards.rejected_rows:.0%})")
+    return reasons

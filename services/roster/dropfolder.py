@@ -94,7 +94,7 @@ async def _process(pool, kafka, options: ImportOptions, district: str, path: Pat
     except FileNotFoundError:
         return None
     result = await run_import(pool, district_id=district, path=processing, kafka=kafka, origin="drop-folder",
-                              wipe_share=options.wipe_share)
+                              options=options)
     outcome = {"applied": "processed", "held": "held"}.get(result.status, "failed")
     target_dir = base / outcome
     target_dir.mkdir(exist_ok=True)
@@ -102,6 +102,10 @@ async def _process(pool, kafka, options: ImportOptions, district: str, path: Pat
     if target.exists():
         target = target_dir / f"{path.stem}-{result.import_id}{path.suffix}"
     shutil.move(str(processing), target)
+    if result.status == "held":  # confirmed later (POST /v1/imports/<id>/confirm) from where it now is
+        async with pool.acquire() as conn:
+            await conn.execute("UPDATE imports SET package_path = $2 WHERE import_id = $1", result.import_id,
+                               str(target))
     _write_report(target, result)
     log.info("drop folder package handled", district_id=district, package=path.name, outcome=outcome,
              import_id=str(result.import_id))
@@ -112,12 +116,12 @@ def _write_report(package: Path, result: ImportResult) -> None:
     report = {
         "import_id": str(result.import_id), "district_id": result.district_id, "status": result.status,
         "message": result.message, "counts": result.counts, "rows_skipped": result.error_count,
-        "warnings": result.warning_count,
+        "warnings": result.warning_count, "held_because": result.holds if result.status == "held" else [],
     }
     stem = package.name.removesuffix(".zip")
     (package.parent / f"{stem}.report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(package.parent / f"{stem}.problems.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["severity", "file", "line", "column", "value", "reason"])
+        w.writerow(["severity", "file", "line", "sourcedId", "column", "value", "reason"])
         for p in result.problems:
-            w.writerow([p.severity, p.file, p.line, p.column, p.value, p.reason])
+            w.writerow([p.severity, p.file, p.line, p.source_id, p.column, p.value, p.reason])

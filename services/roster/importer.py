@@ -5,8 +5,15 @@ The rows are streamed from the package into temporary staging tables with COPY; 
 and the change events are computed by PostgreSQL in set operations, so a city-sized
 package never passes through Python one event at a time. A crash anywhere rolls the
 transaction back: the roster is either the old one or the new one, and running the import
-again finishes the job. An import that would withdraw more than a set share of the
-district's active students is held until someone confirms it.
+again finishes the job.
+
+Every record is identified by its sourcedId. A record whose row is in a bulk file but was
+rejected keeps what the roster holds for it (it is not "absent"); only what is truly
+absent is withdrawn, deactivated or removed. An import that would lose more than a set
+share of what the district holds, or whose files were rejected beyond a set share, or
+whose district org is not the district's, is held until someone confirms it
+(domain.holds). A dry run takes the very same path and rolls back at the end. Any other
+failure marks the import failed with a message a data team can act on.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -26,50 +34,74 @@ from contracts.topics import ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, R
 from services.kit import logs, outbox
 from services.kit.crash import crashpoint
 from services.kit.settings import HOME, KafkaSettings
+from services.roster import class_members, domain
+from services.roster.events_sql import IMPORT_EVENTS, SOURCE
 from services.roster.oneroster import Known, Package, PackageRejected, Problem, Reader
 
 log = logs.get("caseflow.roster.import")
 
-SOURCE = "caseflow.roster"
 _LONG = 3600.0  # seconds: one statement of a city-sized import may take minutes
-DEFAULT_WIPE_SHARE = 0.20
 
 
 @dataclass(frozen=True)
 class ImportOptions:
-    """The roster's import settings (CASEFLOW_ROSTER_*)."""
+    """The roster's settings (CASEFLOW_ROSTER_*): the guards, where packages go, the clock."""
 
-    wipe_share: float = DEFAULT_WIPE_SHARE
+    guards: domain.Guards = domain.Guards()
     packages: Path = HOME / "roster-packages"  # uploads, kept while an import is held
     max_upload_bytes: int = 2 * 1024**3
     drop_folder: Path | None = None  # <drop>/<district>/inbox/ ... processed/ failed/ held/
     drop_poll_seconds: float = 2.0
+    timezone: str = "UTC"  # the districts' local time: a school day starts at its midnight
+    fixed_today: date | None = None  # CASEFLOW_TODAY: a fixed date for tests and demonstrations
+    calendar_poll_seconds: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> ImportOptions:
         env = dict(os.environ if env is None else env)
-        drop = env.get("CASEFLOW_ROSTER_DROP_FOLDER")
+
+        def get(name: str, default: str | None = None) -> str | None:
+            return env.get(f"CASEFLOW_ROSTER_{name}") or env.get(f"CASEFLOW_{name}") or default
+
+        drop = get("DROP_FOLDER")
+        today = get("TODAY")
+        shares = domain.Guards()
         return cls(
-            wipe_share=float(env.get("CASEFLOW_ROSTER_WIPE_SHARE", DEFAULT_WIPE_SHARE)),
-            packages=Path(env.get("CASEFLOW_ROSTER_PACKAGES", HOME / "roster-packages")),
-            max_upload_bytes=int(env.get("CASEFLOW_ROSTER_MAX_UPLOAD_BYTES", 2 * 1024**3)),
+            guards=domain.Guards(
+                students=float(get("WIPE_SHARE", str(shares.students))),
+                staff=float(get("WIPE_SHARE_STAFF", str(shares.staff))),
+                classes=float(get("WIPE_SHARE_CLASSES", str(shares.classes))),
+                enrollments=float(get("WIPE_SHARE_ENROLLMENTS", str(shares.enrollments))),
+                rejected_rows=float(get("REJECT_SHARE", str(shares.rejected_rows))),
+            ),
+            packages=Path(get("PACKAGES", str(HOME / "roster-packages"))),
+            max_upload_bytes=int(get("MAX_UPLOAD_BYTES", str(2 * 1024**3))),
             drop_folder=Path(drop) if drop else None,
-            drop_poll_seconds=float(env.get("CASEFLOW_ROSTER_DROP_POLL_SECONDS", 2.0)),
+            drop_poll_seconds=float(get("DROP_POLL_SECONDS", "2.0")),
+            timezone=get("TIMEZONE", "UTC"),
+            fixed_today=date.fromisoformat(today) if today else None,
+            calendar_poll_seconds=float(get("CALENDAR_POLL_SECONDS", "300")),
         )
+
+    def today(self) -> date:
+        """Today in the districts' time zone (or the fixed date, where one is set)."""
+        return self.fixed_today or datetime.now(ZoneInfo(self.timezone)).date()
 
 
 @dataclass
 class ImportResult:
     import_id: uuid.UUID
     district_id: str
-    status: str  # applied, held, dry_run, rejected
+    status: str  # applied, held, dry_run, rejected, failed
     message: str = ""
     counts: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
-    error_count: int = 0
+    error_count: int = 0  # rows skipped
     warning_count: int = 0
+    holds: list[str] = field(default_factory=list)  # why it is held (or, in a dry run, would be)
     examples: dict[str, list[str]] = field(default_factory=dict)  # a few source ids per change kind
-    seconds: dict[str, float] = field(default_factory=dict)  # time per phase: read, diff, apply
+    seconds: dict[str, float] = field(default_factory=dict)  # time per phase
+    phase: str = "opening the package"
 
 
 async def run_import(
@@ -82,18 +114,52 @@ async def run_import(
     created_by: str | None = None,
     dry_run: bool = False,
     confirm: bool = False,
-    wipe_share: float = DEFAULT_WIPE_SHARE,
+    confirm_district: bool = False,
+    options: ImportOptions | None = None,
+    today: date | None = None,
     import_id: uuid.UUID | None = None,
     on_record: asyncio.Event | None = None,
 ) -> ImportResult:
-    """`on_record` is set once the import is on record as running, so whoever started it in
-    the background can answer with a location that already resolves."""
+    """Import one package for one district; return how it went (never raises for a bad
+    package or an unexpected failure: the import's record says so).
+
+    confirm: apply even if a guard would hold it (a person checked); confirm_district: only
+    the district org guard is confirmed (an upload whose sender confirmed it). `on_record` is set once
+    the import is on record as running, so whoever started it in the background can answer
+    with a location that already resolves. `today` (default: the options' clock) decides
+    which enrolments count."""
+    options = options or ImportOptions.from_env()
     import_id = import_id or uuid.uuid4()
+    on_record = on_record or asyncio.Event()
     async with pool.acquire() as running:  # holds the import's lock until it ends; see recover_interrupted
         await running.execute("SELECT pg_advisory_lock($1)", _lock_key(import_id))
-        return await _run(pool, running, district_id=district_id, path=path, kafka=kafka, origin=origin,
-                          created_by=created_by, dry_run=dry_run, confirm=confirm, wipe_share=wipe_share,
-                          import_id=import_id, on_record=on_record or asyncio.Event())
+        await running.execute(
+            """INSERT INTO imports (import_id, district_id, origin, package_name, package_path, status, created_by)
+               VALUES ($1, $2, $3, $4, $5, 'running', $6)
+               ON CONFLICT (import_id) DO UPDATE SET status = 'running', finished_at = NULL""",
+            import_id, district_id, origin, path.name, str(path), created_by,
+        )
+        on_record.set()
+        result = ImportResult(import_id, district_id, "running")
+        try:
+            with Package(path) as package:
+                async with pool.acquire() as conn:
+                    await _import(conn, package, result, kafka, dry_run=dry_run, confirm=confirm,
+                                  confirm_district=confirm_district, options=options, today=today or options.today())
+        except PackageRejected as e:
+            result.status, result.message = "rejected", str(e)
+        except Exception as e:  # noqa: BLE001 - recorded on the import for the people who sent it
+            log.error("roster import failed", import_id=str(import_id), district_id=district_id, phase=result.phase,
+                      error=type(e).__name__, detail=logs.redact(str(e))[:300], exc_info=True)
+            result.status = "failed"
+            result.message = (f"failed while {result.phase}: an unexpected error ({type(e).__name__}); nothing was "
+                              f"changed. Send the package again; if it fails again, give Caseflow support the import "
+                              f"id {import_id}.")
+        if result.status != "applied":  # applied imports finish inside their own transaction
+            await _finish(pool, result)
+    log.info("roster import finished", import_id=str(import_id), district_id=district_id, status=result.status,
+             counts=result.counts, rows_skipped=result.error_count, warnings=result.warning_count)
+    return result
 
 
 def _lock_key(import_id: uuid.UUID) -> int:
@@ -131,110 +197,109 @@ async def recover_on_start(runtime) -> None:
         log.warning("imports interrupted by a stop, marked failed", imports=[str(i) for i in interrupted])
 
 
-async def _run(pool: asyncpg.Pool, running, *, district_id: str, path: Path, kafka: KafkaSettings, origin: str,
-               created_by: str | None, dry_run: bool, confirm: bool, wipe_share: float,
-               import_id: uuid.UUID, on_record: asyncio.Event) -> ImportResult:
-    await running.execute(
-        """INSERT INTO imports (import_id, district_id, origin, package_name, package_path, status, created_by)
-           VALUES ($1, $2, $3, $4, $5, 'running', $6)
-           ON CONFLICT (import_id) DO UPDATE SET status = 'running', finished_at = NULL""",
-        import_id, district_id, origin, path.name, str(path), created_by,
-    )
-    on_record.set()
-    try:
-        package = Package(path)
-    except PackageRejected as e:
-        result = ImportResult(import_id, district_id, "rejected", message=str(e))
-        await _finish(pool, result)
-        return result
-    with package:
-        try:
-            async with pool.acquire() as conn:
-                result = await _import(conn, package, import_id, district_id, kafka, dry_run, confirm, wipe_share)
-        except PackageRejected as e:  # found while streaming a file: the transaction was rolled back
-            result = ImportResult(import_id, district_id, "rejected", message=str(e))
-    if result.status != "applied":  # applied imports finish inside their own transaction
-        await _finish(pool, result)
-    log.info("roster import finished", import_id=str(import_id), district_id=district_id, status=result.status,
-             counts=result.counts, errors=result.error_count, warnings=result.warning_count)
-    return result
-
-
-class _Held(Exception):
+class _RollBack(Exception):
     pass
 
 
-async def _import(conn, package: Package, import_id, district_id: str, kafka: KafkaSettings, dry_run: bool,
-                  confirm: bool, wipe_share: float) -> ImportResult:
-    result = ImportResult(import_id, district_id, "applied")
+async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSettings, *, dry_run: bool,
+                  confirm: bool, confirm_district: bool, options: ImportOptions, today: date) -> None:
+    district_id, import_id = result.district_id, result.import_id
     tx = conn.transaction()
     await tx.start()
     try:
         await conn.execute("SET LOCAL TimeZone = 'UTC'")
-        await conn.execute(_STAGING)
+        result.phase = "bringing the class lists to today"
+        calendar = await class_members.bring_to(conn, district_id, today, kafka)
+        result.phase = "reading the files"
         clock = time.perf_counter()
+        await conn.execute(_STAGING)
         reader = Reader(package, district_id, await _held_ids(conn, district_id, package))
         await _stage(conn, package, reader)
+        await conn.execute(_STAGING_INDEXES, timeout=_LONG)
         # Temporary tables get no statistics by themselves: without them the planner may
         # pick nested loops over a million rows.
-        await conn.execute(_STAGING_INDEXES, timeout=_LONG)
-        await conn.execute("ANALYZE stage_schools, stage_classes, stage_students, stage_staff, stage_birth_dates, "
-                           "stage_enrollments, students, staff, classes, enrollments", timeout=_LONG)
+        await conn.execute("ANALYZE stage_schools, stage_sessions, stage_classes, stage_class_spans, stage_students, "
+                           "stage_staff, stage_birth_dates, stage_enrollments, stage_rejected, students, staff, "
+                           "classes, enrollments, class_members", timeout=_LONG)
         result.seconds["read_and_stage"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        for statement in _diff_statements(package):
-            await conn.execute(statement, *([district_id] if "$1" in statement else []), timeout=_LONG)
-            if statement.startswith("CREATE TEMP TABLE"):
-                await conn.execute(f"ANALYZE {statement.split()[3]}", timeout=_LONG)
-        result.counts = await _counts(conn)
-        result.seconds["diff"] = time.perf_counter() - clock
-        result.problems = reader.problems
-        result.error_count = sum(1 for p in reader.problems if p.severity == "error") + max(
-            0, reader.problem_count - len(reader.problems))
-        result.warning_count = sum(1 for p in reader.problems if p.severity == "warning")
 
-        active = await conn.fetchval("SELECT count(*) FROM students WHERE district_id = $1 AND status = 'active'",
-                                     district_id)
-        withdrawing = result.counts["students_withdrawn"]
-        if active and withdrawing / active > wipe_share and not confirm and not dry_run:
-            result.status = "held"
-            result.message = (f"held: this import would withdraw {withdrawing:,} of {active:,} active students "
-                              f"({withdrawing / active:.0%}, more than {wipe_share:.0%}). If that is right, confirm it.")
-            raise _Held
-        if dry_run:
-            result.status = "dry_run"
-            result.examples = await _examples(conn)
-            raise _Held
+        result.phase = "comparing the files with the roster"
+        clock = time.perf_counter()
+        held = await _held_counts(conn, district_id)
+        for statement in _diff_statements(package):
+            await _execute(conn, statement, district_id)
+        result.seconds["diff"] = time.perf_counter() - clock
+
+        result.phase = "applying the changes"
+        clock = time.perf_counter()
+        for statement in _APPLY_STATE:
+            await _execute(conn, statement, district_id)
+        await _execute(conn, _TOUCHED, district_id)
+        members = await class_members.diff(conn, district_id, today)
+        result.counts = {**await _counts(conn), **members}
+        result.problems = reader.problems
+        result.error_count = reader.rows_skipped_count
+        result.warning_count = sum(1 for p in reader.problems if p.severity == "warning")
+        result.holds = domain.holds(
+            result.counts, held, {f: (len(reader.rows_skipped.get(f, ())), n) for f, n in reader.rows_read.items()},
+            options.guards)
+        if not confirm_district:
+            refusal = await _district_org_refusal(conn, district_id, package.district_orgs())
+            result.holds += [refusal] if refusal else []
+        if result.holds and not confirm and not dry_run:
+            result.status, result.message = "held", "held: " + "; ".join(result.holds) + ". If that is right, confirm it."
+            raise _RollBack
 
         crashpoint("import.before_apply")
-        clock = time.perf_counter()
-        await _apply(conn, import_id, district_id, kafka)
+        occurred = datetime.now(UTC).isoformat()
+        topics = {t.name: kafka.topic(t.name) for t in (ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES,
+                                                        ROSTER_ENROLLMENTS)}
+        for event in IMPORT_EVENTS:
+            await conn.execute(event.sql, district_id, occurred, str(import_id), topics[event.topic], timeout=_LONG)
+        await class_members.apply(conn, district_id)
+        await _execute(conn, _REMOVE_CLASSES, district_id)
         crashpoint("import.after_apply")
+        await _record_file_rows(conn, district_id, import_id)
+        await _remember_district_org(conn, district_id, package, import_id)
         completed = RosterImportCompleted(
             district_id=district_id, import_id=import_id, counts=result.counts,
             rejected_rows=result.error_count, correlation_id=str(import_id), producer=SOURCE,
         )
         await outbox.write(conn, [outbox.message_for(completed, source=SOURCE, kafka=kafka)])
+        if any(calendar.values()):
+            log.info("class lists brought to today before the import", district_id=district_id, **calendar)
+        if dry_run:
+            result.status = "dry_run"
+            result.examples = await _examples(conn)
+            result.message = f"dry run: {_changes(result):,} changes, {result.error_count:,} rows skipped" + (
+                ("; it would be held: " + "; ".join(result.holds)) if result.holds else "")
+            raise _RollBack
+        result.status = "applied"
+        result.message = (f"applied: {_changes(result):,} changes, {result.error_count:,} rows skipped, "
+                          f"{result.warning_count:,} warnings")
         await _record_problems(conn, result)
         await conn.execute(
             """UPDATE imports SET status = 'applied', summary = $2, error_count = $3, warning_count = $4,
                    package_path = NULL, finished_at = now(), message = $5 WHERE import_id = $1""",
-            import_id, result.counts, result.error_count, result.warning_count, _applied_message(result),
+            import_id, result.counts, result.error_count, result.warning_count, result.message,
         )
-        result.message = _applied_message(result)
         await tx.commit()
         result.seconds["apply_and_commit"] = time.perf_counter() - clock
-    except _Held:
+    except _RollBack:
         await tx.rollback()
     except BaseException:
         await tx.rollback()
         raise
-    return result
 
 
-def _applied_message(result: ImportResult) -> str:
-    changes = sum(result.counts.values())
-    return f"applied: {changes:,} changes, {result.error_count:,} rows skipped, {result.warning_count:,} warnings"
+def _changes(result: ImportResult) -> int:
+    return sum(v for k, v in result.counts.items() if not k.startswith("enrollment_records"))
+
+
+async def _execute(conn, statement: str, district_id: str) -> None:
+    await conn.execute(statement, *class_members.params(statement, district_id), timeout=_LONG)
+    if statement.lstrip().startswith("CREATE TEMP TABLE"):
+        await conn.execute(f"ANALYZE {statement.split()[3]}", timeout=_LONG)
 
 
 async def _finish(pool: asyncpg.Pool, result: ImportResult) -> None:
@@ -254,20 +319,25 @@ async def _record_problems(conn, result: ImportResult) -> None:
     if result.problems:
         await conn.copy_records_to_table(
             "import_problems",
-            records=[(result.import_id, i, p.severity, p.file, p.line, p.column, p.value, p.reason)
+            records=[(result.import_id, i, p.severity, p.file, p.line, p.column, p.value, p.reason, p.source_id)
                      for i, p in enumerate(result.problems)],
-            columns=["import_id", "seq", "severity", "file", "line", "column", "value", "reason"],
+            columns=["import_id", "seq", "severity", "file", "line", "column", "value", "reason", "source_id"],
         )
 
 
 async def _held_ids(conn, district_id: str, package: Package) -> Known:
     """What rows may refer to beyond the package: the roster's own ids, for files not sent in bulk."""
     known = Known()
+    known.other_orgs = {r[0] for r in await conn.fetch(
+        "SELECT org_source_id FROM district_orgs WHERE district_id = $1", district_id)}
     if package.mode("orgs") != "bulk":
         known.schools = {r[0] for r in await conn.fetch("SELECT school_id FROM schools WHERE district_id = $1",
                                                         district_id)}
         known.schools |= {r[0] for r in await conn.fetch(
-            "SELECT DISTINCT school_id FROM students WHERE district_id = $1", district_id)}
+            "SELECT DISTINCT unnest(school_ids) FROM students WHERE district_id = $1", district_id)}
+    if package.mode("academicSessions") != "bulk":
+        known.sessions = {r[0]: (r[1], r[2]) for r in await conn.fetch(
+            "SELECT source_id, start_date, end_date FROM academic_sessions WHERE district_id = $1", district_id)}
     if package.mode("classes") != "bulk":
         known.classes = {r[0]: (r[1], r[2]) for r in await conn.fetch(
             "SELECT source_id, school_id, class_type FROM classes WHERE district_id = $1", district_id)}
@@ -279,15 +349,66 @@ async def _held_ids(conn, district_id: str, package: Package) -> Known:
     return known
 
 
+async def _hold_rejected(conn, district_id: str, reader: Reader, entity: str) -> None:
+    """Rows of this entity that were rejected keep what the roster holds: so do the rows of
+    later files that refer to them."""
+    ids = sorted(sid for (kind, sid) in reader.rejected if kind == entity)
+    if not ids:
+        return
+    known = reader.known
+    if entity == "org":
+        known.schools |= {r[0] for r in await conn.fetch(
+            "SELECT school_id FROM schools WHERE district_id = $1 AND school_id = ANY($2::text[])", district_id, ids)}
+    elif entity == "session":
+        known.sessions.update({r[0]: (r[1], r[2]) for r in await conn.fetch(
+            """SELECT source_id, start_date, end_date FROM academic_sessions
+               WHERE district_id = $1 AND source_id = ANY($2::text[])""", district_id, ids)})
+    elif entity == "class":
+        known.classes.update({r[0]: (r[1], r[2]) for r in await conn.fetch(
+            """SELECT source_id, school_id, class_type FROM classes
+               WHERE district_id = $1 AND source_id = ANY($2::text[])""", district_id, ids)})
+    elif entity == "user":
+        known.users.update({r[0]: r[1] for r in await conn.fetch(
+            """SELECT source_id, 'student' FROM students WHERE district_id = $1 AND source_id = ANY($2::text[])
+                 AND status = 'active'
+               UNION ALL
+               SELECT source_id, role FROM staff WHERE district_id = $1 AND source_id = ANY($2::text[])
+                 AND status = 'active'""", district_id, ids)})
+
+
 async def _stage(conn, package: Package, reader: Reader) -> None:
     """Stream each file, in dependency order, through the reader into its staging table."""
+    district_id = reader.district_id
     if package.mode("orgs") != "absent":
         await conn.copy_records_to_table("stage_schools", records=reader.schools(), timeout=_LONG)
+        await _hold_rejected(conn, district_id, reader, "org")
+    if package.mode("academicSessions") != "absent":
+        await conn.copy_records_to_table("stage_sessions", records=reader.sessions(), timeout=_LONG)
+        await _hold_rejected(conn, district_id, reader, "session")
     if package.mode("courses") != "absent":
         for _ in reader.courses():  # courses are only checked against, not kept
             pass
+    staged_classes: set[str] = set()
     if package.mode("classes") != "absent":
-        await conn.copy_records_to_table("stage_classes", records=reader.classes(), timeout=_LONG)
+        def classes():
+            for row in reader.classes():
+                staged_classes.add(row[1])
+                yield row
+
+        await conn.copy_records_to_table("stage_classes", records=classes(), timeout=_LONG)
+        await _hold_rejected(conn, district_id, reader, "class")
+    if package.mode("academicSessions") != "absent":
+        # Terms' dates changed: so may the dates of classes this package does not restate.
+        spans = []
+        for r in await conn.fetch("SELECT source_id, term_source_ids, starts, ends FROM classes "
+                                  "WHERE district_id = $1", district_id):
+            if r["source_id"] not in staged_classes:
+                span = domain.class_span(r["term_source_ids"], reader.known.sessions)
+                if r["term_source_ids"] and span != (r["starts"], r["ends"]):
+                    spans.append((r["source_id"], *span))
+        await conn.copy_records_to_table("stage_class_spans", records=spans, timeout=_LONG)
+    if package.mode("roles") != "absent":
+        reader.roles()
     if package.mode("users") != "absent":
         staff: list[tuple] = []
 
@@ -300,10 +421,24 @@ async def _stage(conn, package: Package, reader: Reader) -> None:
 
         await conn.copy_records_to_table("stage_students", records=students(), timeout=_LONG)
         await conn.copy_records_to_table("stage_staff", records=staff, timeout=_LONG)
+        await _hold_rejected(conn, district_id, reader, "user")
     if package.mode("demographics") != "absent":
         await conn.copy_records_to_table("stage_birth_dates", records=reader.birth_dates(), timeout=_LONG)
     if package.mode("enrollments") != "absent":
         await conn.copy_records_to_table("stage_enrollments", records=reader.enrollments(), timeout=_LONG)
+    reader.finish()
+    await conn.copy_records_to_table(
+        "stage_rejected", timeout=_LONG,
+        records=((r.entity, r.source_id, r.line, r.data, r.reasons) for r in reader.rejected.values()))
+
+
+async def _held_counts(conn, district_id: str) -> dict[str, int]:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM students WHERE district_id = $1 AND status = 'active') AS students,
+                  (SELECT count(*) FROM staff WHERE district_id = $1 AND status = 'active') AS staff,
+                  (SELECT count(*) FROM classes WHERE district_id = $1) AS classes,
+                  (SELECT count(*) FROM class_members WHERE district_id = $1) AS enrollments""", district_id)
+    return dict(row)
 
 
 async def _counts(conn) -> dict[str, int]:
@@ -316,8 +451,8 @@ async def _counts(conn) -> dict[str, int]:
              (SELECT count(*) FROM staff_deactivations) AS staff_deactivated,
              (SELECT count(*) FROM class_changes) AS classes_upserted,
              (SELECT count(*) FROM class_removals) AS classes_removed,
-             (SELECT count(*) FROM enrollment_additions) AS enrollments_added,
-             (SELECT count(*) FROM enrollment_removals) AS enrollments_removed"""
+             (SELECT count(*) FROM record_changes) AS enrollment_records_changed,
+             (SELECT count(*) FROM record_removals) AS enrollment_records_removed"""
     )
     return dict(row)
 
@@ -332,41 +467,75 @@ async def _examples(conn, per_kind: int = 5) -> dict[str, list[str]]:
         "staff_deactivated": "SELECT source_id FROM staff_deactivations",
         "classes_upserted": "SELECT source_id FROM class_changes",
         "classes_removed": "SELECT source_id FROM class_removals",
-        "enrollments_added": "SELECT user_source_id || ' in ' || class_source_id FROM enrollment_additions",
-        "enrollments_removed": "SELECT user_source_id || ' from ' || class_source_id FROM enrollment_removals",
+        "enrollments_added": "SELECT user_source_id || ' in ' || class_source_id FROM member_additions",
+        "enrollments_removed": "SELECT user_source_id || ' from ' || class_source_id FROM member_removals",
     }
     return {kind: [r[0] for r in await conn.fetch(f"{sql} ORDER BY 1 LIMIT {per_kind}")]
             for kind, sql in queries.items()}
 
 
-async def _apply(conn, import_id: uuid.UUID, district_id: str, kafka: KafkaSettings) -> None:
-    """Write the changes and their events. Events for one person are inserted in the order
-    they happened (removals before additions), so the relay publishes them in that order."""
-    occurred = datetime.now(UTC).isoformat()
-    params = [district_id, occurred, str(import_id)]
-    topics = {t.name: kafka.topic(t.name) for t in (ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS)}
-    for sql in _APPLY_STATE_BEFORE_EVENTS:
-        await conn.execute(sql, district_id, timeout=_LONG)
-    for event in _EVENTS:
-        await conn.execute(event.sql, *params, topics[event.topic], timeout=_LONG)
-    for sql in _APPLY_STATE_AFTER_EVENTS:
-        await conn.execute(sql, district_id, timeout=_LONG)
+def check_package(path: Path) -> None:
+    """Raise PackageRejected, with why, if the package cannot be read as a whole."""
+    Package(path).close()
+
+
+async def district_org_refusal(conn, district_id: str, path: Path) -> str | None:
+    """Why this package seems meant for another district, or None."""
+    with Package(path) as package:
+        named = await asyncio.to_thread(package.district_orgs)
+    return await _district_org_refusal(conn, district_id, named)
+
+
+async def _district_org_refusal(conn, district_id: str, named: list[tuple[str, str, str]]) -> str | None:
+    """A package naming another district org (orgs.csv, type district) than the district's
+    files did is held: a file sent to the wrong district would withdraw everyone."""
+    held = await conn.fetchrow("SELECT org_source_id, name FROM district_orgs WHERE district_id = $1", district_id)
+    if held is None or not named or held["org_source_id"] in {sid for sid, _, _ in named}:
+        return None
+    sid, _, name = named[0]
+    return (f"orgs.csv names district {sid} ({name}), but {district_id}'s files come from {held['org_source_id']} "
+            f"({held['name']})")
+
+
+async def _remember_district_org(conn, district_id: str, package: Package, import_id: uuid.UUID) -> None:
+    named = package.district_orgs()
+    if len(named) == 1:
+        sid, identifier, name = named[0]
+        await conn.execute(
+            """INSERT INTO district_orgs (district_id, org_source_id, identifier, name, import_id)
+               VALUES ($1, $2, $3, $4, $5)
+               ON CONFLICT (district_id) DO UPDATE SET org_source_id = EXCLUDED.org_source_id,
+                   identifier = EXCLUDED.identifier, name = EXCLUDED.name, import_id = EXCLUDED.import_id
+               WHERE district_orgs.org_source_id IS DISTINCT FROM EXCLUDED.org_source_id""",
+            district_id, sid, identifier or None, name or None, import_id)
+
+
+async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID) -> None:
+    """What the latest file said of each user and class, accepted or not (the reconcile view)."""
     await conn.execute(
-        """INSERT INTO last_file_rows (district_id, entity, source_id, import_id, file, line, row_data)
-           SELECT $1, 'student', source_id, $2::uuid, 'users.csv', line,
-                  json_build_object('school_id', school_id, 'grade', grade, 'status', status)
+        """INSERT INTO last_file_rows (district_id, entity, source_id, import_id, file, line, row_data, accepted,
+                                       reasons)
+           SELECT $1, 'user', source_id, $2::uuid, 'users.csv', line,
+                  jsonb_build_object('role', 'student', 'school_ids', school_ids, 'grade', grade, 'status', status),
+                  true, '{}'::text[]
            FROM stage_students
            UNION ALL
            SELECT $1, 'class', source_id, $2::uuid, 'classes.csv', line,
-                  json_build_object('school_id', school_id, 'class_type', class_type, 'title', title,
-                                    'grades', grades, 'periods', periods, 'status', status)
+                  jsonb_build_object('school_id', school_id, 'class_type', class_type, 'title', title,
+                                    'grades', grades, 'periods', periods, 'status', status),
+                  true, '{}'::text[]
            FROM stage_classes
+           UNION ALL
+           SELECT $1, entity, source_id, $2::uuid, CASE entity WHEN 'user' THEN 'users.csv' ELSE 'classes.csv' END,
+                  line, data, false, reasons
+           FROM stage_rejected WHERE entity IN ('user', 'class')
            ON CONFLICT (district_id, entity, source_id) DO UPDATE SET
                import_id = EXCLUDED.import_id, file = EXCLUDED.file, line = EXCLUDED.line,
-               row_data = EXCLUDED.row_data
+               row_data = EXCLUDED.row_data, accepted = EXCLUDED.accepted, reasons = EXCLUDED.reasons
            -- Unchanged rows keep the import that last changed what the file says about them:
            -- a daily re-import of the same roster rewrites nothing.
-           WHERE (last_file_rows.line, last_file_rows.row_data) IS DISTINCT FROM (EXCLUDED.line, EXCLUDED.row_data)""",
+           WHERE (last_file_rows.line, last_file_rows.row_data, last_file_rows.accepted, last_file_rows.reasons)
+                 IS DISTINCT FROM (EXCLUDED.line, EXCLUDED.row_data, EXCLUDED.accepted, EXCLUDED.reasons)""",
         district_id, import_id, timeout=_LONG,
     )
 
@@ -375,57 +544,99 @@ async def _apply(conn, import_id: uuid.UUID, district_id: str, kafka: KafkaSetti
 
 _STAGING = """
 CREATE TEMP TABLE stage_schools (source_id text, name text, identifier text, status text) ON COMMIT DROP;
+CREATE TEMP TABLE stage_sessions (source_id text, type text, start_date date, end_date date, parent_source_id text,
+    status text) ON COMMIT DROP;
 CREATE TEMP TABLE stage_classes (class_id uuid, source_id text, school_id text, class_type text, title text,
-    class_code text, course_source_id text, grades text[], periods text[], status text, line int) ON COMMIT DROP;
-CREATE TEMP TABLE stage_students (student_id uuid, source_id text, school_id text, grade text, given_name text,
-    family_name text, email text, state_id text, status text, line int) ON COMMIT DROP;
+    class_code text, course_source_id text, grades text[], periods text[], term_ids text[], starts date, ends date,
+    status text, line int) ON COMMIT DROP;
+CREATE TEMP TABLE stage_class_spans (source_id text, starts date, ends date) ON COMMIT DROP;
+CREATE TEMP TABLE stage_students (student_id uuid, source_id text, school_ids text[], primary_school text,
+    grade text, given_name text, family_name text, email text, state_id text, status text, line int) ON COMMIT DROP;
 CREATE TEMP TABLE stage_staff (staff_id uuid, source_id text, role text, given_name text, family_name text,
     email text, identifier text, school_ids text[], status text) ON COMMIT DROP;
-CREATE TEMP TABLE stage_birth_dates (source_id text, birth_date date) ON COMMIT DROP;
-CREATE TEMP TABLE stage_enrollments (class_source_id text, user_source_id text, role text, is_primary boolean,
-    status text) ON COMMIT DROP;
+CREATE TEMP TABLE stage_birth_dates (source_id text, birth_date date, read boolean) ON COMMIT DROP;
+CREATE TEMP TABLE stage_enrollments (source_id text, class_source_id text, user_source_id text, role text,
+    is_primary boolean, begin_date date, end_date date, status text) ON COMMIT DROP;
+CREATE TEMP TABLE stage_rejected (entity text, source_id text, line int, data jsonb, reasons text[]) ON COMMIT DROP;
 """
-
-def _diff_statements(package: Package) -> list[str]:
-    """The diff, one statement each; the package's modes are written in as TRUE/FALSE."""
-    flags = {
-        "users_bulk": package.mode("users") == "bulk",
-        "birth_dates_sent": package.mode("demographics") != "absent",
-        "classes_bulk": package.mode("classes") == "bulk",
-        "enrollments_bulk": package.mode("enrollments") == "bulk",
-    }
-    sql = _DIFF.format(**{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
-    return [statement.strip() for statement in sql.split(";") if statement.strip()]
-
 
 _STAGING_INDEXES = """
 CREATE INDEX ON stage_students (student_id);
 CREATE INDEX ON stage_staff (staff_id);
 CREATE INDEX ON stage_classes (class_id);
 CREATE INDEX ON stage_birth_dates (source_id);
-CREATE INDEX ON stage_enrollments (class_source_id, user_source_id);
+CREATE INDEX ON stage_enrollments (source_id);
+CREATE INDEX ON stage_rejected (entity, source_id);
 """
 
-# $1 is the district; {flags} are the package's file modes.
+
+def _diff_statements(package: Package) -> list[str]:
+    """The diff, one statement each; the package's file modes are written in as TRUE/FALSE."""
+    flags = {
+        "users_bulk": package.mode("users") == "bulk",
+        "demographics_sent": package.mode("demographics") != "absent",
+        "demographics_bulk": package.mode("demographics") == "bulk",
+        "sessions_bulk": package.mode("academicSessions") == "bulk",
+        "classes_bulk": package.mode("classes") == "bulk",
+        "enrollments_bulk": package.mode("enrollments") == "bulk",
+    }
+    sql = _DIFF.format(HOME_SCHOOL=_HOME_SCHOOL, **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
+    statements = [statement.strip() for statement in sql.split(";")]
+    # (a statement is never only a comment: a semicolon in a comment would split it)
+    assert all(any(line and not line.startswith("--") for line in map(str.strip, s.splitlines()))
+               for s in statements if s), "a ';' inside a comment of _DIFF"
+    return [s for s in statements if s]
+
+
+# domain.home_school, in SQL: the file's primary org, else the held school if still listed,
+# else the first listed (a test checks the two agree).
+_HOME_SCHOOL = ("coalesce(CASE WHEN s.primary_school = ANY(s.school_ids) THEN s.primary_school END, "
+                "CASE WHEN c.school_id = ANY(s.school_ids) THEN c.school_id END, s.school_ids[1])")
+
+# $1 is the district; {flags} are the package's file modes. A row present in a bulk file
+# but rejected (stage_rejected) is not absent: its record is kept as held.
 _DIFF = """
+CREATE TEMP TABLE student_facts ON COMMIT DROP AS
+SELECT s.student_id, s.source_id, h.home AS school_id,
+       ARRAY[h.home] || ARRAY(SELECT x FROM unnest(s.school_ids) x WHERE x <> h.home ORDER BY x COLLATE "C")
+           AS school_ids,
+       s.grade, s.given_name, s.family_name,
+       CASE WHEN NOT {demographics_sent} THEN c.birth_date
+            WHEN b.source_id IS NULL THEN CASE WHEN {demographics_bulk} THEN NULL ELSE c.birth_date END
+            WHEN NOT b.read THEN c.birth_date
+            ELSE b.birth_date END AS birth_date,
+       s.email, s.state_id
+FROM stage_students s
+LEFT JOIN students c ON c.student_id = s.student_id
+LEFT JOIN stage_birth_dates b ON b.source_id = s.source_id
+CROSS JOIN LATERAL (SELECT {HOME_SCHOOL} AS home) h
+WHERE s.status = 'active'
+UNION ALL
+-- A demographics row for a student the users file does not restate changes their birth date.
+SELECT c.student_id, c.source_id, c.school_id, c.school_ids, c.grade, c.given_name, c.family_name,
+       b.birth_date, c.email, c.state_id
+FROM stage_birth_dates b
+JOIN students c ON c.district_id = $1 AND c.source_id = b.source_id AND c.status = 'active'
+WHERE b.read AND c.birth_date IS DISTINCT FROM b.birth_date
+  AND NOT EXISTS (SELECT 1 FROM stage_students s WHERE s.source_id = b.source_id)
+  AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'user' AND r.source_id = b.source_id);
+
 CREATE TEMP TABLE student_changes ON COMMIT DROP AS
 SELECT * FROM (
-    SELECT s.student_id, s.source_id, s.school_id, s.grade, s.given_name, s.family_name,
-           CASE WHEN {birth_dates_sent} THEN b.birth_date ELSE c.birth_date END AS birth_date, s.email, s.state_id,
+    SELECT f.*,
            CASE WHEN c.student_id IS NULL OR c.status = 'withdrawn' THEN 'enrolled' ELSE 'updated' END AS change,
            array_remove(ARRAY[
-               CASE WHEN c.school_id IS DISTINCT FROM s.school_id THEN 'school_id' END,
-               CASE WHEN c.grade IS DISTINCT FROM s.grade THEN 'grade' END,
-               CASE WHEN c.given_name IS DISTINCT FROM s.given_name THEN 'given_name' END,
-               CASE WHEN c.family_name IS DISTINCT FROM s.family_name THEN 'family_name' END,
-               CASE WHEN {birth_dates_sent} AND c.birth_date IS DISTINCT FROM b.birth_date THEN 'birth_date' END,
-               CASE WHEN c.email IS DISTINCT FROM s.email THEN 'email' END,
-               CASE WHEN c.state_id IS DISTINCT FROM s.state_id THEN 'state_id' END
+               CASE WHEN c.school_id IS DISTINCT FROM f.school_id THEN 'school_id' END,
+               CASE WHEN c.grade IS DISTINCT FROM f.grade THEN 'grade' END,
+               CASE WHEN c.given_name IS DISTINCT FROM f.given_name THEN 'given_name' END,
+               CASE WHEN c.family_name IS DISTINCT FROM f.family_name THEN 'family_name' END,
+               CASE WHEN c.birth_date IS DISTINCT FROM f.birth_date THEN 'birth_date' END,
+               CASE WHEN c.email IS DISTINCT FROM f.email THEN 'email' END,
+               CASE WHEN c.state_id IS DISTINCT FROM f.state_id THEN 'state_id' END,
+               CASE WHEN c.school_ids IS DISTINCT FROM f.school_ids THEN 'school_ids' END
            ], NULL) AS changed
-    FROM stage_students s
-    LEFT JOIN stage_birth_dates b ON b.source_id = s.source_id
-    LEFT JOIN students c ON c.student_id = s.student_id
-    WHERE s.status = 'active'
+    FROM student_facts f
+    LEFT JOIN students c ON c.student_id = f.student_id
 ) d
 WHERE change = 'enrolled' OR cardinality(changed) > 0;
 
@@ -434,6 +645,7 @@ SELECT c.student_id, c.source_id, c.school_id, 'absent_from_bulk_file' AS reason
 FROM students c
 WHERE {users_bulk} AND c.district_id = $1 AND c.status = 'active'
   AND NOT EXISTS (SELECT 1 FROM stage_students s WHERE s.student_id = c.student_id AND s.status = 'active')
+  AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'user' AND r.source_id = c.source_id)
 UNION ALL
 SELECT c.student_id, c.source_id, c.school_id, 'tobedeleted'
 FROM stage_students s JOIN students c ON c.student_id = s.student_id
@@ -450,9 +662,18 @@ CREATE TEMP TABLE staff_deactivations ON COMMIT DROP AS
 SELECT c.staff_id, c.source_id FROM staff c
 WHERE {users_bulk} AND c.district_id = $1 AND c.status = 'active'
   AND NOT EXISTS (SELECT 1 FROM stage_staff s WHERE s.staff_id = c.staff_id AND s.status = 'active')
+  AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'user' AND r.source_id = c.source_id)
 UNION ALL
 SELECT c.staff_id, c.source_id FROM stage_staff s JOIN staff c ON c.staff_id = s.staff_id
 WHERE NOT {users_bulk} AND s.status = 'tobedeleted' AND c.status = 'active';
+
+CREATE TEMP TABLE session_removals ON COMMIT DROP AS
+SELECT c.source_id FROM academic_sessions c
+WHERE {sessions_bulk} AND c.district_id = $1
+  AND NOT EXISTS (SELECT 1 FROM stage_sessions s WHERE s.source_id = c.source_id AND s.status = 'active')
+  AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'session' AND r.source_id = c.source_id)
+UNION ALL
+SELECT s.source_id FROM stage_sessions s WHERE NOT {sessions_bulk} AND s.status = 'tobedeleted';
 
 CREATE TEMP TABLE class_changes ON COMMIT DROP AS
 SELECT s.* FROM stage_classes s LEFT JOIN classes c ON c.class_id = s.class_id
@@ -461,51 +682,89 @@ WHERE s.status = 'active'
        OR (c.school_id, c.class_type, c.title, c.class_code, c.course_source_id, c.grades, c.periods)
           IS DISTINCT FROM (s.school_id, s.class_type, s.title, s.class_code, s.course_source_id, s.grades, s.periods));
 
+-- Classes whose terms or dates change: no event (the roster publishes class members, who
+-- follow these dates), but their members are looked at again.
+CREATE TEMP TABLE class_spans ON COMMIT DROP AS
+SELECT c.class_id, c.source_id, s.term_ids, s.starts, s.ends
+FROM stage_classes s JOIN classes c ON c.class_id = s.class_id
+WHERE s.status = 'active' AND (c.term_source_ids, c.starts, c.ends) IS DISTINCT FROM (s.term_ids, s.starts, s.ends)
+UNION ALL
+SELECT c.class_id, c.source_id, c.term_source_ids, x.starts, x.ends
+FROM stage_class_spans x JOIN classes c ON c.district_id = $1 AND c.source_id = x.source_id;
+
 CREATE TEMP TABLE class_removals ON COMMIT DROP AS
 SELECT c.class_id, c.source_id, c.school_id FROM classes c
 WHERE {classes_bulk} AND c.district_id = $1
   AND NOT EXISTS (SELECT 1 FROM stage_classes s WHERE s.class_id = c.class_id AND s.status = 'active')
+  AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'class' AND r.source_id = c.source_id)
 UNION ALL
 SELECT c.class_id, c.source_id, c.school_id FROM stage_classes s JOIN classes c ON c.class_id = s.class_id
 WHERE NOT {classes_bulk} AND s.status = 'tobedeleted';
 
-CREATE TEMP TABLE enrollment_removals ON COMMIT DROP AS
-SELECT e.class_source_id, e.user_source_id, e.role FROM enrollments e
-WHERE e.district_id = $1 AND (
-      ({enrollments_bulk} AND NOT EXISTS (SELECT 1 FROM stage_enrollments s WHERE s.class_source_id = e.class_source_id
-                          AND s.user_source_id = e.user_source_id AND s.status = 'active'))
-   OR (NOT {enrollments_bulk} AND EXISTS (SELECT 1 FROM stage_enrollments s WHERE s.class_source_id = e.class_source_id
-                          AND s.user_source_id = e.user_source_id AND s.status = 'tobedeleted'))
-   OR EXISTS (SELECT 1 FROM class_removals r WHERE r.source_id = e.class_source_id)
-   -- A withdrawn student, or a deactivated teacher, leaves their classes too.
-   OR (e.role = 'student' AND EXISTS (SELECT 1 FROM student_withdrawals w WHERE w.source_id = e.user_source_id))
-   OR (e.role <> 'student' AND EXISTS (SELECT 1 FROM staff_deactivations d WHERE d.source_id = e.user_source_id)));
-
-CREATE TEMP TABLE enrollment_additions ON COMMIT DROP AS
-SELECT s.class_source_id, s.user_source_id, s.role, s.is_primary FROM stage_enrollments s
-LEFT JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = s.class_source_id
-                       AND e.user_source_id = s.user_source_id
+CREATE TEMP TABLE record_changes ON COMMIT DROP AS
+SELECT s.source_id, s.class_source_id, s.user_source_id, s.role, s.is_primary, s.begin_date, s.end_date,
+       c.class_source_id AS was_class, c.user_source_id AS was_user
+FROM stage_enrollments s
+LEFT JOIN enrollments c ON c.district_id = $1 AND c.source_id = s.source_id
 WHERE s.status = 'active'
-  AND NOT EXISTS (SELECT 1 FROM class_removals r WHERE r.source_id = s.class_source_id)
-  AND (e.class_source_id IS NULL OR (e.role, e.is_primary) IS DISTINCT FROM (s.role, s.is_primary));
+  AND (c.source_id IS NULL
+       OR (c.class_source_id, c.user_source_id, c.role, c.is_primary, c.begin_date, c.end_date)
+          IS DISTINCT FROM (s.class_source_id, s.user_source_id, s.role, s.is_primary, s.begin_date, s.end_date));
+
+-- Records that go: absent from a bulk file, tobedeleted in a delta (by sourcedId, or by class
+-- and user for a record held from before sourcedIds were kept), or taken along by their
+-- class or person leaving the roster.
+CREATE TEMP TABLE record_removals ON COMMIT DROP AS
+SELECT DISTINCT source_id, class_source_id, user_source_id FROM (
+    SELECT c.source_id, c.class_source_id, c.user_source_id FROM enrollments c
+    WHERE {enrollments_bulk} AND c.district_id = $1
+      AND NOT EXISTS (SELECT 1 FROM stage_enrollments s WHERE s.source_id = c.source_id AND s.status = 'active')
+      AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'enrollment' AND r.source_id = c.source_id)
+    UNION ALL
+    SELECT c.source_id, c.class_source_id, c.user_source_id
+    FROM stage_enrollments s JOIN enrollments c ON c.district_id = $1 AND c.source_id = s.source_id
+    WHERE NOT {enrollments_bulk} AND s.status = 'tobedeleted'
+    UNION ALL
+    SELECT c.source_id, c.class_source_id, c.user_source_id
+    FROM stage_enrollments s JOIN enrollments c ON c.district_id = $1 AND c.source_id LIKE 'legacy:%'
+                                                AND c.class_source_id = s.class_source_id
+                                                AND c.user_source_id = s.user_source_id
+    WHERE NOT {enrollments_bulk} AND s.status = 'tobedeleted'
+      AND NOT EXISTS (SELECT 1 FROM enrollments h WHERE h.district_id = $1 AND h.source_id = s.source_id)
+    UNION ALL
+    SELECT c.source_id, c.class_source_id, c.user_source_id
+    FROM class_removals r JOIN enrollments c ON c.district_id = $1 AND c.class_source_id = r.source_id
+    UNION ALL
+    SELECT c.source_id, c.class_source_id, c.user_source_id
+    FROM student_withdrawals w JOIN enrollments c ON c.district_id = $1 AND c.user_source_id = w.source_id
+                                                 AND c.role = 'student'
+    UNION ALL
+    SELECT c.source_id, c.class_source_id, c.user_source_id
+    FROM staff_deactivations d JOIN enrollments c ON c.district_id = $1 AND c.user_source_id = d.source_id
+                                                 AND c.role <> 'student'
+) x
 """
 
-# State that events read from (ids of people and classes) is written first; removals of
-# classes and enrolments are applied after their events are built from the current rows.
-# Each person has at most one event per statement but for enrolments, whose order among
-# themselves does not matter; across kinds, the order of the statements is the order.
-_APPLY_STATE_BEFORE_EVENTS = [
+_APPLY_STATE = [
     """INSERT INTO schools (district_id, school_id, name, identifier)
        SELECT $1, source_id, name, identifier FROM stage_schools WHERE status = 'active'
        ON CONFLICT (district_id, school_id) DO UPDATE SET name = EXCLUDED.name, identifier = EXCLUDED.identifier""",
-    """INSERT INTO students (student_id, district_id, source_id, school_id, grade, given_name, family_name,
+    """DELETE FROM academic_sessions c USING session_removals r WHERE c.district_id = $1 AND c.source_id = r.source_id""",
+    """INSERT INTO academic_sessions (district_id, source_id, type, start_date, end_date, parent_source_id)
+       SELECT $1, source_id, type, start_date, end_date, parent_source_id FROM stage_sessions WHERE status = 'active'
+       ON CONFLICT (district_id, source_id) DO UPDATE SET type = EXCLUDED.type, start_date = EXCLUDED.start_date,
+           end_date = EXCLUDED.end_date, parent_source_id = EXCLUDED.parent_source_id
+       WHERE (academic_sessions.type, academic_sessions.start_date, academic_sessions.end_date,
+              academic_sessions.parent_source_id)
+             IS DISTINCT FROM (EXCLUDED.type, EXCLUDED.start_date, EXCLUDED.end_date, EXCLUDED.parent_source_id)""",
+    """INSERT INTO students (student_id, district_id, source_id, school_id, school_ids, grade, given_name, family_name,
                             birth_date, email, state_id, status, withdrawn_at)
-       SELECT student_id, $1, source_id, school_id, grade, given_name, family_name, birth_date, email, state_id,
-              'active', NULL FROM student_changes
-       ON CONFLICT (student_id) DO UPDATE SET school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
-           given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, birth_date = EXCLUDED.birth_date,
-           email = EXCLUDED.email, state_id = EXCLUDED.state_id, status = 'active', withdrawn_at = NULL,
-           updated_at = now()""",
+       SELECT student_id, $1, source_id, school_id, school_ids, grade, given_name, family_name, birth_date, email,
+              state_id, 'active', NULL FROM student_changes
+       ON CONFLICT (student_id) DO UPDATE SET school_id = EXCLUDED.school_id, school_ids = EXCLUDED.school_ids,
+           grade = EXCLUDED.grade, given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
+           birth_date = EXCLUDED.birth_date, email = EXCLUDED.email, state_id = EXCLUDED.state_id,
+           status = 'active', withdrawn_at = NULL, updated_at = now()""",
     """UPDATE students c SET status = 'withdrawn', withdrawn_at = now(), updated_at = now()
        FROM student_withdrawals w WHERE c.student_id = w.student_id AND c.district_id = $1""",
     """INSERT INTO staff (staff_id, district_id, source_id, role, given_name, family_name, email, identifier,
@@ -518,97 +777,53 @@ _APPLY_STATE_BEFORE_EVENTS = [
     """UPDATE staff c SET status = 'inactive', updated_at = now()
        FROM staff_deactivations d WHERE c.staff_id = d.staff_id AND c.district_id = $1""",
     """INSERT INTO classes (class_id, district_id, source_id, school_id, class_type, title, class_code,
-                           course_source_id, grades, periods)
-       SELECT class_id, $1, source_id, school_id, class_type, title, class_code, course_source_id, grades, periods
+                           course_source_id, grades, periods, term_source_ids, starts, ends)
+       SELECT class_id, $1, source_id, school_id, class_type, title, class_code, course_source_id, grades, periods,
+              term_ids, starts, ends
        FROM class_changes
        ON CONFLICT (class_id) DO UPDATE SET school_id = EXCLUDED.school_id, class_type = EXCLUDED.class_type,
            title = EXCLUDED.title, class_code = EXCLUDED.class_code, course_source_id = EXCLUDED.course_source_id,
-           grades = EXCLUDED.grades, periods = EXCLUDED.periods, updated_at = now()""",
+           grades = EXCLUDED.grades, periods = EXCLUDED.periods, term_source_ids = EXCLUDED.term_source_ids,
+           starts = EXCLUDED.starts, ends = EXCLUDED.ends, updated_at = now()""",
+    """UPDATE classes c SET term_source_ids = x.term_ids, starts = x.starts, ends = x.ends, updated_at = now()
+       FROM class_spans x WHERE c.class_id = x.class_id AND c.district_id = $1""",
+    """DELETE FROM enrollments e USING record_removals r WHERE e.district_id = $1 AND e.source_id = r.source_id""",
+    """INSERT INTO enrollments (district_id, source_id, class_source_id, user_source_id, role, is_primary, begin_date,
+                               end_date)
+       SELECT $1, source_id, class_source_id, user_source_id, role, is_primary, begin_date, end_date
+       FROM record_changes
+       ON CONFLICT (district_id, source_id) DO UPDATE SET class_source_id = EXCLUDED.class_source_id,
+           user_source_id = EXCLUDED.user_source_id, role = EXCLUDED.role, is_primary = EXCLUDED.is_primary,
+           begin_date = EXCLUDED.begin_date, end_date = EXCLUDED.end_date""",
 ]
 
-_APPLY_STATE_AFTER_EVENTS = [
-    """DELETE FROM enrollments e USING enrollment_removals r
-       WHERE e.district_id = $1 AND e.class_source_id = r.class_source_id AND e.user_source_id = r.user_source_id""",
-    """INSERT INTO enrollments (district_id, class_source_id, user_source_id, role, is_primary)
-       SELECT $1, class_source_id, user_source_id, role, is_primary FROM enrollment_additions
-       ON CONFLICT (district_id, class_source_id, user_source_id) DO UPDATE SET
-           role = EXCLUDED.role, is_primary = EXCLUDED.is_primary""",
-    """DELETE FROM classes c USING class_removals r WHERE c.class_id = r.class_id AND c.district_id = $1""",
-]
+# Class rows go after the events: their removal events are built from class_removals.
+_REMOVE_CLASSES = """DELETE FROM classes c USING class_removals r WHERE c.class_id = r.class_id AND c.district_id = $1"""
 
-
-@dataclass(frozen=True)
-class _EventSql:
-    topic: str
-    sql: str
-
-
-def _event_sql(event_type: str, topic: str, rows: str, key: str, fields: dict[str, str]) -> _EventSql:
-    """INSERT INTO outbox the event of each row, built by PostgreSQL in the contract's shape.
-    $1 district, $2 occurred_at (ISO text), $3 correlation id (the import), $4 topic.
-    A test decodes every payload with the contract's model, so the two cannot drift."""
-    payload = ", ".join(f"'{name}', {expr}" for name, expr in fields.items())
-    return _EventSql(topic, f"""
-        INSERT INTO outbox (topic, key, payload, headers)
-        SELECT $4, convert_to(({key})::text, 'UTF8'),
-               convert_to(json_build_object(
-                   'event_id', e.event_id, 'event_type', '{event_type}', 'occurred_at', $2::text,
-                   'district_id', $1::text, 'correlation_id', $3::text, 'producer', '{SOURCE}', {payload})::text, 'UTF8'),
-               ARRAY['ce_specversion', '1.0', 'ce_id', e.event_id::text, 'ce_type', '{event_type}',
-                     'ce_source', '{SOURCE}', 'ce_time', $2::text, 'ce_districtid', $1::text,
-                     'content-type', 'application/json', 'ce_correlationid', $3::text]
-        FROM (SELECT gen_random_uuid() AS event_id, r.* FROM ({rows}) r) e""")
-
-
-_STUDENT_FIELDS = {
-    "student_id": "e.student_id", "source_id": "e.source_id", "school_id": "e.school_id", "grade": "e.grade",
-    "given_name": "e.given_name", "family_name": "e.family_name", "birth_date": "e.birth_date",
-    "email": "e.email", "state_id": "e.state_id",
-}
-_PERSON = """CASE WHEN x.role = 'student' THEN st.student_id ELSE sf.staff_id END"""
-_ENROLLMENT_ROWS = """
-    SELECT {person} AS person_id, x.role, c.class_id, x.class_source_id, x.user_source_id, c.school_id {extra}
-    FROM {table} x
-    JOIN classes c ON c.district_id = $1 AND c.source_id = x.class_source_id
-    LEFT JOIN students st ON x.role = 'student' AND st.district_id = $1 AND st.source_id = x.user_source_id
-    LEFT JOIN staff sf ON x.role <> 'student' AND sf.district_id = $1 AND sf.source_id = x.user_source_id"""
-_ENROLLMENT_FIELDS = {
-    "person_id": "e.person_id", "role": "e.role", "class_id": "e.class_id",
-    "class_source_id": "e.class_source_id", "user_source_id": "e.user_source_id", "school_id": "e.school_id",
-}
-
-_EVENTS = [
-    _event_sql("roster.student_enrolled.v1", ROSTER_STUDENTS.name,
-               "SELECT * FROM student_changes WHERE change = 'enrolled'", "e.student_id",
-               _STUDENT_FIELDS),
-    _event_sql("roster.student_updated.v1", ROSTER_STUDENTS.name,
-               "SELECT * FROM student_changes WHERE change = 'updated'", "e.student_id",
-               {**_STUDENT_FIELDS, "changed": "to_json(e.changed)"}),
-    _event_sql("roster.student_withdrawn.v1", ROSTER_STUDENTS.name,
-               "SELECT * FROM student_withdrawals", "e.student_id",
-               {"student_id": "e.student_id", "source_id": "e.source_id", "school_id": "e.school_id",
-                "reason": "e.reason"}),
-    _event_sql("roster.staff_upserted.v1", ROSTER_STAFF.name, "SELECT * FROM staff_changes",
-               "e.staff_id",
-               {"staff_id": "e.staff_id", "source_id": "e.source_id", "role": "e.role", "given_name": "e.given_name",
-                "family_name": "e.family_name", "email": "e.email", "identifier": "e.identifier",
-                "school_ids": "to_json(e.school_ids)", "matched": "(e.email IS NOT NULL)"}),
-    _event_sql("roster.staff_deactivated.v1", ROSTER_STAFF.name,
-               "SELECT * FROM staff_deactivations", "e.staff_id",
-               {"staff_id": "e.staff_id", "source_id": "e.source_id"}),
-    _event_sql("roster.class_upserted.v1", ROSTER_CLASSES.name, "SELECT * FROM class_changes",
-               "e.class_id",
-               {"class_id": "e.class_id", "source_id": "e.source_id", "school_id": "e.school_id",
-                "class_type": "e.class_type", "title": "e.title", "class_code": "e.class_code",
-                "course_source_id": "e.course_source_id", "grades": "to_json(e.grades)",
-                "periods": "to_json(e.periods)"}),
-    _event_sql("roster.enrollment_removed.v1", ROSTER_ENROLLMENTS.name,
-               _ENROLLMENT_ROWS.format(person=_PERSON, extra="", table="enrollment_removals"), "e.person_id",
-               _ENROLLMENT_FIELDS),
-    # Classes go after their enrolments' removal events, and before the additions.
-    _event_sql("roster.class_removed.v1", ROSTER_CLASSES.name, "SELECT * FROM class_removals",
-               "e.class_id", {"class_id": "e.class_id", "source_id": "e.source_id", "school_id": "e.school_id"}),
-    _event_sql("roster.enrollment_added.v1", ROSTER_ENROLLMENTS.name,
-               _ENROLLMENT_ROWS.format(person=_PERSON, extra=", x.is_primary", table="enrollment_additions"),
-               "e.person_id", {**_ENROLLMENT_FIELDS, "primary": "e.is_primary"}),
-]
+# The (class, person) pairs this import may have changed, once its records are stored: every
+# record changed or removed (where it pointed before and after), every record of a class
+# whose dates or school changed or that left, every member of a person who left, every
+# record of a person who came back.
+_TOUCHED = """
+CREATE TEMP TABLE touched ON COMMIT DROP AS
+SELECT DISTINCT class_source_id, user_source_id FROM (
+    SELECT class_source_id, user_source_id FROM record_changes
+    UNION ALL SELECT was_class, was_user FROM record_changes WHERE was_class IS NOT NULL
+    UNION ALL SELECT class_source_id, user_source_id FROM record_removals
+    UNION ALL
+    SELECT e.class_source_id, e.user_source_id
+    FROM (SELECT source_id FROM class_changes UNION ALL SELECT source_id FROM class_spans) k
+    JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = k.source_id
+    UNION ALL
+    SELECT m.class_source_id, m.user_source_id
+    FROM class_removals r JOIN class_members m ON m.district_id = $1 AND m.class_source_id = r.source_id
+    UNION ALL
+    SELECT m.class_source_id, m.user_source_id
+    FROM (SELECT source_id FROM student_withdrawals UNION ALL SELECT source_id FROM staff_deactivations) p
+    JOIN class_members m ON m.district_id = $1 AND m.user_source_id = p.source_id
+    UNION ALL
+    SELECT e.class_source_id, e.user_source_id
+    FROM (SELECT source_id FROM student_changes WHERE change = 'enrolled' UNION ALL SELECT source_id FROM staff_changes) p
+    JOIN enrollments e ON e.district_id = $1 AND e.user_source_id = p.source_id
+) x
+"""

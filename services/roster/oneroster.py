@@ -1,38 +1,82 @@
-"""Reading a OneRoster 1.1 CSV package, without I/O beyond the package itself.
+"""Reading a OneRoster CSV package (1.1, and 1.2 as ClassLink and Microsoft School Data
+Sync export it), without I/O beyond the package itself.
 
 A package is a folder or a .zip holding manifest.csv and the entity files. Files are
-streamed row by row (never the whole package in memory); headers may come in any order;
-UTF-8 with or without BOM; CRLF or LF; quoted fields with commas, quotes and newlines.
+streamed row by row (never the whole package in memory); headers may come in any order
+and any letter case; UTF-8 with or without BOM; CRLF or LF; quoted fields with commas,
+quotes and newlines; extension columns (metadata.*) are ignored.
 
-Each row is validated on its own and against what it references. A bad row becomes a
-Problem (file, line, column, value, reason) and is skipped; the rest proceeds. A package
-that cannot be read at all (no manifest, a missing bulk file, unreadable CSV, an unsafe
-zip) raises PackageRejected with one clear message.
+A package that cannot be read as a whole is refused with one clear message
+(PackageRejected): no manifest, a file the manifest declares missing, a file that is not
+UTF-8 (with the line of the first bad byte), not CSV, without a column the reader needs
+(saying when the header looks `;`-separated), an unsafe zip. Nothing of it is read row by
+row. Each row of a readable package is checked on its own and against the files it
+refers to. A bad row becomes a Problem (file, line, sourcedId, column, value, reason) and
+is skipped; since its sourcedId was in the file, what the roster holds for that record is
+kept as it is (`Reader.rejected`): a record that is present but rejected is not absent.
+Unambiguous spellings (grade `3`, role `Teacher`, status `Active`) are read and said once
+per file, as a warning.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
 
-from services.roster.domain import class_id_for, staff_id_for, student_id_for
+from services.roster.domain import (
+    ENROLLMENT_ROLES,
+    OTHER_ROLES,
+    ROLE_OF,
+    STAFF_ROLES,
+    class_id_for,
+    class_span,
+    enrolment_role_fits,
+    login_email,
+    normalise_choice,
+    normalise_grade,
+    parse_file_date,
+    staff_id_for,
+    student_id_for,
+)
 
 MODES = ("bulk", "delta", "absent")
-ENTITY_FILES = ("orgs", "academicSessions", "courses", "classes", "users", "enrollments", "demographics")
-GRADES = frozenset(
-    ["IT", "PR", "PK", "TK", "KG", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12", "13",
-     "PS", "UG", "Other"]
-)
-STAFF_ROLES = ("teacher", "aide", "administrator")
-IGNORED_ROLES = ("guardian", "parent", "proctor", "relative")
-ENROLLMENT_ROLES = ("student", "teacher", "aide", "administrator", "proctor")
-_ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
+ENTITY_FILES = ("orgs", "academicSessions", "courses", "classes", "roles", "users", "enrollments", "demographics",
+                "userProfiles")
+USER_ROLES_11 = ("student", "teacher", "aide", "administrator", "guardian", "parent", "proctor", "relative")
+USER_ROLES_12 = tuple(ROLE_OF)
 
+# The columns the reader needs in each file (OneRoster 1.1 and 1.2 CSV bindings); a file
+# without one of them is refused whole. 1.2's users.csv carries no role nor orgs: roles.csv does.
+REQUIRED = {
+    "orgs": ("sourcedId", "name", "type"),
+    "academicSessions": ("sourcedId", "type", "startDate", "endDate"),
+    "courses": ("sourcedId",),
+    "classes": ("sourcedId", "title", "classType", "schoolSourcedId"),
+    "roles": ("userSourcedId", "roleType", "role", "orgSourcedId"),
+    "users": ("sourcedId", "givenName", "familyName"),
+    "users@1.1": ("sourcedId", "role", "orgSourcedIds", "givenName", "familyName"),
+    "enrollments": ("sourcedId", "classSourcedId", "userSourcedId", "role"),
+    "demographics": ("sourcedId",),
+    "userProfiles": (),
+}
+# Every column of the two bindings, so a header in another letter case is read as the standard one.
+KNOWN_COLUMNS = {
+    "sourcedId", "status", "dateLastModified", "name", "type", "identifier", "parentSourcedId", "title", "startDate",
+    "endDate", "schoolYear", "courseCode", "grades", "orgSourcedId", "subjects", "subjectCodes", "classCode",
+    "classType", "location", "schoolSourcedId", "termSourcedIds", "periods", "courseSourcedId", "enabledUser",
+    "orgSourcedIds", "role", "username", "userIds", "givenName", "familyName", "middleName", "email", "sms", "phone",
+    "agentSourcedIds", "password", "classSourcedId", "userSourcedId", "primary", "beginDate", "birthDate", "sex",
+    "roleType", "userProfileSourcedId", "primaryOrgSourcedId", "userMasterIdentifier", "preferredGivenName",
+    "preferredMiddleName", "preferredFamilyName", "pronouns", "resourceSourcedIds", "gradeLevel",
+}
+_CANONICAL = {c.casefold(): c for c in KNOWN_COLUMNS}
 
 
 class PackageRejected(Exception):
@@ -47,6 +91,7 @@ class Problem:
     column: str | None
     value: str | None
     reason: str
+    source_id: str | None = None  # the record's sourcedId: how a district finds the row in its SIS
 
 
 @dataclass(frozen=True)
@@ -60,28 +105,45 @@ class Limits:
 
 
 class Package:
-    """An opened package: the manifest's modes and a row stream per file."""
+    """An opened, readable package: the manifest's modes and version, and a row stream per
+    file. Opening it checks everything that can be checked without reading rows: the
+    archive, the manifest, the declared files and each file's header."""
 
     def __init__(self, path: Path, limits: Limits = Limits()) -> None:
         self.path = Path(path)
         self.name = self.path.name
         self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, str] = {}
+        self._headers: dict[str, list[str]] = {}
+        self.renamed_columns: dict[str, dict[str, str]] = {}  # file -> {as written: as read}
         if self.path.is_dir():
             self._members = {p.name: str(p) for p in self.path.iterdir() if p.is_file() and p.suffix == ".csv"}
         elif zipfile.is_zipfile(self.path):
             self._zip = _open_safe_zip(self.path, limits)
             self._members = {PurePosixPath(i.filename).name: i.filename for i in self._zip.infolist()
                              if not i.is_dir() and i.filename.endswith(".csv")}
-        else:
+        elif self.path.exists():
             raise PackageRejected(f"{self.name} is neither a folder nor a zip archive")
-        if "manifest.csv" not in self._members:
-            raise PackageRejected("the package has no manifest.csv")
-        self.modes = self._read_manifest()
-        for entity in ENTITY_FILES:
-            if self.modes[entity] != "absent" and f"{entity}.csv" not in self._members:
-                raise PackageRejected(f"manifest.csv says file.{entity} is {self.modes[entity]}, "
-                                      f"but the package has no {entity}.csv")
+        else:
+            raise PackageRejected(f"{self.name} does not exist")
+        try:
+            if "manifest.csv" not in self._members:
+                raise PackageRejected("the package has no manifest.csv")
+            self.version = "1.1"
+            self.modes = self._read_manifest()
+            for entity in ENTITY_FILES:
+                if self.modes[entity] != "absent" and f"{entity}.csv" not in self._members:
+                    raise PackageRejected(f"manifest.csv says file.{entity} is {self.modes[entity]}, "
+                                          f"but the package has no {entity}.csv")
+            if self.version == "1.2" and self.modes["users"] == "bulk" and self.modes["roles"] == "absent":
+                raise PackageRejected("a OneRoster 1.2 package sending users.csv in bulk needs roles.csv "
+                                      "(each user's roles and orgs); the manifest says file.roles is absent")
+            for entity in ENTITY_FILES:
+                if self.modes[entity] != "absent":
+                    self._check_header(entity)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._zip is not None:
@@ -96,40 +158,94 @@ class Package:
     def mode(self, entity: str) -> str:
         return self.modes[entity]
 
+    def _open(self, file: str):
+        return self._zip.open(self._members[file]) if self._zip else open(self._members[file], "rb")  # noqa: SIM115
+
     def rows(self, entity: str) -> Iterator[tuple[int, dict[str, str]]]:
         """(line, row) for each record of a file; line is where the record starts (header = 1)."""
         file = f"{entity}.csv"
-        raw = self._zip.open(self._members[file]) if self._zip else open(self._members[file], "rb")  # noqa: SIM115
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+        text = io.TextIOWrapper(self._open(file), encoding="utf-8-sig", newline="")
         line = 1
         try:
             reader = csv.reader(text, strict=True)
             try:
-                header = [h.strip() for h in next(reader)]
+                header = [self._column(file, h) for h in next(reader)]
             except StopIteration:
                 raise PackageRejected(f"{file} is empty: it has no header row") from None
-            if len(set(header)) != len(header):
-                raise PackageRejected(f"{file} repeats a column in its header")
             line = reader.line_num + 1
+            width = len(header)
             for values in reader:
                 if values:  # blank lines are not records
-                    if len(values) != len(header):
-                        yield line, {"__width__": f"{len(values)} fields where the header has {len(header)}"}
+                    if len(values) != width:
+                        yield line, {"__width__": f"{len(values)} fields where the header has {width}",
+                                     "sourcedId": values[header.index("sourcedId")]
+                                     if "sourcedId" in header and header.index("sourcedId") < len(values) else ""}
                     else:
                         yield line, dict(zip(header, values, strict=True))
                 line = reader.line_num + 1
-        except UnicodeDecodeError as e:
-            raise PackageRejected(f"{file} is not UTF-8 (byte {e.start} of a line near line {line})") from None
+        except UnicodeDecodeError:
+            raise PackageRejected(self._not_utf8(file)) from None
         except csv.Error as e:
             raise PackageRejected(f"{file} is not readable CSV near line {line}: {e}") from None
         finally:
             text.close()
 
+    def _column(self, file: str, written: str) -> str:
+        name = written.strip()
+        standard = _CANONICAL.get(name.casefold(), name)
+        if standard != name:
+            self.renamed_columns.setdefault(file, {})[written] = standard
+        return standard
+
+    def _check_header(self, entity: str) -> None:
+        """Refuse a file whose header lacks a column the reader needs, saying why if it can."""
+        file = f"{entity}.csv"
+        with self._open(file) as raw:
+            first = raw.readline(1024 * 1024)
+        try:
+            text = first.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise PackageRejected(self._not_utf8(file)) from None
+        try:
+            header = [self._column(file, h) for h in next(csv.reader([text.rstrip("\r\n")]))]
+        except (StopIteration, csv.Error):
+            raise PackageRejected(f"{file} is empty: it has no header row") from None
+        if len(set(header)) != len(header):
+            raise PackageRejected(f"{file} repeats a column in its header")
+        key = f"{entity}@1.1" if entity == "users" and self.version != "1.2" else entity
+        missing = [c for c in REQUIRED[key] if c not in header]
+        if missing:
+            hint = _separator_hint(text)
+            columns = ", ".join(missing)
+            raise PackageRejected(
+                f"{file} has no column {columns}{hint}" if hint else
+                f"{file} has no column {columns}" + (
+                    "; OneRoster 1.2 exports (users.csv without role and orgSourcedIds, with roles.csv) need "
+                    "oneroster.version 1.2 in manifest.csv" if entity == "users" and "role" in missing else ""))
+        self._headers[entity] = header
+
+    def _not_utf8(self, file: str) -> str:
+        """Where the first byte that is not UTF-8 is: the physical line, and the byte in it."""
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        with self._open(file) as raw:
+            for number, line in enumerate(raw, start=1):
+                try:
+                    decoder.decode(line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line)
+                except UnicodeDecodeError as e:
+                    return (f"{file} is not UTF-8: line {number} has a byte that is not (byte {e.start + 1} of the "
+                            f"line); save the file as UTF-8 and send it again")
+        return f"{file} is not UTF-8; save it as UTF-8 and send it again"
+
     def _read_manifest(self) -> dict[str, str]:
         modes = dict.fromkeys(ENTITY_FILES, "absent")
         for line, row in self.rows("manifest"):
             name, value = (row.get("propertyName") or "").strip(), (row.get("value") or "").strip().lower()
-            if name.startswith("file."):
+            if name == "oneroster.version":
+                if value not in ("1.0", "1.1", "1.2"):
+                    raise PackageRejected(f"manifest.csv line {line}: oneroster.version is {value!r}; "
+                                          f"expected 1.1 or 1.2")
+                self.version = "1.2" if value == "1.2" else "1.1"
+            elif name.startswith("file."):
                 entity = name.removeprefix("file.")
                 if entity in modes:
                     if value not in MODES:
@@ -139,6 +255,22 @@ class Package:
         if all(modes[e] == "absent" for e in ENTITY_FILES):
             raise PackageRejected("manifest.csv names no file: expected file.users, file.enrollments ... = bulk or delta")
         return modes
+
+    def district_orgs(self) -> list[tuple[str, str, str]]:
+        """(sourcedId, identifier, name) of each org of type district in orgs.csv."""
+        if self.modes["orgs"] == "absent":
+            return []
+        return [(r.get("sourcedId", "").strip(), (r.get("identifier") or "").strip(), (r.get("name") or "").strip())
+                for _, r in self.rows("orgs") if (r.get("type") or "").strip().casefold() == "district"]
+
+
+def _separator_hint(header_line: str) -> str:
+    counts = {sep: header_line.count(sep) for sep in (";", "\t", "|")}
+    sep, n = max(counts.items(), key=lambda kv: kv[1])
+    if n and n >= header_line.count(","):
+        shown = {"\t": "tab"}.get(sep, f"`{sep}`")
+        return f"; its header looks {shown}-separated (OneRoster files are comma-separated)"
+    return ""
 
 
 def _open_safe_zip(path: Path, limits: Limits) -> zipfile.ZipFile:
@@ -173,14 +305,29 @@ def _open_safe_zip(path: Path, limits: Limits) -> zipfile.ZipFile:
 
 @dataclass(slots=True)
 class Known:
-    """Ids a row may refer to: those in this package, plus (for files not sent in bulk) those
-    the roster already holds. Filled as the files are read, in dependency order."""
+    """Ids a row may refer to: those in this package, plus (for files not sent in bulk, and
+    for rows of this package that were rejected) those the roster already holds. Filled as
+    the files are read, in dependency order."""
 
     schools: set[str] = field(default_factory=set)
     other_orgs: set[str] = field(default_factory=set)  # the district itself, departments...
     courses: set[str] = field(default_factory=set)
+    sessions: dict[str, tuple[date | None, date | None]] = field(default_factory=dict)  # term -> (start, end)
     classes: dict[str, tuple[str, str]] = field(default_factory=dict)  # source_id -> (school_id, class_type)
-    users: dict[str, str] = field(default_factory=dict)  # source_id -> role
+    users: dict[str, str] = field(default_factory=dict)  # source_id -> role (student, teacher, ..., proctor)
+    user_schools: dict[str, str | frozenset[str]] = field(default_factory=dict)  # students' schools (a warning)
+
+
+@dataclass(slots=True)
+class Rejected:
+    """A row whose sourcedId is in the file but which was not read: what the roster holds for
+    it stays as it is. `data` is what the row said (no names), for the reconcile view."""
+
+    entity: str  # org, session, class, user, enrollment, demographic
+    source_id: str
+    line: int
+    data: dict
+    reasons: list[str]
 
 
 class Reader:
@@ -194,20 +341,38 @@ class Reader:
         self.problems: list[Problem] = []
         self.problem_count = 0
         self.max_problems = max_problems
+        self.rejected: dict[tuple[str, str], Rejected] = {}  # (entity, sourcedId) -> the rejected row
+        self.rows_read: dict[str, int] = {}  # file -> records
+        self.rows_skipped: dict[str, set[int]] = {}  # file -> lines skipped for an error
+        self._normalised: dict[tuple[str, str, str, str], list] = {}  # (file, column, raw, read) -> [n, line, sid]
+        self._ignored: dict[tuple[str, str], list] = {}  # (file, why) -> [n, line, sid]
+        self.user_roles: dict[str, tuple[str, list[str]]] = {}  # 1.2: user -> (role, orgs) from roles.csv
         # Courses are not kept by the roster: a class's course is checked only against a bulk courses file.
         self.check_courses = package.mode("courses") == "bulk"
+        for file, renamed in package.renamed_columns.items():
+            for written, standard in renamed.items():
+                self._problem(file.removesuffix(".csv"), 1, standard, written,
+                              f"column {written!r} read as {standard!r}", severity="warning")
+
+    @property
+    def rows_skipped_count(self) -> int:
+        return sum(len(lines) for lines in self.rows_skipped.values())
 
     # Each method yields tuples in the column order of the staging table the importer copies into.
 
     def schools(self) -> Iterator[tuple]:
-        """orgs.csv: schools (other org types are accepted and ignored)."""
+        """orgs.csv: schools (other org types are accepted and remembered, not kept)."""
         file = "orgs"
         seen: set[str] = set()
         for line, row in self._rows(file):
-            sid = self._required(file, line, row, "sourcedId")
-            kind = self._enum(file, line, row, "type", ("school", "district", "department", "local", "state", "national"))
-            status = self._status(file, line, row)
-            if sid is None or kind is None or status is None or self._duplicate(file, line, sid, seen):
+            sid = self._sid(file, line, row)
+            kind = self._choice(file, line, row, "type", ("school", "district", "department", "local", "state",
+                                                           "national"), sid)
+            status = self._status(file, line, row, sid)
+            if sid is None or self._duplicate(file, line, sid, seen):
+                continue
+            if kind is None or status is None:
+                self._reject("org", sid, line, row, ("type", "status"))
                 continue
             if kind != "school":
                 self.known.other_orgs.add(sid)
@@ -216,23 +381,50 @@ class Reader:
                 self.known.schools.discard(sid)
                 yield (sid, None, None, status)
                 continue
-            name = self._required(file, line, row, "name")
+            name = self._required(file, line, row, "name", sid)
             if name is None:
+                self._reject("org", sid, line, row, ("type", "status"))
                 continue
             self.known.schools.add(sid)
             yield (sid, name, _blank(row.get("identifier")), status)
+
+    def sessions(self) -> Iterator[tuple]:
+        """academicSessions.csv: terms and school years, whose dates give a class its dates."""
+        file = "academicSessions"
+        seen: set[str] = set()
+        for line, row in self._rows(file):
+            sid = self._sid(file, line, row)
+            status = self._status(file, line, row, sid)
+            if sid is None or self._duplicate(file, line, sid, seen):
+                continue
+            if status == "tobedeleted":
+                self.known.sessions.pop(sid, None)
+                yield (sid, None, None, None, None, status)
+                continue
+            kind = self._choice(file, line, row, "type", ("schoolYear", "term", "semester", "gradingPeriod"), sid)
+            start = self._date(file, line, row, "startDate", sid, required=True)
+            end = self._date(file, line, row, "endDate", sid, required=True)
+            if status is None or kind is None or start is False or end is False:
+                self._reject("session", sid, line, row, ("type", "startDate", "endDate", "status"))
+                continue
+            if start and end and end < start:
+                self._problem(file, line, "endDate", row.get("endDate"), "ends before it starts", sid=sid)
+                self._reject("session", sid, line, row, ("startDate", "endDate"))
+                continue
+            self.known.sessions[sid] = (start, end)
+            yield (sid, kind, start, end, _blank(row.get("parentSourcedId")), status)
 
     def courses(self) -> Iterator[tuple]:
         file = "courses"
         seen: set[str] = set()
         for line, row in self._rows(file):
-            sid = self._required(file, line, row, "sourcedId")
-            status = self._status(file, line, row)
+            sid = self._sid(file, line, row)
+            status = self._status(file, line, row, sid)
             if sid is None or status is None or self._duplicate(file, line, sid, seen):
                 continue
             org = _blank(row.get("orgSourcedId"))
             if org is not None and org not in self.known.schools and not self._is_district_org(org):
-                self._problem(file, line, "orgSourcedId", org, "refers to an unknown org")
+                self._problem(file, line, "orgSourcedId", org, "refers to an unknown org", sid=sid)
                 continue
             if status == "tobedeleted":
                 self.known.courses.discard(sid)
@@ -244,111 +436,172 @@ class Reader:
         file = "classes"
         seen: set[str] = set()
         for line, row in self._rows(file):
-            sid = self._required(file, line, row, "sourcedId")
-            status = self._status(file, line, row)
-            if sid is None or status is None or self._duplicate(file, line, sid, seen):
+            sid = self._sid(file, line, row)
+            status = self._status(file, line, row, sid)
+            if sid is None or self._duplicate(file, line, sid, seen):
                 continue
             cid = class_id_for(self.district_id, sid)
             if status == "tobedeleted":
                 self.known.classes.pop(sid, None)
-                yield (cid, sid, None, None, None, None, None, None, None, status, line)
+                yield (cid, sid, None, None, None, None, None, None, None, None, None, None, status, line)
                 continue
-            title = self._required(file, line, row, "title")
-            class_type = self._enum(file, line, row, "classType", ("homeroom", "scheduled"))
-            school = self._required(file, line, row, "schoolSourcedId")
-            if title is None or class_type is None or school is None:
-                continue
-            if school not in self.known.schools:
-                self._problem(file, line, "schoolSourcedId", school, "refers to an unknown org")
-                continue
+            title = self._required(file, line, row, "title", sid)
+            class_type = self._choice(file, line, row, "classType", ("homeroom", "scheduled"), sid)
+            school = self._required(file, line, row, "schoolSourcedId", sid)
+            grades = self._grades(file, line, row, "grades", sid)
+            ok = None not in (status, title, class_type, school, grades)
+            if ok and school not in self.known.schools:
+                self._problem(file, line, "schoolSourcedId", school, self._unknown("org", school), sid=sid)
+                ok = False
             course = _blank(row.get("courseSourcedId"))
-            if course is not None and self.check_courses and course not in self.known.courses:
-                self._problem(file, line, "courseSourcedId", course, "refers to an unknown course")
+            if ok and course is not None and self.check_courses and course not in self.known.courses:
+                self._problem(file, line, "courseSourcedId", course, "refers to an unknown course", sid=sid)
+                ok = False
+            if not ok:
+                self._reject("class", sid, line, row, ("schoolSourcedId", "classType", "title", "grades", "status"))
                 continue
-            grades = self._grades(file, line, row, "grades")
-            if grades is None:
-                continue
-            periods = _list(row.get("periods"))
+            terms = _list(row.get("termSourcedIds"))
+            unknown_terms = [t for t in terms if t not in self.known.sessions]
+            if unknown_terms and self.package.mode("academicSessions") != "absent":
+                self._problem(file, line, "termSourcedIds", ",".join(unknown_terms),
+                              "refers to an unknown academic session: the class's dates come from its enrolments",
+                              severity="warning", sid=sid)
+            starts, ends = class_span(terms, self.known.sessions)
             self.known.classes[sid] = (school, class_type)
-            yield (cid, sid, school, class_type, title, _blank(row.get("classCode")), course, grades, periods,
-                   status, line)
+            yield (cid, sid, school, class_type, title, _blank(row.get("classCode")), course, grades,
+                   _list(row.get("periods")), terms, starts, ends, status, line)
+
+    def roles(self) -> None:
+        """roles.csv (OneRoster 1.2): each user's roles at orgs. The primary role is the user's
+        role; their orgs are every org of that kind of role (a student's schools)."""
+        file = "roles"
+        collected: dict[str, list[tuple[str, str, str]]] = {}
+        for line, row in self._rows(file):
+            user = self._required(file, line, row, "userSourcedId", _blank(row.get("sourcedId")))
+            status = self._status(file, line, row, user)
+            role = self._choice(file, line, row, "role", USER_ROLES_12, user)
+            kind = self._choice(file, line, row, "roleType", ("primary", "secondary"), user)
+            org = self._required(file, line, row, "orgSourcedId", user)
+            if None in (user, status, role, kind, org) or status == "tobedeleted":
+                continue
+            collected.setdefault(user, []).append((kind, ROLE_OF[role], org))
+        for user, rows in collected.items():
+            primary = [r for r in rows if r[0] == "primary"] or rows
+            role = primary[0][1]
+            same_kind = [org for _, r, org in rows if (r == "student") == (role == "student")]
+            self.user_roles[user] = (role, list(dict.fromkeys(same_kind)))
 
     def users(self) -> Iterator[tuple[str, tuple]]:
-        """users.csv: ("student", row) or ("staff", row); other roles (parents...) are skipped quietly."""
+        """users.csv: ("student", row) or ("staff", row); guardians, proctors and other roles
+        are remembered (their enrolments are not "unknown users") but not kept."""
         file = "users"
         seen: set[str] = set()
+        v12 = self.package.version == "1.2"
         for line, row in self._rows(file):
-            sid = self._required(file, line, row, "sourcedId")
-            role = self._enum(file, line, row, "role", ("student", *STAFF_ROLES, *IGNORED_ROLES))
-            status = self._status(file, line, row)
-            if sid is None or role is None or status is None or self._duplicate(file, line, sid, seen):
+            sid = self._sid(file, line, row)
+            status = self._status(file, line, row, sid)
+            if sid is None or self._duplicate(file, line, sid, seen):
                 continue
-            if role in IGNORED_ROLES:
-                continue
+            if v12:
+                role, orgs = self.user_roles.get(sid, (None, []))
+                if role is None and status != "tobedeleted" and self.package.mode("roles") != "absent":
+                    self._problem(file, line, "sourcedId", sid, "has no role in roles.csv", sid=sid)
+                    self._reject("user", sid, line, row, ("status",))
+                    continue
+                if role is None:
+                    role = self.known.users.get(sid)
+                    if role is None and status != "tobedeleted":
+                        self._problem(file, line, "sourcedId", sid, "has no role: roles.csv is not in this package "
+                                      "and the roster does not hold this user", sid=sid)
+            else:
+                raw_role = self._choice(file, line, row, "role", USER_ROLES_11 + USER_ROLES_12, sid)
+                role = ROLE_OF.get(raw_role) if raw_role else None
+                orgs = _list(row.get("orgSourcedIds"))
             if status == "tobedeleted":
                 self.known.users.pop(sid, None)
-                if role == "student":
-                    yield "student", (student_id_for(self.district_id, sid), sid, None, None, None, None, None, None,
-                                      status, line)
-                else:
-                    yield "staff", (staff_id_for(self.district_id, sid), sid, role, None, None, None, None, None,
+                kept = role if role is not None else None
+                if kept == "student":
+                    yield "student", (student_id_for(self.district_id, sid), sid, None, None, None, None, None,
+                                      None, None, status, line)
+                elif kept in STAFF_ROLES:
+                    yield "staff", (staff_id_for(self.district_id, sid), sid, kept, None, None, None, None, None,
                                     status)
                 continue
-            given = self._required(file, line, row, "givenName")
-            family = self._required(file, line, row, "familyName")
-            orgs = _list(row.get("orgSourcedIds"))
-            if given is None or family is None:
+            given = self._required(file, line, row, "givenName", sid)
+            family = self._required(file, line, row, "familyName", sid)
+            if None in (status, role, given, family):
+                self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
+                continue
+            if role in OTHER_ROLES:
+                self.known.users[sid] = role
                 continue
             if not orgs:
-                self._problem(file, line, "orgSourcedIds", "", "missing required field")
+                self._problem(file, line, "orgSourcedIds", "", "missing required field", sid=sid)
+                self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                 continue
             unknown = [o for o in orgs if o not in self.known.schools and not self._is_district_org(o)]
             if unknown:
-                self._problem(file, line, "orgSourcedIds", ",".join(unknown), "refers to an unknown org")
+                self._problem(file, line, "orgSourcedIds", ",".join(unknown), self._unknown("org", unknown[0]),
+                              sid=sid)
+                self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                 continue
-            email = _blank(row.get("email"))
+            raw_email = row.get("email")
+            email = login_email(raw_email)
             if email is not None and "@" not in email:
-                self._problem(file, line, "email", email, "is not an email address")
+                self._problem(file, line, "email", email, "is not an email address", sid=sid)
+                self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                 continue
-            schools = [o for o in orgs if o in self.known.schools]
+            schools = list(dict.fromkeys(o for o in orgs if o in self.known.schools))
             if role == "student":
-                grades = self._grades(file, line, row, "grades")
+                grades = self._grades(file, line, row, "grades", sid)
+                if grades is not None and len(grades) != 1:
+                    self._problem(file, line, "grades", row.get("grades"), "a student needs exactly one grade",
+                                  sid=sid)
+                    grades = None
+                if grades is not None and not schools:
+                    self._problem(file, line, "orgSourcedIds", row.get("orgSourcedIds"), "a student needs a school",
+                                  sid=sid)
+                    grades = None
                 if grades is None:
+                    self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                     continue
-                if len(grades) != 1:
-                    self._problem(file, line, "grades", row.get("grades"), "a student needs exactly one grade")
-                    continue
-                if not schools:
-                    self._problem(file, line, "orgSourcedIds", row.get("orgSourcedIds"), "a student needs a school")
-                    continue
+                primary = _blank(row.get("primaryOrgSourcedId"))
                 self.known.users[sid] = role
-                yield "student", (student_id_for(self.district_id, sid), sid, schools[0], grades[0], given, family,
-                                  email, _blank(row.get("identifier")), status, line)
+                # A city has a million students: one interned school id each, a set only for the few in two.
+                self.known.user_schools[sid] = sys.intern(schools[0]) if len(schools) == 1 else frozenset(schools)
+                yield "student", (student_id_for(self.district_id, sid), sid, schools,
+                                  primary if primary in schools else None, grades[0], given, family, email,
+                                  _blank(row.get("identifier")), status, line)
             else:
                 if email is None and role == "teacher":
                     self._problem(file, line, "email", "", "teacher without email: unmatched, so no caseload",
-                                  severity="warning")
+                                  severity="warning", sid=sid)
                 self.known.users[sid] = role
                 yield "staff", (staff_id_for(self.district_id, sid), sid, role, given, family, email,
                                 _blank(row.get("identifier")), schools, status)
 
     def birth_dates(self) -> Iterator[tuple]:
+        """demographics.csv: (sourcedId, birth date, read): a row whose birthDate cannot be
+        read keeps the birth date the roster holds (read false); a blank one clears it."""
         file = "demographics"
         seen: set[str] = set()
         for line, row in self._rows(file):
-            sid = self._required(file, line, row, "sourcedId")
+            sid = self._sid(file, line, row)
             if sid is None or self._duplicate(file, line, sid, seen):
                 continue
             raw = _blank(row.get("birthDate"))
+            role = self.known.users.get(sid)
+            if role is not None and role != "student":
+                continue
             if raw is None:
+                yield (sid, None, True)
                 continue
-            try:
-                born = date.fromisoformat(raw)
-            except ValueError:
-                self._problem(file, line, "birthDate", raw, "is not a date (YYYY-MM-DD)")
+            born = parse_file_date(raw)
+            if born is None:
+                self._problem(file, line, "birthDate", raw, "is not a date (YYYY-MM-DD)", sid=sid)
+                yield (sid, None, False)
                 continue
-            if self.known.users.get(sid) == "student":
-                yield (sid, born)
+            yield (sid, born, True)
 
     def enrollments(self) -> Iterator[tuple]:
         """The largest file (eight million rows for a city): a well-formed row takes the short
@@ -362,103 +615,239 @@ class Reader:
             class_sid, user_sid, role = row.get("classSourcedId"), row.get("userSourcedId"), row.get("role")
             if not (sid and class_sid and user_sid and role in _ENROLLMENT_ROLE_SET and status in ("", "active")
                     and sid.strip() == sid and class_sid.strip() == class_sid and user_sid.strip() == user_sid):
-                # the long way: report exactly what is wrong, or normalise (spaces, tobedeleted)
-                sid = self._required(file, line, row, "sourcedId")
-                status = self._status(file, line, row)
-                class_sid = self._required(file, line, row, "classSourcedId")
-                user_sid = self._required(file, line, row, "userSourcedId")
-                role = self._enum(file, line, row, "role", ENROLLMENT_ROLES)
-                if None in (sid, status, class_sid, user_sid, role):
+                # the long way: report exactly what is wrong, or normalise (spaces, case, tobedeleted)
+                sid = self._sid(file, line, row)
+                if sid is None:
+                    continue
+                status = self._status(file, line, row, sid)
+                if status == "tobedeleted":
+                    if sid in seen:
+                        self._problem(file, line, "sourcedId", sid, "duplicate sourcedId", sid=sid)
+                        continue
+                    seen.add(sid)
+                    yield (sid, _blank(row.get("classSourcedId")), _blank(row.get("userSourcedId")), None, None,
+                           None, None, status)
+                    continue
+                class_sid = self._required(file, line, row, "classSourcedId", sid)
+                user_sid = self._required(file, line, row, "userSourcedId", sid)
+                role = self._choice(file, line, row, "role", ENROLLMENT_ROLES, sid)
+                if None in (status, class_sid, user_sid, role):
+                    if sid not in seen:
+                        seen.add(sid)
+                        self._reject("enrollment", sid, line, row, ())
                     continue
             else:
                 status = "active"
             if sid in seen:
-                self._problem(file, line, "sourcedId", sid, "duplicate sourcedId")
+                self._problem(file, line, "sourcedId", sid, "duplicate sourcedId", sid=sid)
                 continue
             seen.add(sid)
-            if status == "tobedeleted":
-                yield (class_sid, user_sid, role, False, status)
-                continue
             klass = classes.get(class_sid)
             if klass is None:
-                self._problem(file, line, "classSourcedId", class_sid, "refers to an unknown class")
+                self._problem(file, line, "classSourcedId", class_sid, self._unknown("class", class_sid), sid=sid)
+                self._reject("enrollment", sid, line, row, ())
                 continue
-            if user_sid not in users:
-                self._problem(file, line, "userSourcedId", user_sid, "refers to an unknown user")
+            user_role = users.get(user_sid)
+            if user_role is None:
+                self._problem(file, line, "userSourcedId", user_sid, self._unknown("user", user_sid), sid=sid)
+                self._reject("enrollment", sid, line, row, ())
+                continue
+            if not enrolment_role_fits(role, user_role):
+                self._problem(file, line, "role", role, f"role {role}, but users.csv says {user_role}"
+                              if self.package.mode("users") != "absent" else
+                              f"role {role}, but the roster holds {user_sid} as {user_role}", sid=sid)
+                self._reject("enrollment", sid, line, row, ())
+                continue
+            if role == "proctor" or user_role in OTHER_ROLES:
+                self._ignore(file, line, sid, "enrolments of proctors are not kept (Caseflow keeps students, "
+                                              "teachers, aides and administrators in classes)")
+                continue
+            school = row.get("schoolSourcedId")
+            if school and school != klass[0] and school.strip() != klass[0]:
+                self._problem(file, line, "schoolSourcedId", school,
+                              f"the class {class_sid} is at {klass[0]} (classes.csv)", sid=sid)
+                self._reject("enrollment", sid, line, row, ())
                 continue
             primary = row.get("primary") or "false"
             if primary not in ("true", "false"):
-                primary = primary.strip().lower()
-                if primary not in ("true", "false"):
-                    self._problem(file, line, "primary", row.get("primary"), "bad value: expected true or false")
+                read = normalise_choice(primary, ("true", "false"))
+                if read is None:
+                    self._problem(file, line, "primary", primary, "bad value: expected true or false", sid=sid)
+                    self._reject("enrollment", sid, line, row, ())
                     continue
-            if role == "student" and klass[1] == "homeroom":
-                first = homerooms.setdefault((user_sid, klass[0]), line)
-                if first != line:
-                    self._problem(file, line, "classSourcedId", class_sid,
-                                  f"student already in a homeroom at this school (line {first})")
-                    continue
-            yield (class_sid, user_sid, role, primary == "true", status)
+                self._normalise(file, "primary", primary, read, line, sid)
+                primary = read
+            begin = self._date(file, line, row, "beginDate", sid) if row.get("beginDate") else None
+            end = self._date(file, line, row, "endDate", sid) if row.get("endDate") else None
+            if begin is False or end is False:
+                self._reject("enrollment", sid, line, row, ())
+                continue
+            if begin and end and end < begin:
+                self._problem(file, line, "endDate", row.get("endDate"), "ends before it begins", sid=sid)
+                self._reject("enrollment", sid, line, row, ())
+                continue
+            if role == "student":
+                if klass[1] == "homeroom":
+                    first = homerooms.setdefault((user_sid, klass[0]), line)
+                    if first != line:
+                        self._problem(file, line, "classSourcedId", class_sid,
+                                      f"student already in a homeroom at this school (line {first})", sid=sid)
+                        self._reject("enrollment", sid, line, row, ())
+                        continue
+                schools = self.known.user_schools.get(user_sid)
+                if schools is not None and (klass[0] != schools if isinstance(schools, str) else klass[0] not in schools):
+                    self._ignore(file, line, sid, "students enrolled in a class at a school their orgSourcedIds do "
+                                                  "not list (kept: the student is in the class)")
+            yield (sid, class_sid, user_sid, role, primary == "true", begin, end, status)
+
+    def finish(self) -> None:
+        """Say once per file what was normalised or left aside."""
+        for (file, column, raw, read), (n, line, sid) in self._normalised.items():
+            more = f" (and {n - 1:,} more rows like it)" if n > 1 else ""
+            self._problem(file, line, column, raw, f"read as {read!r}{more}", severity="warning", sid=sid)
+        for (file, why), (n, line, sid) in self._ignored.items():
+            self._problem(file, line, None, None, f"{n:,} {why}; the first on this line", severity="warning", sid=sid)
+        self._normalised.clear()
+        self._ignored.clear()
 
     # ------------------------------------------------------------------------ helpers
 
     def _rows(self, entity: str) -> Iterator[tuple[int, dict[str, str]]]:
+        count = 0
         for line, row in self.package.rows(entity):
+            count += 1
             if "__width__" in row:
-                self._problem(entity, line, None, None, row["__width__"])
+                sid = _blank(row.get("sourcedId"))
+                self._problem(entity, line, None, None, row["__width__"], sid=sid)
+                if sid:
+                    self._reject(_ENTITY_OF[entity], sid, line, {}, ())
                 continue
             yield line, row
+        self.rows_read[f"{entity}.csv"] = count
 
     def _problem(self, entity: str, line: int | None, column: str | None, value: str | None, reason: str,
-                 severity: str = "error") -> None:
+                 severity: str = "error", sid: str | None = None) -> None:
         self.problem_count += 1
+        file = f"{entity}.csv"
+        if severity == "error" and line is not None:
+            self.rows_skipped.setdefault(file, set()).add(line)
         if len(self.problems) < self.max_problems:
-            self.problems.append(Problem(severity, f"{entity}.csv", line, column, value, reason))
+            self.problems.append(Problem(severity, file, line, column, value, reason, sid))
 
-    def _required(self, entity: str, line: int, row: dict[str, str], column: str) -> str | None:
+    def _reject(self, entity: str, sid: str, line: int, row: dict[str, str], keep: tuple[str, ...]) -> None:
+        """The row's record stays as the roster holds it; remember what the row said."""
+        if (entity, sid) in self.rejected:
+            return
+        file = f"{_FILE_OF[entity]}.csv"
+        self.rows_skipped.setdefault(file, set()).add(line)
+        reasons = [p.reason for p in self.problems[-5:] if p.line == line and p.file == file]
+        self.rejected[(entity, sid)] = Rejected(entity, sid, line, {k: row.get(k) for k in keep if k in row}, reasons)
+
+    def _sid(self, entity: str, line: int, row: dict[str, str]) -> str | None:
+        return self._required(entity, line, row, "sourcedId", None)
+
+    def _required(self, entity: str, line: int, row: dict[str, str], column: str, sid: str | None) -> str | None:
         value = _blank(row.get(column))
         if value is None:
-            self._problem(entity, line, column, "", "missing required field")
+            self._problem(entity, line, column, "", "missing required field", sid=sid)
         return value
 
-    def _enum(self, entity: str, line: int, row: dict[str, str], column: str, allowed: tuple[str, ...]) -> str | None:
-        value = _blank(row.get(column))
+    def _choice(self, entity: str, line: int, row: dict[str, str], column: str, allowed: tuple[str, ...],
+                sid: str | None) -> str | None:
+        raw = row.get(column)
+        value = _blank(raw)
         if value is None:
-            self._problem(entity, line, column, "", "missing required field")
+            self._problem(entity, line, column, "", "missing required field", sid=sid)
             return None
-        if value not in allowed:
-            self._problem(entity, line, column, value, f"bad value: expected one of {', '.join(allowed)}")
+        read = normalise_choice(value, allowed)
+        if read is None:
+            self._problem(entity, line, column, value, f"bad value: expected one of {', '.join(allowed)}", sid=sid)
             return None
-        return value
+        if read != raw:
+            self._normalise(entity, column, raw, read, line, sid)
+        return read
 
-    def _status(self, entity: str, line: int, row: dict[str, str]) -> str | None:
-        value = (row.get("status") or "").strip().lower() or "active"
-        if value not in ("active", "tobedeleted"):
-            self._problem(entity, line, "status", row.get("status"), "bad value: expected active or tobedeleted")
+    def _status(self, entity: str, line: int, row: dict[str, str], sid: str | None) -> str | None:
+        raw = row.get("status") or ""
+        value = normalise_choice(raw, ("active", "tobedeleted")) if raw.strip() else "active"
+        if value is None:
+            self._problem(entity, line, "status", raw, "bad value: expected active or tobedeleted", sid=sid)
             return None
+        if raw.strip() and value != raw:
+            self._normalise(entity, "status", raw, value, line, sid)
         if value == "tobedeleted" and self.package.mode(entity) == "bulk":
             self._problem(entity, line, "status", value, "tobedeleted belongs in a delta file; a bulk file "
-                          "removes a row by leaving it out")
+                          "removes a row by leaving it out", sid=sid)
             return None
         return value
 
-    def _grades(self, entity: str, line: int, row: dict[str, str], column: str) -> list[str] | None:
-        grades = _list(row.get(column))
-        bad = [g for g in grades if g not in GRADES]
+    def _grades(self, entity: str, line: int, row: dict[str, str], column: str, sid: str | None) -> list[str] | None:
+        grades = []
+        bad = []
+        for raw in _list(row.get(column)):
+            read = normalise_grade(raw)
+            if read is None:
+                bad.append(raw)
+            else:
+                if read != raw:
+                    self._normalise(entity, column, raw, read, line, sid)
+                grades.append(read)
         if bad:
-            self._problem(entity, line, column, ",".join(bad), "bad grade: expected PK, KG, 01..12 and the like")
+            self._problem(entity, line, column, ",".join(bad), "bad grade: expected PK, KG, 01..12 and the like",
+                          sid=sid)
             return None
         return grades
 
+    def _date(self, entity: str, line: int, row: dict[str, str], column: str, sid: str | None,
+              required: bool = False) -> date | None | bool:
+        """The date, None when blank (and allowed), False when it cannot be read (reported)."""
+        raw = _blank(row.get(column))
+        if raw is None:
+            if required:
+                self._problem(entity, line, column, "", "missing required field", sid=sid)
+                return False
+            return None
+        read = parse_file_date(raw)
+        if read is None:
+            self._problem(entity, line, column, raw, "is not a date (YYYY-MM-DD)", sid=sid)
+            return False
+        return read
+
+    def _normalise(self, entity: str, column: str, raw: str, read: str, line: int, sid: str | None) -> None:
+        seen = self._normalised.get((entity, column, raw, read))
+        if seen is None:
+            self._normalised[(entity, column, raw, read)] = [1, line, sid]
+        else:
+            seen[0] += 1
+
+    def _ignore(self, entity: str, line: int, sid: str | None, why: str) -> None:
+        seen = self._ignored.get((entity, why))
+        if seen is None:
+            self._ignored[(entity, why)] = [1, line, sid]
+        else:
+            seen[0] += 1
+
+    def _unknown(self, entity: str, sid: str) -> str:
+        rejected = self.rejected.get((entity, sid))
+        if rejected is not None:
+            return f"refers to {entity} {sid}, whose row in {_FILE_OF[entity]}.csv was rejected (line {rejected.line})"
+        return f"refers to an unknown {entity}"
+
     def _duplicate(self, entity: str, line: int, source_id: str, seen: set[str]) -> bool:
         if source_id in seen:
-            self._problem(entity, line, "sourcedId", source_id, "duplicate sourcedId")
+            self._problem(entity, line, "sourcedId", source_id, "duplicate sourcedId", sid=source_id)
             return True
         seen.add(source_id)
         return False
 
     def _is_district_org(self, org: str) -> bool:
         return org in self.known.other_orgs
+
+
+_ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
+_FILE_OF = {"org": "orgs", "session": "academicSessions", "class": "classes", "user": "users",
+            "enrollment": "enrollments", "demographic": "demographics", "course": "courses", "role": "roles"}
+_ENTITY_OF = {file: entity for entity, file in _FILE_OF.items()}
 
 
 def _blank(value: str | None) -> str | None:

@@ -7,9 +7,11 @@ from uuid import UUID
 
 import asyncpg
 
+from services.roster.class_members import CURRENT
 from services.roster.domain import StaffMember, Student
 
-_COLUMNS = "student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, state_id"
+_COLUMNS = ("student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, "
+            "state_id, school_ids")
 _READ = _COLUMNS + ", status, withdrawn_at, updated_at"
 
 
@@ -19,7 +21,7 @@ async def lock_students(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -
             ORDER BY student_id FOR UPDATE""",
         list(set(student_ids)),
     )
-    return {r["student_id"]: Student(**dict(r)) for r in rows}
+    return {r["student_id"]: Student(**{**dict(r), "school_ids": tuple(r["school_ids"])}) for r in rows}
 
 
 async def save_students(conn: asyncpg.Connection, students: Iterable[Student]) -> None:
@@ -28,16 +30,20 @@ async def save_students(conn: asyncpg.Connection, students: Iterable[Student]) -
         return
     await conn.execute(
         f"""INSERT INTO students ({_COLUMNS})
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::text[], $7::text[], $8::date[], $9::text[], $10::text[])
+            SELECT student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email,
+                   state_id, string_to_array(school_ids, chr(31))
+            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                        $8::date[], $9::text[], $10::text[], $11::text[])
+                 AS r(student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date,
+                      email, state_id, school_ids)
             ON CONFLICT (student_id) DO UPDATE SET
-                school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
+                school_id = EXCLUDED.school_id, school_ids = EXCLUDED.school_ids, grade = EXCLUDED.grade,
                 given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
                 birth_date = EXCLUDED.birth_date, email = EXCLUDED.email, state_id = EXCLUDED.state_id,
                 status = 'active', withdrawn_at = NULL, updated_at = now()""",
         *(list(col) for col in zip(*(
             (s.student_id, s.district_id, s.source_id, s.school_id, s.grade, s.given_name, s.family_name,
-             s.birth_date, s.email, s.state_id)
+             s.birth_date, s.email, s.state_id, chr(31).join(s.school_ids))
             for s in rows
         ), strict=True)),
     )
@@ -66,16 +72,22 @@ async def save_staff(conn: asyncpg.Connection, staff: Iterable[StaffMember]) -> 
 
 
 async def class_enrollments_of(conn: asyncpg.Connection, district_id: str, source_id: str) -> list[asyncpg.Record]:
+    """The classes a student is a member of, as published."""
     return await conn.fetch(
-        """SELECT c.class_id, e.class_source_id, c.school_id, e.role FROM enrollments e
-           JOIN classes c ON c.district_id = e.district_id AND c.source_id = e.class_source_id
-           WHERE e.district_id = $1 AND e.user_source_id = $2 AND e.role = 'student'
-           ORDER BY e.class_source_id""",
+        """SELECT class_id, class_source_id, school_id, role FROM class_members
+           WHERE district_id = $1 AND user_source_id = $2 AND role = 'student'
+           ORDER BY class_source_id""",
         district_id, source_id,
     )
 
 
 async def withdraw_student(conn: asyncpg.Connection, district_id: str, source_id: str) -> None:
+    """The student leaves the roster, and takes their enrolment records and class
+    memberships along (a file that enrols them again brings them back)."""
+    await conn.execute(
+        "DELETE FROM class_members WHERE district_id = $1 AND user_source_id = $2 AND role = 'student'",
+        district_id, source_id,
+    )
     await conn.execute(
         "DELETE FROM enrollments WHERE district_id = $1 AND user_source_id = $2 AND role = 'student'",
         district_id, source_id,
@@ -94,8 +106,8 @@ async def students_page(
     return await conn.fetch(
         f"""SELECT {_READ} FROM students
             WHERE district_id = $1
-              AND ($2::text[] IS NULL OR school_id = ANY($2))
-              AND ($3::text IS NULL OR school_id = $3)
+              AND ($2::text[] IS NULL OR school_ids && $2)
+              AND ($3::text IS NULL OR $3 = ANY(school_ids))
               AND ($4::uuid IS NULL OR student_id > $4)
               AND ($6 OR status = 'active')
             ORDER BY student_id LIMIT $5""",
@@ -136,32 +148,42 @@ async def classes_page(conn, *, district_id: str, schools: list[str] | None, sch
 
 async def enrollments_page(conn, *, district_id: str, schools: list[str] | None, school_id: str | None,
                            class_source_id: str | None, user_source_id: str | None, after: str | None,
-                           limit: int) -> list[asyncpg.Record]:
+                           limit: int, today) -> list[asyncpg.Record]:
+    """Enrolment records by sourcedId, each with the dates it counts (its own, else its
+    class's terms') and whether it counts today."""
     return await conn.fetch(
-        """SELECT e.class_source_id, e.user_source_id, e.role, e.is_primary AS primary, c.school_id,
-                  e.class_source_id || chr(31) || e.user_source_id AS cursor
-           FROM enrollments e JOIN classes c ON c.district_id = e.district_id AND c.source_id = e.class_source_id
-           WHERE e.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2))
-             AND ($3::text IS NULL OR c.school_id = $3) AND ($4::text IS NULL OR e.class_source_id = $4)
-             AND ($5::text IS NULL OR e.user_source_id = $5)
-             AND ($6::text IS NULL OR (e.class_source_id || chr(31) || e.user_source_id) > $6)
-           ORDER BY e.class_source_id || chr(31) || e.user_source_id LIMIT $7""",
-        district_id, schools, school_id, class_source_id, user_source_id, after, limit,
+        f"""SELECT e.source_id, e.class_source_id, e.user_source_id, e.role, e.is_primary AS primary, c.school_id,
+                   e.begin_date, e.end_date, coalesce(e.begin_date, c.starts) AS counts_from,
+                   coalesce(e.end_date, c.ends) AS counts_until, ({CURRENT.replace("$2", "$8")}) AS current,
+                   e.source_id AS cursor
+            FROM enrollments e JOIN classes c ON c.district_id = e.district_id AND c.source_id = e.class_source_id
+            WHERE e.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2))
+              AND ($3::text IS NULL OR c.school_id = $3) AND ($4::text IS NULL OR e.class_source_id = $4)
+              AND ($5::text IS NULL OR e.user_source_id = $5) AND ($6::text IS NULL OR e.source_id > $6)
+            ORDER BY e.source_id LIMIT $7""",
+        district_id, schools, school_id, class_source_id, user_source_id, after, limit, today,
     )
 
 
 async def reconciliation(conn, *, district_id: str, entity: str, source_id: str):
+    """(what the latest file said, accepted or not; what the roster holds) for a student,
+    staff member or class."""
     file_row = await conn.fetchrow(
-        "SELECT import_id, file, line, row_data FROM last_file_rows WHERE district_id = $1 AND entity = $2 "
-        "AND source_id = $3", district_id, entity, source_id,
+        "SELECT import_id, file, line, row_data, accepted, reasons FROM last_file_rows WHERE district_id = $1 "
+        "AND entity = $2 AND source_id = $3", district_id, "class" if entity == "class" else "user", source_id,
     )
     if entity == "student":
         held = await conn.fetchrow(
-            "SELECT student_id, source_id, school_id, grade, status, withdrawn_at, updated_at FROM students "
+            "SELECT student_id, source_id, school_id, school_ids, grade, status, withdrawn_at, updated_at "
+            "FROM students WHERE district_id = $1 AND source_id = $2", district_id, source_id)
+    elif entity == "staff":
+        held = await conn.fetchrow(
+            "SELECT staff_id, source_id, role, school_ids, status, updated_at FROM staff "
             "WHERE district_id = $1 AND source_id = $2", district_id, source_id)
     else:
         held = await conn.fetchrow(
-            "SELECT class_id, source_id, school_id, class_type, title, grades, periods, updated_at FROM classes "
+            "SELECT class_id, source_id, school_id, class_type, title, grades, periods, term_source_ids, starts, "
+            "ends, updated_at FROM classes "
             "WHERE district_id = $1 AND source_id = $2", district_id, source_id)
     return (dict(file_row) if file_row else None), (dict(held) if held else None)
 
@@ -184,7 +206,7 @@ async def import_(conn, *, district_id: str, import_id: UUID) -> asyncpg.Record 
 
 async def import_problems(conn, *, import_id: UUID, after: int, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
-        """SELECT seq, severity, file, line, "column", value, reason FROM import_problems
+        """SELECT seq, severity, file, line, source_id, "column", value, reason FROM import_problems
            WHERE import_id = $1 AND seq > $2 ORDER BY seq LIMIT $3""",
         import_id, after, limit,
     )

@@ -64,12 +64,13 @@ async def test_a_district_admin_uploads_a_package_and_reads_its_report(roster, t
         assert report["summary"]["students_enrolled"] == 12
 
         problems = (await client.get(report["problems"], headers=admin())).json()["items"]
-        assert any(p["file"] == "users.csv" and p["line"] == 20 and p["column"] == "familyName"
-                   and p["reason"] == "missing required field" for p in problems)
+        assert any(p["file"] == "users.csv" and p["line"] == 20 and p["source_id"] == "stu-0020"
+                   and p["column"] == "familyName" and p["reason"] == "missing required field" for p in problems)
         as_csv = await client.get(report["problems"] + "?format=csv", headers=admin())
         rows = list(csv.DictReader(io.StringIO(as_csv.text)))
         assert as_csv.headers["content-type"].startswith("text/csv") and len(rows) == 11
-        assert set(rows[0]) == {"severity", "file", "line", "column", "value", "reason"}
+        assert set(rows[0]) == {"severity", "file", "line", "sourcedId", "column", "value", "reason"}
+        assert {r["sourcedId"] for r in rows if r["file"] == "enrollments.csv"} == {"enr-0901", "enr-0902", "enr-0903"}
 
         history = (await client.get("/v1/imports", headers=admin())).json()["items"]
         assert [i["import_id"] for i in history] == [report["import_id"]]

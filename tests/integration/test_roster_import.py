@@ -68,7 +68,7 @@ async def held_state(pool, district: str) -> dict:
         classes = {r["source_id"]: (r["school_id"], r["class_type"], r["title"])
                    for r in await conn.fetch("SELECT * FROM classes WHERE district_id = $1", district)}
         enrollments = {(r["class_source_id"], r["user_source_id"]): (r["role"], r["is_primary"])
-                       for r in await conn.fetch("SELECT * FROM enrollments WHERE district_id = $1", district)}
+                       for r in await conn.fetch("SELECT * FROM class_members WHERE district_id = $1", district)}
     return {"students": students, "staff": staff, "classes": classes, "enrollments": enrollments}
 
 
@@ -105,7 +105,8 @@ async def test_a_first_import_stores_the_roster_and_publishes_each_fact_once(ser
     assert result.status == "applied"
     assert result.counts == {"students_enrolled": 10, "students_updated": 0, "students_withdrawn": 0,
                              "staff_upserted": 2, "staff_deactivated": 0, "classes_upserted": 2,
-                             "classes_removed": 0, "enrollments_added": 12, "enrollments_removed": 0}
+                             "classes_removed": 0, "enrollments_added": 12, "enrollments_removed": 0,
+                             "enrollment_records_changed": 12, "enrollment_records_removed": 0}
     events = await events_in_outbox(pool)
     assert [e.event_type for e in events].count("roster.student_enrolled.v1") == 10
     assert events[-1].event_type == "roster.import_completed.v1" and events[-1].counts == result.counts
@@ -168,7 +169,8 @@ async def test_a_delta_applies_only_its_rows(service_db, tmp_path):
     result = await run_import(pool, district_id="d1", path=path, kafka=KAFKA)
     assert result.status == "applied", result.problems
     assert {k: v for k, v in result.counts.items() if v} == {
-        "students_enrolled": 1, "students_withdrawn": 1, "enrollments_added": 1, "enrollments_removed": 1}
+        "students_enrolled": 1, "students_withdrawn": 1, "enrollments_added": 1, "enrollments_removed": 1,
+        "enrollment_records_changed": 1, "enrollment_records_removed": 1}
     state = await held_state(pool, "d1")
     assert state["students"]["S1"][-1] == "withdrawn" and state["students"]["S0"][-1] == "active"
     assert ("HR-401", "S9") in state["enrollments"] and ("ALG1-02", "S1") not in state["enrollments"]
@@ -193,12 +195,12 @@ async def test_an_unusable_package_is_rejected_whole_and_changes_nothing(service
             z.writestr("../../etc/cron.d/evil.csv", "x")
         if name == "bomb":
             z.writestr("orgs_padding.csv", "0" * (50 * 1024**2))
-        if name == "not_csv":
-            z.writestr("users.csv", b"sourcedId,role\n\xff\xfe broken")
+        if name == "not_csv":  # a Latin-1 name on the second record: line 3
+            z.writestr("users.csv", (good / "users.csv").read_bytes().replace(b"Given1", b"Jos\xe9"))
     result = await run_import(pool, district_id="d1", path=bad, kafka=KAFKA)
     assert result.status == "rejected"
     expected = {"traversal": "unsafe path", "bomb": "zip bomb", "no_manifest": "no manifest.csv",
-                "missing_bulk_file": "no users.csv", "not_csv": "not UTF-8"}[name]
+                "missing_bulk_file": "no users.csv", "not_csv": "not UTF-8: line 3 "}[name]
     assert expected in result.message
     assert await held_state(pool, "d1") == before and await events_in_outbox(pool) == []
 
@@ -213,7 +215,8 @@ async def test_bad_rows_are_reported_with_file_line_column_and_reason_and_the_re
     roster.enrollments[("ALG1-02", "S-GHOST")] = {"role": "student"}
     roster.classes["HR-402"] = {"school": "02M001", "type": "homeroom", "title": "3-402"}
     roster.enrollments[("HR-402", "S0")] = {"role": "student"}  # S0 is already in homeroom HR-401
-    result = await run_import(pool, district_id="d1", path=write(roster, tmp_path / "p"), kafka=KAFKA)
+    # 2 of 8 users rejected is more than the guard's 20%: a person confirms it.
+    result = await run_import(pool, district_id="d1", path=write(roster, tmp_path / "p"), kafka=KAFKA, confirm=True)
     assert result.status == "applied"
     reasons = {(p.file, p.column, p.value, p.reason) for p in result.problems if p.severity == "error"}
     assert ("users.csv", "orgSourcedIds", "09X999", "refers to an unknown org") in reasons
@@ -346,6 +349,8 @@ async def test_the_next_days_file_publishes_exactly_what_changed(service_db):
         "classes_removed": 1,  # ART-01
         "enrollments_added": 3,  # enr-0207, enr-0208, enr-0307
         "enrollments_removed": 6,  # enr-0106 (withdrawn), enr-0303 (moved), ART-01's four
+        "enrollment_records_changed": 3,
+        "enrollment_records_removed": 6,
     }
     events = await change_events(pool)
     updated = {e.source_id: e.changed for e in events if e.event_type == "roster.student_updated.v1"}
@@ -363,7 +368,8 @@ async def test_a_delta_withdraws_a_student_from_their_classes_too(service_db):
     assert result.status == "applied" and result.error_count == 0, result.problems
     assert {k: v for k, v in result.counts.items() if v} == {
         "students_enrolled": 1, "students_withdrawn": 1, "enrollments_added": 1,
-        "enrollments_removed": 2}  # enr-0202 as sent, and stu-0002's homeroom with him
+        "enrollments_removed": 2,  # enr-0202 as sent, and stu-0002's homeroom with him
+        "enrollment_records_changed": 1, "enrollment_records_removed": 2}
     state = await held_state(pool, "nycdoe")
     assert len(state["enrollments"]) == 32
     assert state["students"]["stu-0002"][-1] == "withdrawn"

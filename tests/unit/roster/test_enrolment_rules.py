@@ -39,7 +39,7 @@ def test_a_changed_student_is_updated_with_the_fields_that_changed():
     changed, events = enrol(held, [fact(grade="06", school_id="02M002")])
     (event,) = events
     assert isinstance(event, StudentUpdated)
-    assert event.changed == ["school_id", "grade"]
+    assert event.changed == ["school_id", "grade", "school_ids"]
     assert changed[event.student_id].grade == "06"
 
 

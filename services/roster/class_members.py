@@ -1,0 +1,213 @@
+"""Who is in which class today, as the roster publishes it.
+
+A district's files state enrolment records, each by its sourcedId, with the dates it
+counts (domain.enrolment_span); several records may name one person in one class. The
+roster publishes class members: one per class and person, while at least one of their
+records is current (domain.is_current) and the person and class are on the roster
+(EnrollmentAdded when one starts or changes, EnrollmentRemoved when it ends). So a
+consumer never needs to know about terms: when a spring section starts or an enrolment's
+last day passes, the roster says so that day, without a new file (`follow_the_calendar`).
+
+Both an import and the calendar step work the same way: they name the (class, person)
+pairs that may have changed in a temporary table `touched`, then `diff` computes what
+those pairs should be now, `changes` writes the events into the outbox and `apply`
+stores the new state, in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime
+
+import asyncpg
+
+from services.kit import db, logs
+from services.kit.settings import KafkaSettings
+from services.roster import domain
+from services.roster.events_sql import MEMBER_ADDED, MEMBER_REMOVED
+
+log = logs.get("caseflow.roster.calendar")
+
+_DISTRICT_LOCKS = 1  # advisory lock namespace: one writer of a district's roster at a time
+_LONG = 3600.0
+
+
+async def lock_district(conn: asyncpg.Connection, district_id: str) -> None:
+    """Until commit, this transaction alone changes the district's roster (imports and the
+    calendar step of one district never interleave)."""
+    await db.lock_until_commit(conn, _DISTRICT_LOCKS, [district_id], buckets=1 << 16)
+
+
+# $1 district, $2 today, $3 role precedence. The record's span falls back to its class's
+# terms' dates (domain.enrolment_span) and counts from its first day to its last
+# (domain.is_current); the role is the first of domain.ROLE_PRECEDENCE among the records.
+CURRENT = ("coalesce(e.begin_date, c.starts, '-infinity'::date) <= $2::date "
+           "AND $2::date <= coalesce(e.end_date, c.ends, 'infinity'::date)")
+_DIFF = f"""
+CREATE TEMP TABLE desired_members ON COMMIT DROP AS
+SELECT e.class_source_id, e.user_source_id,
+       ($3::text[])[min(array_position($3::text[], e.role))] AS role, bool_or(e.is_primary) AS is_primary,
+       c.class_id, c.school_id, coalesce(st.student_id, sf.staff_id) AS person_id
+FROM touched t
+JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = t.class_source_id
+                  AND e.user_source_id = t.user_source_id
+JOIN classes c ON c.district_id = $1 AND c.source_id = e.class_source_id
+LEFT JOIN students st ON e.role = 'student' AND st.district_id = $1 AND st.source_id = e.user_source_id
+                     AND st.status = 'active'
+LEFT JOIN staff sf ON e.role <> 'student' AND sf.district_id = $1 AND sf.source_id = e.user_source_id
+                  AND sf.status = 'active'
+WHERE {CURRENT} AND coalesce(st.student_id, sf.staff_id) IS NOT NULL
+GROUP BY e.class_source_id, e.user_source_id, c.class_id, c.school_id, coalesce(st.student_id, sf.staff_id);
+
+CREATE TEMP TABLE member_removals ON COMMIT DROP AS
+SELECT m.person_id, m.role, m.class_id, m.class_source_id, m.user_source_id, m.school_id
+FROM touched t
+JOIN class_members m ON m.district_id = $1 AND m.class_source_id = t.class_source_id
+                    AND m.user_source_id = t.user_source_id
+WHERE NOT EXISTS (SELECT 1 FROM desired_members d WHERE d.class_source_id = m.class_source_id
+                  AND d.user_source_id = m.user_source_id AND d.person_id = m.person_id);
+
+CREATE TEMP TABLE member_additions ON COMMIT DROP AS
+SELECT d.person_id, d.role, d.class_id, d.class_source_id, d.user_source_id, d.school_id, d.is_primary
+FROM desired_members d
+LEFT JOIN class_members m ON m.district_id = $1 AND m.class_source_id = d.class_source_id
+                         AND m.user_source_id = d.user_source_id
+WHERE m.class_source_id IS NULL
+   OR (m.role, m.is_primary, m.person_id, m.class_id, m.school_id)
+      IS DISTINCT FROM (d.role, d.is_primary, d.person_id, d.class_id, d.school_id)
+"""
+
+_APPLY = [
+    """DELETE FROM class_members m USING member_removals r
+       WHERE m.district_id = $1 AND m.class_source_id = r.class_source_id AND m.user_source_id = r.user_source_id""",
+    """INSERT INTO class_members (district_id, class_source_id, user_source_id, role, is_primary, class_id, person_id,
+                                 school_id)
+       SELECT $1, class_source_id, user_source_id, role, is_primary, class_id, person_id, school_id
+       FROM member_additions
+       ON CONFLICT (district_id, class_source_id, user_source_id) DO UPDATE SET role = EXCLUDED.role,
+           is_primary = EXCLUDED.is_primary, class_id = EXCLUDED.class_id, person_id = EXCLUDED.person_id,
+           school_id = EXCLUDED.school_id""",
+]
+
+
+async def diff(conn: asyncpg.Connection, district_id: str, today: date) -> dict[str, int]:
+    """From `touched`, the class members to remove and to add (or change) as of today."""
+    await conn.execute("ANALYZE touched", timeout=_LONG)
+    for statement in _DIFF.split(";"):
+        await conn.execute(statement, *params(statement, district_id, today, list(domain.ROLE_PRECEDENCE)),
+                           timeout=_LONG)
+        await conn.execute(f"ANALYZE {statement.split()[3]}", timeout=_LONG)
+    row = await conn.fetchrow("SELECT (SELECT count(*) FROM member_additions) AS added, "
+                              "(SELECT count(*) FROM member_removals) AS removed")
+    return {"enrollments_added": row["added"], "enrollments_removed": row["removed"]}
+
+
+def params(statement: str, *values):
+    """The first n values, n being the highest $n the statement uses."""
+    used = max((i for i in range(1, len(values) + 1) if f"${i}" in statement), default=0)
+    return values[:used]
+
+
+async def apply(conn: asyncpg.Connection, district_id: str) -> None:
+    for statement in _APPLY:
+        await conn.execute(statement, district_id, timeout=_LONG)
+
+
+async def write_events(conn: asyncpg.Connection, district_id: str, correlation_id: str, kafka: KafkaSettings,
+                       which=(MEMBER_REMOVED, MEMBER_ADDED)) -> None:
+    occurred = datetime.now(UTC).isoformat()
+    for event in which:
+        await conn.execute(event.sql, district_id, occurred, correlation_id, kafka.topic(event.topic), timeout=_LONG)
+
+
+# ------------------------------------------------------------------------- the calendar
+
+# The records whose currency may differ between two days lo < hi: a first day in (lo, hi],
+# or a last day in [lo, hi), their own or (where they have none) their class's.
+_CROSSINGS = """
+CREATE TEMP TABLE touched ON COMMIT DROP AS
+SELECT DISTINCT class_source_id, user_source_id FROM (
+    SELECT e.class_source_id, e.user_source_id FROM enrollments e
+    WHERE e.district_id = $1 AND e.begin_date > $2 AND e.begin_date <= $3
+    UNION ALL
+    SELECT e.class_source_id, e.user_source_id FROM enrollments e
+    WHERE e.district_id = $1 AND e.end_date >= $2 AND e.end_date < $3
+    UNION ALL
+    SELECT e.class_source_id, e.user_source_id FROM classes c
+    JOIN enrollments e ON e.district_id = c.district_id AND e.class_source_id = c.source_id
+    WHERE c.district_id = $1 AND ((e.begin_date IS NULL AND c.starts > $2 AND c.starts <= $3)
+                               OR (e.end_date IS NULL AND c.ends >= $2 AND c.ends < $3))
+) x"""
+_EVERYTHING = """
+CREATE TEMP TABLE touched ON COMMIT DROP AS
+SELECT DISTINCT class_source_id, user_source_id FROM (
+    SELECT class_source_id, user_source_id FROM enrollments WHERE district_id = $1
+    UNION ALL
+    SELECT class_source_id, user_source_id FROM class_members WHERE district_id = $1
+) x"""
+
+
+async def evaluated_on(conn: asyncpg.Connection, district_id: str) -> date | None:
+    return await conn.fetchval("SELECT evaluated_on FROM district_calendar WHERE district_id = $1", district_id)
+
+
+async def bring_to(conn: asyncpg.Connection, district_id: str, today: date, kafka: KafkaSettings) -> dict[str, int]:
+    """In the caller's transaction: bring the district's class members from the day they
+    were last evaluated to `today`, publishing each change. The first time, every record
+    is looked at."""
+    await lock_district(conn, district_id)
+    since = await evaluated_on(conn, district_id)
+    if since == today:
+        return {"enrollments_added": 0, "enrollments_removed": 0}
+    if since is None:
+        await conn.execute(_EVERYTHING, district_id, timeout=_LONG)
+    else:
+        await conn.execute(_CROSSINGS, district_id, min(since, today), max(since, today), timeout=_LONG)
+    counts = await diff(conn, district_id, today)
+    await write_events(conn, district_id, f"calendar:{district_id}:{today.isoformat()}", kafka)
+    await apply(conn, district_id)
+    await mark_evaluated(conn, district_id, today)
+    for table in ("touched", "desired_members", "member_removals", "member_additions"):
+        await conn.execute(f"DROP TABLE {table}")
+    return counts
+
+
+async def mark_evaluated(conn: asyncpg.Connection, district_id: str, today: date) -> None:
+    await conn.execute(
+        """INSERT INTO district_calendar (district_id, evaluated_on) VALUES ($1, $2)
+           ON CONFLICT (district_id) DO UPDATE SET evaluated_on = EXCLUDED.evaluated_on""",
+        district_id, today)
+
+
+async def follow_the_calendar(pool: asyncpg.Pool, kafka: KafkaSettings, today: date) -> dict[str, dict[str, int]]:
+    """One step for every district: class members as of `today`. A district that fails is
+    logged and left for the next step; the others go on."""
+    async with pool.acquire() as conn:
+        districts = [r[0] for r in await conn.fetch(
+            """SELECT district_id FROM enrollments GROUP BY district_id
+               UNION SELECT district_id FROM class_members GROUP BY district_id""")]
+    changed: dict[str, dict[str, int]] = {}
+    for district_id in sorted(districts):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                counts = await bring_to(conn, district_id, today, kafka)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            log.error("calendar step failed for a district; trying again at the next step", district_id=district_id,
+                      error=repr(e))
+            continue
+        if any(counts.values()):
+            changed[district_id] = counts
+            log.info("class members follow the calendar", district_id=district_id, today=today.isoformat(),
+                     **counts)
+    return changed
+
+
+async def keep_class_members_current(runtime) -> None:
+    """Background job of the roster service: each step, every district's class members as of
+    today (the service's clock: ImportOptions.today)."""
+    options = runtime.definition.options
+    while True:
+        changed = await follow_the_calendar(runtime.pool, runtime.settings.kafka, options.today())
+        if changed:
+            runtime.relay.wake()
+        await asyncio.sleep(options.calendar_poll_seconds)
