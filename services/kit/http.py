@@ -37,6 +37,7 @@ def build_app(service: Any, routers: list[APIRouter]) -> FastAPI:
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> PlainTextResponse:
+        await service.observe_outbox()
         return PlainTextResponse(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/asyncapi.json", include_in_schema=False)

@@ -1,9 +1,12 @@
 """Running one service: settings, pool, migrations, broker and its consumers, the outbox
-relay and the HTTP server, started in that order and stopped in reverse."""
+relay and the HTTP server, started in that order and stopped in reverse. The relay and
+the service's background jobs run supervised (services/kit/supervise.py): a task that
+fails is logged, restarted, and reported not ready while it is down."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import asyncpg
 import uvicorn
 from fastapi import APIRouter
 from faststream.kafka import KafkaBroker
@@ -26,6 +30,8 @@ from services.kit.http import CachedCheck, build_app
 from services.kit.metrics import Metrics
 from services.kit.outbox import OutboxRelay, producer_for
 from services.kit.settings import KafkaSettings, Settings
+from services.kit.supervise import Tasks
+from services.kit.topics import registry_topics
 
 log = logs.get("caseflow.runtime")
 
@@ -40,8 +46,10 @@ class ServiceDefinition:
     subscriptions: list[Subscription] = field(default_factory=list)
     routers: list[APIRouter] = field(default_factory=list)
     publishes: list[Topic] = field(default_factory=list)
-    # Long-running jobs of the service besides its consumers (a drop-folder watcher, ...):
-    # each is called with the runtime once started, and cancelled at stop.
+    # Jobs of the service besides its consumers (a drop-folder watcher, ...): each is
+    # called with the runtime once started, supervised (restarted when it fails; one that
+    # returns is a one-shot job, done), and cancelled at stop. A job records each good
+    # pass with runtime.tasks.succeeded().
     background: list[Callable[[ServiceRuntime], Awaitable[None]]] = field(default_factory=list)
     options: Any = None  # the service's own settings, read by its app.py
 
@@ -57,8 +65,7 @@ class ServiceRuntime:
         self.pool = None
         self.broker: KafkaBroker | None = None
         self.relay: OutboxRelay | None = None
-        self._relay_task: asyncio.Task | None = None
-        self._background: list[asyncio.Task] = []
+        self.tasks = Tasks(self.metrics)
         self.readiness = CachedCheck(self._check_readiness)
 
     async def start(self) -> None:
@@ -77,6 +84,9 @@ class ServiceRuntime:
             producer_factory=lambda: producer_for(s.kafka),
             metrics=self.metrics,
             inbox_retention_days=s.inbox_retention_days,
+            topics=[t.name for t in registry_topics(s.kafka)],
+            max_message_bytes=s.kafka.max_message_bytes,
+            on_pass=self.tasks.succeeded,
         )
         self.broker = KafkaBroker(
             s.kafka.bootstrap_servers,
@@ -99,18 +109,15 @@ class ServiceRuntime:
                 description=f"{topic.description} Key: {topic.key_field}. Published through the outbox.",
             )
         await self.broker.start()
-        self._relay_task = asyncio.create_task(self.relay.run(), name=f"{self.name}-outbox-relay")
-        self._background = [asyncio.create_task(job(self), name=f"{self.name}-{job.__name__}")
-                            for job in self.definition.background]
+        self.tasks.supervise("outbox_relay", self.relay.run, may_return=False)
+        for job in self.definition.background:
+            self.tasks.supervise(job.__name__, functools.partial(job, self))
         log.info("service started", topics=[sub.topic.name for sub in self.definition.subscriptions])
 
     async def stop(self) -> None:
         if self.broker is not None:
             await self.broker.stop()  # waits for in-flight batches (graceful_timeout)
-        for task in [*self._background, *([self._relay_task] if self._relay_task else [])]:
-            task.cancel()
-        await asyncio.gather(*self._background, *([self._relay_task] if self._relay_task else []),
-                             return_exceptions=True)
+        await self.tasks.stop()
         if self.pool is not None:
             await self.pool.close()
         log.info("service stopped")
@@ -126,8 +133,28 @@ class ServiceRuntime:
             checks["database"] = {"ok": False, "error": type(e).__name__}
         broker_ok = bool(self.broker) and await self.broker.ping(timeout=2.0)
         checks["broker"] = {"ok": broker_ok}
-        checks["outbox_relay"] = {"ok": True, "role": "leader" if self.relay and self.relay.leading else "standby"}
+        checks.update(self.tasks.checks())  # the relay ("outbox_relay") and each background job, by name
+        if "outbox_relay" in checks:
+            checks["outbox_relay"]["role"] = "leader" if self.relay.leading else "standby"
         return checks
+
+    async def observe_outbox(self) -> None:
+        """Read, as /metrics is scraped, how long the oldest outbox row has waited and how
+        many rows were set aside: from the database, whatever the relay is doing, so a
+        stuck or dead relay shows. Unknown (NaN) when the database does not answer at once."""
+        try:
+            async with asyncio.timeout(2.0):
+                row = await self.pool.fetchrow(
+                    """SELECT coalesce(extract(epoch FROM now() - (SELECT created_at FROM outbox ORDER BY id LIMIT 1)),
+                                       0)::float8 AS age,
+                              (SELECT count(*) FROM outbox_refused) AS refused""")
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            log.warning("could not read the outbox for /metrics", error=repr(e))
+            self.metrics.outbox_oldest_age.set(float("nan"))
+            self.metrics.outbox_refused_rows.set(float("nan"))
+            return
+        self.metrics.outbox_oldest_age.set(max(row["age"], 0.0))
+        self.metrics.outbox_refused_rows.set(row["refused"])
 
     def asyncapi(self) -> dict:
         spec = AsyncAPI(
@@ -140,11 +167,9 @@ class ServiceRuntime:
         return _with_subscribed_payloads(spec, self.definition, self.settings.kafka)
 
     def spawn(self, coro, name: str) -> asyncio.Task:
-        """Run a job in the background (an import...); cancelled, like the others, at stop."""
-        task = asyncio.create_task(coro, name=name)
-        self._background.append(task)
-        task.add_done_callback(lambda t: t in self._background and self._background.remove(t))
-        return task
+        """Run a job in the background (an import...), once: its failure is logged; it is
+        cancelled, like the others, at stop."""
+        return self.tasks.spawn(coro, name)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:

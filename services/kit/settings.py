@@ -26,6 +26,10 @@ class KafkaSettings(BaseModel):
     topic_prefix: str = ""
     session_timeout_ms: int = 10000
     heartbeat_interval_ms: int = 3000
+    # The largest message (key, value and headers) Caseflow publishes: at most what the
+    # brokers and topics accept (message.max.bytes / max.message.bytes, about 1 MiB by
+    # default). An event larger than this is refused when it is emitted.
+    max_message_bytes: int = 1_000_000
 
     def client_options(self) -> dict:
         """Connection options for aiokafka clients, SASL/TLS passed through."""
@@ -86,6 +90,7 @@ def load(service: str, env: dict[str, str] | None = None) -> Settings:
         topic_prefix=env.get("CASEFLOW_TOPIC_PREFIX", ""),
         session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", "10000")),
         heartbeat_interval_ms=int(env.get("KAFKA_HEARTBEAT_INTERVAL_MS", "3000")),
+        max_message_bytes=int(env.get("KAFKA_MAX_MESSAGE_BYTES", "1000000")),
     )
     auth = AuthSettings(
         public_key=_read_key(get("JWT_PUBLIC_KEY")),

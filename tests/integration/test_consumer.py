@@ -13,6 +13,7 @@ from faststream.kafka import KafkaBroker
 from pydantic import Field
 
 from contracts.envelope import Event
+from contracts.roster import EnrollmentAdded
 from contracts.topics import Topic
 from services.kit import db
 from services.kit.consumer import EventConsumer, Subscription, UnitOfWork
@@ -77,6 +78,40 @@ async def test_a_handler_failing_on_one_event_dead_letters_it_and_applies_the_re
         assert row["topic"] == system.topic(MARKS.dead_letter) and row["key"] == b"b"
         assert headers["dlt_reason"] == "handler failed: ValueError: a mark cannot be negative"
         assert await conn.fetchval("SELECT count(*) FROM inbox") == 3
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+        await asyncio.sleep(0)
+
+
+async def test_a_handler_emitting_an_event_that_cannot_be_published_dead_letters_its_event_only(
+        system: Stack, tmp_path: Path):
+    async def record_and_announce(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
+        await record_marks(uow, [e for e in events if e.mark >= 0])
+        for e in events:
+            announced = EnrollmentAdded(district_id=e.district_id, person_id=uuid.uuid4(), role="student",
+                                        class_id=uuid.uuid4(), class_source_id="ALG1-02", user_source_id=e.student,
+                                        school_id="02M001", primary=False)
+            if e.mark < 0:  # a bug of the kind a roster import once had: no person
+                announced = announced.model_copy(update={"person_id": None})
+            uow.emit(announced)
+
+    conn, pool, broker, _ = await marks_service(system, tmp_path, record_and_announce)
+    for student, mark in (("a", 90), ("Reyes", -1), ("c", 75)):
+        await system.publish_to(MARKS, MarkRecorded(district_id="d", student=student, mark=mark))
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) = 3 FROM outbox"), what="two events, one dead letter")
+        assert sorted(await conn.fetch("SELECT student FROM marks")) == [("a",), ("c",)]
+        announced = await conn.fetch("SELECT key FROM outbox WHERE topic = $1",
+                                     system.topic("roster.enrollments.v1"))
+        assert len(announced) == 2 and all(r["key"] for r in announced)
+        row = await conn.fetchrow("SELECT key, headers FROM outbox WHERE topic = $1", system.topic(MARKS.dead_letter))
+        headers = dict(zip(row["headers"][::2], row["headers"][1::2], strict=True))
+        assert row["key"] == b"Reyes"
+        assert headers["dlt_reason"] == ("handler failed: Unpublishable: roster.enrollment_added.v1: "
+                                         "no key (person_id is empty)")
     finally:
         await broker.stop()
         await pool.close()
