@@ -86,8 +86,10 @@ def cmd_contracts(args: argparse.Namespace) -> int:
 def cmd_roster_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from dataclasses import replace
+
     from services.kit import db, settings
-    from services.roster.importer import run_import
+    from services.roster.importer import ImportOptions, run_import
 
     async def go() -> int:
         s = settings.load("roster")
@@ -98,9 +100,11 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
             await conn.close()
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
         try:
+            options = ImportOptions.from_env()
+            if args.wipe_share is not None:
+                options = replace(options, guards=replace(options.guards, students=args.wipe_share))
             result = await run_import(pool, district_id=args.district, path=Path(args.path), kafka=s.kafka,
-                                      origin="cli", dry_run=args.dry_run, confirm=args.confirm,
-                                      wipe_share=args.wipe_share)
+                                      origin="cli", dry_run=args.dry_run, confirm=args.confirm, options=options)
         finally:
             await pool.close()
         print(f"import {result.import_id} of {args.path} for district {args.district}: {result.status}")
@@ -111,9 +115,10 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
             print(f"  {kind:22s} {n:>10,}" + (f"   e.g. {', '.join(examples)}" if examples else ""))
         if result.problems:
             print(f"problems ({result.error_count:,} rows skipped, {result.warning_count:,} warnings):")
-            print("  file,line,column,value,reason")
+            print("  file,line,sourcedId,column,value,reason")
             for p in result.problems[: args.show_problems]:
-                print(f"  {p.severity}: {p.file},{p.line},{p.column or ''},{p.value or ''},{p.reason}")
+                print(f"  {p.severity}: {p.file},{p.line},{p.source_id or ''},{p.column or ''},{p.value or ''},"
+                      f"{p.reason}")
             if len(result.problems) > args.show_problems:
                 print(f"  ... and {len(result.problems) - args.show_problems:,} more (see the import's report)")
         return {"applied": 0, "dry_run": 0, "held": 3}.get(result.status, 1)
@@ -165,9 +170,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--district", required=True)
     p.add_argument("--dry-run", action="store_true", help="show the changes without making them")
-    p.add_argument("--confirm", action="store_true", help="apply even if it withdraws many students (wipe guard)")
-    p.add_argument("--wipe-share", type=float, default=0.20,
-                   help="hold an import that would withdraw more than this share of active students")
+    p.add_argument("--confirm", action="store_true",
+                   help="apply even if a guard holds it (many withdrawals, deactivations or removals, many rejected "
+                        "rows, another district's org)")
+    p.add_argument("--wipe-share", type=float, default=None,
+                   help="hold an import that would withdraw more than this share of active students "
+                        "(default CASEFLOW_ROSTER_WIPE_SHARE or 0.20)")
     p.add_argument("--show-problems", type=int, default=50)
     p.set_defaults(func=cmd_roster_import)
 

@@ -75,3 +75,74 @@ def write(roster: Roster, out: Path, modes: dict[str, str] | None = None, *, zip
                 z.write(p, p.name)
         return zip_to
     return out
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "oneroster"
+
+
+class Edited:
+    """A copy of a fixture package (tests/fixtures/oneroster/<base>), edited as a district's
+    exporter might have written it: rows changed, added or removed by sourcedId, files
+    made delta or left out. Files are rewritten as plain UTF-8 CSV."""
+
+    def __init__(self, base: str, to: Path) -> None:
+        import shutil
+
+        self.path = to
+        if to.exists():
+            shutil.rmtree(to)
+        shutil.copytree(FIXTURES / base, to)
+
+    def _read(self, file: str) -> tuple[list[str], list[dict[str, str]]]:
+        with open(self.path / file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+
+    def _write(self, file: str, header: list[str], rows: list[dict[str, str]]) -> None:
+        with open(self.path / file, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, header)
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: row.get(k, "") for k in header})
+
+    def edit(self, file: str, sourced_id: str, *, key: str = "sourcedId", **changes: str) -> Edited:
+        header, rows = self._read(file)
+        found = [r for r in rows if r[key] == sourced_id]
+        assert found, f"{sourced_id} not in {file}"
+        for r in found:
+            r.update(changes)
+        self._write(file, header, rows)
+        return self
+
+    def add(self, file: str, line: str) -> Edited:
+        """Append one CSV line, in the file's own column order."""
+        with open(self.path / file, "a", newline="", encoding="utf-8") as f:
+            f.write(line.rstrip("\r\n") + "\n")
+        return self
+
+    def remove(self, file: str, sourced_id: str) -> Edited:
+        header, rows = self._read(file)
+        self._write(file, header, [r for r in rows if r["sourcedId"] != sourced_id])
+        return self
+
+    def only(self, file: str, rows: list[dict[str, str]]) -> Edited:
+        """Replace a file's rows (a delta's rows)."""
+        header, _ = self._read(file)
+        self._write(file, header, rows)
+        return self
+
+    def row(self, file: str, sourced_id: str) -> dict[str, str]:
+        return next(r for r in self._read(file)[1] if r["sourcedId"] == sourced_id)
+
+    def manifest(self, version: str | None = None, **modes: str) -> Edited:
+        """Set oneroster.version and file.<entity> modes; a file made absent is deleted."""
+        header, rows = self._read("manifest.csv")
+        props = {r["propertyName"]: r["value"] for r in rows}
+        if version:
+            props["oneroster.version"] = version
+        for entity, mode in modes.items():
+            props[f"file.{entity}"] = mode
+            if mode == "absent":
+                (self.path / f"{entity}.csv").unlink(missing_ok=True)
+        self._write("manifest.csv", header, [{"propertyName": k, "value": v} for k, v in props.items()])
+        return self

@@ -181,3 +181,87 @@ async def test_reconciliation_shows_what_the_file_said_beside_what_is_held(roste
                                  headers=admin("another-district"))).status_code == 404
         klass = (await client.get("/v1/reconcile/classes/cls-02M001-3-401", headers=admin())).json()
         assert klass["held"]["class_type"] == "homeroom"
+
+
+@pytest.mark.parametrize(("name", "said"), [
+    ("not_a_zip", "neither a folder nor a zip archive"),
+    ("no_manifest", "no manifest.csv"),
+    ("semicolons", "users.csv has no column sourcedId, role, orgSourcedIds, givenName, familyName; its header looks "
+                   "`;`-separated"),
+])
+async def test_an_upload_that_is_not_a_readable_package_is_refused_at_once(roster, tmp_path, name, said):
+    package = tmp_path / "p"
+    shutil.copytree(FIXTURES / ("no_manifest" if name == "no_manifest" else "bulk_small"), package)
+    users = package / "users.csv"
+    users.write_text(users.read_text(encoding="utf-8-sig").replace(",", ";"))
+    body = b"sourcedId,role\nnot a zip" if name == "not_a_zip" else zipped(package, tmp_path / "p.zip")
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        refused = await client.post("/v1/imports", content=body, headers={**admin(), "Content-Type": "application/zip"})
+        assert refused.status_code == 422 and said in refused.json()["detail"], refused.text
+        assert (await client.get("/v1/imports", headers=admin())).json()["items"] == []  # nothing to follow
+
+
+async def test_an_upload_naming_another_district_org_is_refused_unless_confirmed(roster, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(FIXTURES / "bulk_small", other)
+    orgs = other / "orgs.csv"
+    orgs.write_text(orgs.read_text(encoding="utf-8-sig").replace("nycdoe", "yonkers")
+                    .replace("New York City Department of Education", "Yonkers Public Schools"))
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        first = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "a.zip"),
+                                  headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, first.headers["Location"])
+        refused = await client.post("/v1/imports", content=zipped(other, tmp_path / "b.zip"),
+                                    headers={**admin(), "Content-Type": "application/zip"})
+        assert refused.status_code == 409
+        assert "orgs.csv names district yonkers (Yonkers Public Schools)" in refused.json()["detail"]
+        confirmed = await client.post("/v1/imports?confirm_district=true", content=zipped(other, tmp_path / "c.zip"),
+                                      headers={**admin(), "Content-Type": "application/zip"})
+        assert confirmed.status_code == 202
+        assert (await finished(client, confirmed.headers["Location"]))["status"] == "applied"
+
+
+async def test_a_package_the_drop_folder_held_is_applied_from_held_when_confirmed(roster, tmp_path):
+    inbox = roster.drop / DISTRICT / "inbox"
+    zipped(FIXTURES / "bulk_small", inbox / "monday.zip")
+    await eventually(lambda: _exists(roster.drop / DISTRICT / "processed" / "monday.report.json"), what="monday")
+    truncated = tmp_path / "truncated"
+    shutil.copytree(FIXTURES / "bulk_small", truncated)
+    lines = (truncated / "users.csv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    (truncated / "users.csv").write_text("".join(lines[:3]))
+    zipped(truncated, inbox / "tuesday.zip")
+    held = roster.drop / DISTRICT / "held"
+    await eventually(lambda: _exists(held / "tuesday.report.json"), what="tuesday, held")
+    report = json.loads((held / "tuesday.report.json").read_text())
+    assert report["status"] == "held" and any("withdraw" in why for why in report["held_because"])
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        location = f"/v1/imports/{report['import_id']}"
+        assert (await client.post(location + "/confirm", headers=admin())).status_code == 202
+        await eventually(lambda: _status_is(client, location, "applied"), what="the confirmed import")
+
+
+async def test_a_rejected_row_shows_in_the_reconcile_view_and_a_second_school_sees_its_student(roster, tmp_path):
+    package = tmp_path / "p"
+    shutil.copytree(FIXTURES / "bulk_small", package)
+    users = package / "users.csv"
+    text = users.read_text(encoding="utf-8-sig")
+    text = text.replace(",Sofia,Rodriguez,", ",Sofia,,")  # stu-0001 without a family name
+    text = text.replace("stu-0007,active,2026-09-01T12:00:00.000Z,true,sch-02M104,",
+                        'stu-0007,active,2026-09-01T12:00:00.000Z,true,"sch-02M104,sch-02M475",')
+    users.write_text(text)
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        first = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "a.zip"),
+                                  headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, first.headers["Location"])
+        second = await client.post("/v1/imports", content=zipped(package, tmp_path / "b.zip"),
+                                   headers={**admin(), "Content-Type": "application/zip"})
+        assert (await finished(client, second.headers["Location"]))["status"] == "applied"
+        view = (await client.get("/v1/reconcile/students/stu-0001", headers=admin())).json()
+        assert view["last_file"]["accepted"] is False and view["last_file"]["problems"] == ["missing required field"]
+        assert view["held"]["status"] == "active"
+
+        hs_admin = {"Authorization": f"Bearer {token(DISTRICT, ['school_admin'], ['sch-02M475'])}"}
+        students = (await client.get("/v1/students?limit=1000", headers=hs_admin)).json()["items"]
+        dual = [s for s in students if s["source_id"] == "stu-0007"]
+        assert dual and dual[0]["school_id"] == "sch-02M104" and dual[0]["school_ids"] == ["sch-02M104", "sch-02M475"]
+        assert (await client.get(f"/v1/students/{dual[0]['student_id']}", headers=hs_admin)).status_code == 200
