@@ -82,13 +82,13 @@ class Stack:
 
     def env(self, service: str, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CASEFLOW_")}
+        env["CASEFLOW_TODAY"] = os.environ.get("CASEFLOW_TODAY", "")  # the tests' fixed day (tests/conftest.py)
         env.update(
             KAFKA_BOOTSTRAP_SERVERS=self.backends.kafka,
             CASEFLOW_TOPIC_PREFIX=self.prefix,
             CASEFLOW_JWT_SECRET=SECRET,
             **{f"CASEFLOW_{service.upper()}_DATABASE_URL": self.database_url(service)},
             CASEFLOW_CONSUMER_BATCH_SIZE="500",
-            CASEFLOW_TODAY=os.environ.get("CASEFLOW_TODAY", ""),
             PYTHONPATH=str(ROOT),
             **extra,
         )

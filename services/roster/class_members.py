@@ -181,24 +181,30 @@ async def mark_evaluated(conn: asyncpg.Connection, district_id: str, today: date
 
 async def follow_the_calendar(pool: asyncpg.Pool, kafka: KafkaSettings, today: date) -> dict[str, dict[str, int]]:
     """One step for every district: class members as of `today`. A district that fails is
-    logged and left for the next step; the others go on."""
+    logged and left for the next step; the others go on. Raises when every district failed."""
     async with pool.acquire() as conn:
         districts = [r[0] for r in await conn.fetch(
             """SELECT district_id FROM enrollments GROUP BY district_id
                UNION SELECT district_id FROM class_members GROUP BY district_id""")]
     changed: dict[str, dict[str, int]] = {}
+    failed: Exception | None = None
+    done = 0
     for district_id in sorted(districts):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 counts = await bring_to(conn, district_id, today, kafka)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except Exception as e:  # noqa: BLE001 - one district's failure must not hold the others back
             log.error("calendar step failed for a district; trying again at the next step", district_id=district_id,
                       error=repr(e))
+            failed = e
             continue
+        done += 1
         if any(counts.values()):
             changed[district_id] = counts
             log.info("class members follow the calendar", district_id=district_id, today=today.isoformat(),
                      **counts)
+    if failed is not None and done == 0:
+        raise failed  # no district could be stepped: the step itself is broken (the task is down)
     return changed
 
 
@@ -208,6 +214,7 @@ async def keep_class_members_current(runtime) -> None:
     options = runtime.definition.options
     while True:
         changed = await follow_the_calendar(runtime.pool, runtime.settings.kafka, options.today())
+        runtime.tasks.succeeded()
         if changed:
             runtime.relay.wake()
         await asyncio.sleep(options.calendar_poll_seconds)

@@ -95,3 +95,30 @@ async def test_a_teachers_caseload_follows_the_districts_files(system: Stack, tm
     # Every change was published, keyed by student.
     records = await system.records("caseload.memberships.v1")
     assert records and all(r.key for r in records)
+
+
+async def test_a_caseload_follows_the_calendar_without_a_new_file(system: Stack, tmp_path):
+    """CHEM-01 is a fall-term section (its enrolments end 2027-01-29): the day after, its
+    teacher no longer has its students, though no file said so that day."""
+    await system.prepare("roster", "caseload")
+    roster = await system.service("roster").start(CASEFLOW_TODAY="2027-01-29").ready()
+    caseloads = await system.service("caseload").start().ready()
+    await upload(roster, FIXTURES / "bulk_small_next", tmp_path)  # Keisha, matched, teaches CHEM-01
+    keisha = bearer(KEISHA, ["caseload_viewer"], ["sch-02M475"])
+    stu12 = str(student_id_for(DISTRICT, "stu-0012"))
+
+    async def in_chemistry():
+        held = await caseload(caseloads, keisha)
+        return held if "section CHEM-01" in held.get(stu12, []) else None
+
+    await eventually(in_chemistry, timeout=90, what="stu-0012 on Keisha's caseload through CHEM-01")
+
+    roster.stop()
+    await roster.start(CASEFLOW_TODAY="2027-01-30").ready()  # the roster's calendar step runs as it starts
+
+    async def term_over():
+        held = await caseload(caseloads, keisha)
+        return held if stu12 not in held and held else None
+
+    held = await eventually(term_over, timeout=60, what="the fall term's end on Keisha's caseload")
+    assert all("CHEM-01" not in d for details in held.values() for d in details)
