@@ -592,6 +592,10 @@ class Reader:
             raw = _blank(row.get("birthDate"))
             role = self.known.users.get(sid)
             if role is not None and role != "student":
+                self._ignore(file, line, sid, "demographics rows of users who are not students are not kept")
+                continue
+            if role is None and self.package.mode("users") == "bulk" and ("user", sid) not in self.rejected:
+                self._ignore(file, line, sid, "demographics rows of users not in users.csv are not kept")
                 continue
             if raw is None:
                 yield (sid, None, True)

@@ -536,3 +536,22 @@ async def test_a_package_from_another_district_org_is_held_until_confirmed(base,
     held = await imported(base, package.path)
     assert held.status == "held" and "orgs.csv names district yonkers (Yonkers)" in held.message
     assert (await imported(base, package.path, confirm=True)).status == "applied"
+
+
+async def test_staff_of_every_kind_enrolled_in_a_class_are_members_not_unknown_users(base, tmp_path):
+    package = (Edited("bulk_small", tmp_path / "p")
+               .add("users.csv", "aid-1,active,2026-09-01T12:00:00.000Z,true,sch-02M475,aide,a1,,Ana,Ruiz,,,"
+                                 "a1@schools.example.org,,,,,")
+               .add("enrollments.csv", "aid-1,aide,cls-02M475-ALG1-01,enr-0024,active,2026-09-01T12:00:00.000Z,"
+                                       "sch-02M475,false,,")
+               .add("enrollments.csv", "stf-1006,teacher,cls-02M475-ALG1-01,enr-0025,active,2026-09-01T12:00:00.000Z,"
+                                       "sch-02M475,false,,")
+               .add("demographics.csv", "stf-1006,active,2026-09-01T12:00:00.000Z,,,,,,,,,,,,male,1970-01-01")
+               .add("demographics.csv", "stu-9999,active,2026-09-01T12:00:00.000Z,,,,,,,,,,,,male,2012-01-01"))
+    result = await imported(base, package.path)
+    assert result.status == "applied" and result.error_count == 0, result.problems
+    members = (await held_state(base, D))["enrollments"]
+    assert members[("cls-02M475-ALG1-01", "aid-1")] == ("aide", False)
+    assert members[("cls-02M475-ALG1-01", "stf-1006")] == ("teacher", False)  # an administrator who teaches
+    notes = {p.source_id: p.reason for p in result.problems if p.file == "demographics.csv"}
+    assert "not students are not kept" in notes["stf-1006"] and "not in users.csv" in notes["stu-9999"]
