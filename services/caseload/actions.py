@@ -51,13 +51,13 @@ class Action:
                                                "caseload_editor or an admin role")
 
     def visible(self, ctx: Context, student) -> bool:
-        return domain.may_see(ctx.caller, school_id=student["school_id"], on_own_caseload=student["on_own_caseload"])
+        return domain.may_see(ctx.caller, schools=student["school_ids"], on_own_caseload=student["on_own_caseload"])
 
     async def prepare(self, ctx: Context, students: dict) -> None:
         pass
 
     def check(self, ctx: Context, student) -> None:
-        domain.check_may_act(ctx.caller, school_id=student["school_id"], on_own_caseload=student["on_own_caseload"])
+        domain.check_may_act(ctx.caller, schools=student["school_ids"], on_own_caseload=student["on_own_caseload"])
 
     async def apply(self, ctx: Context, students: list) -> None:
         raise NotImplementedError
@@ -120,7 +120,8 @@ class AssignPointPerson(Action):
     async def prepare(self, ctx: Context, students: dict) -> None:
         types = {t.type: t for t in await store.point_person_types(ctx.conn, ctx.district_id)}
         ctx.facts["type"] = types.get(self.type)
-        grades = await store.school_grades(ctx.conn, ctx.district_id, (s["school_id"] for s in students.values()))
+        grades = await store.school_grades(ctx.conn, ctx.district_id,
+                                           {school for s in students.values() for school in s["school_ids"]})
         ctx.facts["levels"] = {school: domain.school_levels(g) for school, g in grades.items()}
         ctx.facts["owner_known"] = self.owner_email is None or bool(
             await store.active_staff_emails(ctx.conn, ctx.district_id, [self.owner_email]))
@@ -131,8 +132,8 @@ class AssignPointPerson(Action):
             if ctx.facts["type"] is None:
                 raise Refused("unknown_point_person_type", f"no point person type {self.type!r} in this district")
             return
-        domain.check_point_person(ctx.facts["type"], self.type, ctx.facts["levels"].get(student["school_id"],
-                                                                                        frozenset()),
+        domain.check_point_person(ctx.facts["type"], self.type,
+                                  domain.student_levels(student["school_ids"], ctx.facts["levels"]),
                                   ctx.facts["owner_known"])
 
     async def apply(self, ctx: Context, students: list) -> None:
@@ -147,16 +148,15 @@ class AssignPointPerson(Action):
 @dataclass
 class SupportMembership(Action):
     """Add students to a support (or take them out): its lead has them on their caseload.
-    A support belongs to one school; its students are that school's."""
+    A support belongs to one school; its students are enrolled in that school."""
 
     support: dict
     add: bool
 
     def check(self, ctx: Context, student) -> None:
         super().check(ctx, student)
-        if self.add and student["school_id"] != self.support["school_id"]:
-            raise Refused("other_school", f"the support \"{self.support['name']}\" belongs to school "
-                                          f"{self.support['school_id']}; the student is at {student['school_id']}")
+        if self.add:
+            domain.check_support_school(self.support, student["school_ids"])
 
     async def apply(self, ctx: Context, students: list) -> None:
         await store.support_members(ctx.conn, self.support["support_id"], [s["student_id"] for s in students],
@@ -190,13 +190,13 @@ class ProviderCaseload(Action):
         if super().visible(ctx, student):
             return True
         # A provider finds the students of the schools they are authorised to serve.
-        schools = ctx.facts["provider_schools"]
-        return self.provider_email == ctx.caller.email and ("*" in schools or student["school_id"] in schools)
+        return self.provider_email == ctx.caller.email and domain.provider_serves(ctx.facts["provider_schools"],
+                                                                                  student["school_ids"])
 
     def check(self, ctx: Context, student) -> None:
         if self.add:
             ctx.facts["link"][student["student_id"]] = domain.mandate_to_link(
-                provider_schools=ctx.facts["provider_schools"], student_school=student["school_id"],
+                provider_schools=ctx.facts["provider_schools"], student_schools=student["school_ids"],
                 mandates=ctx.facts["mandates"].get(student["source_id"], []), service=self.service)
 
     async def apply(self, ctx: Context, students: list) -> None:

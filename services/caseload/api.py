@@ -71,7 +71,7 @@ async def _visible_student(conn, caller: domain.Caller, district_id: str, studen
     if row is None:
         return None
     own = await store.on_caseload(conn, owner_email=caller.email, student_id=student_id)
-    return row if domain.may_see(caller, school_id=row["school_id"], on_own_caseload=own) else None
+    return row if domain.may_see(caller, schools=row["school_ids"], on_own_caseload=own) else None
 
 
 async def _act(request: Request, identity: Identity, action: actions.Action, student_ids: list[UUID],
@@ -498,13 +498,6 @@ async def first_attendances(request: Request, caller: Caller, status_: Annotated
     if not caller.roles & domain.ADMIN_ROLES:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "needs district_admin or school_admin")
     async with request.app.state.pool.acquire() as conn:
-        rows = await conn.fetch(
-            """SELECT a.event_id, a.student_source_id, a.provider_email, a.service, a.mandate_id, a.session_date,
-                      a.status, a.waiting_for, a.recorded_at, s.school_id
-               FROM first_attendances a
-               LEFT JOIN students s ON s.district_id = a.district_id AND s.source_id = a.student_source_id
-               WHERE a.district_id = $1 AND a.status = $2
-                 AND ($3::text[] IS NULL OR s.school_id = ANY($3::text[]))
-               ORDER BY a.recorded_at LIMIT $4""",
-            caller.district_id, status_, None if caller.district_wide else sorted(caller.schools), limit)
+        rows = await store.first_attendances(conn, district_id=caller.district_id, status=status_, limit=limit,
+                                             schools=None if caller.district_wide else sorted(caller.schools))
     return {"items": [_jsonable(r) for r in rows]}

@@ -16,6 +16,11 @@ school (seed 001).
 Who may do what (seed 000): a caseload viewer sees their own caseload; a caseload editor
 also acts on it; school and district admins see and act on their schools or district.
 
+Dual enrolment: a student belongs to every school they are enrolled in (student_schools),
+whatever the order the roster lists them in; staff of each of those schools see and act on
+them as on their own school's students. A homeroom or section membership belongs to the
+school of its class; the other reasons to the student's home school (school_id).
+
 The service keeps caseloads up to date incrementally, in SQL, as events and actions arrive
 (store.refresh_caseloads); `automatic_memberships` states the automatic rule over a whole
 projection, so a test can check that the two always agree.
@@ -69,11 +74,25 @@ _LEVEL_GRADES = {
 LEVEL_SHORTHANDS = {"EMS": ("ES", "MS"), "ALL": LEVELS}
 
 
+def student_schools(school_id: str, school_ids: Iterable[str] | None) -> tuple[str, ...]:
+    """Every school a student is enrolled in, as a set written one way (sorted): the home
+    school always among them; None (an older producer) means the home school alone; the
+    order the roster lists them in never changes anything."""
+    listed = {s.strip() for s in (school_ids or ())}
+    return tuple(sorted((listed | {school_id}) - {""}))
+
+
 def school_levels(grades: Iterable[str]) -> frozenset[str]:
     """The levels a school serves, from the grades its students are in: a K-8 school is
     ES and MS; a 6-12 school MS and HS."""
     grades = set(grades)
     return frozenset(level for level, in_level in _LEVEL_GRADES.items() if grades & in_level)
+
+
+def student_levels(schools: Iterable[str], levels_by_school: dict[str, frozenset[str]]) -> frozenset[str]:
+    """The levels of all of a student's schools: a 7th grader also enrolled at a high
+    school may have the high school's point persons."""
+    return frozenset().union(*(levels_by_school.get(s, frozenset()) for s in schools))
 
 
 def parse_levels(written: Iterable[str]) -> frozenset[str]:
@@ -149,15 +168,21 @@ class Caller:
         """Sees every student of the school (admins; a supervisor, for their schools)."""
         return self.district_wide or (bool(self.roles & {"school_admin", "supervisor"}) and school_id in self.schools)
 
+    def sees_student_of(self, schools: Iterable[str]) -> bool:
+        """Sees a student enrolled in these schools: one of them is enough."""
+        return any(self.sees_school(s) for s in schools)
 
-def may_see(caller: Caller, *, school_id: str, on_own_caseload: bool) -> bool:
-    return caller.sees_school(school_id) or (bool(caller.roles & READ_ROLES) and on_own_caseload)
+
+def may_see(caller: Caller, *, schools: Iterable[str], on_own_caseload: bool) -> bool:
+    """schools: every school the student is enrolled in (student_schools)."""
+    return caller.sees_student_of(schools) or (bool(caller.roles & READ_ROLES) and on_own_caseload)
 
 
-def check_may_act(caller: Caller, *, school_id: str, on_own_caseload: bool) -> None:
+def check_may_act(caller: Caller, *, schools: Iterable[str], on_own_caseload: bool) -> None:
     """Point persons, supports and batch actions: an editor on their own caseload, an admin
-    in their scope. Raises Refused; the caller has already been shown the student."""
-    if caller.district_wide or ("school_admin" in caller.roles and school_id in caller.schools):
+    in their scope (one of the student's schools). Raises Refused; the caller has already
+    been shown the student."""
+    if caller.district_wide or ("school_admin" in caller.roles and caller.schools & set(schools)):
         return
     if "caseload_editor" in caller.roles and on_own_caseload:
         return
@@ -181,6 +206,15 @@ def check_point_person(ptype: PointPersonType | None, type_name: str, levels: fr
                                               "with a login email")
 
 
+def check_support_school(support, student_schools: Iterable[str]) -> None:
+    """A support belongs to one school; it takes students enrolled in that school (their
+    home school or another)."""
+    student_schools = tuple(student_schools)
+    if support["school_id"] not in student_schools:
+        raise Refused("other_school", f"the support \"{support['name']}\" belongs to school {support['school_id']}; "
+                                      f"the student is at {', '.join(student_schools)}")
+
+
 # -------------------------------------------------------------------- providers (seed 001)
 
 
@@ -200,13 +234,19 @@ def check_may_change_provider_caseload(caller: Caller, provider_email: str, prov
                                                "is not authorised in any of the supervisor's schools")
 
 
-def mandate_to_link(*, provider_schools: frozenset[str], student_school: str, mandates: list[tuple[str, str]],
-                    service: str | None) -> str:
+def provider_serves(provider_schools: frozenset[str], student_schools: Iterable[str]) -> bool:
+    """A provider serves the students of the schools they are authorised for ('*': the
+    district); a student of several schools, if any one of them."""
+    return "*" in provider_schools or bool(provider_schools & set(student_schools))
+
+
+def mandate_to_link(*, provider_schools: frozenset[str], student_schools: Iterable[str],
+                    mandates: list[tuple[str, str]], service: str | None) -> str:
     """The student's mandate a provider link goes under; raises Refused naming the rule.
     mandates: the student's active (mandate_id, service)."""
     if not mandates:
         raise Refused("no_mandate", "the student has no active mandate (IEP or service mandate)")
-    if "*" not in provider_schools and student_school not in provider_schools:
+    if not provider_serves(provider_schools, student_schools):
         raise Refused("provider_not_authorised", "the provider is not authorised to serve students of the "
                                                  "student's school")
     if service is not None:
@@ -221,11 +261,11 @@ def mandate_to_link(*, provider_schools: frozenset[str], student_school: str, ma
 
 
 def check_provider_link(*, caller: Caller, provider_email: str, provider_schools: frozenset[str],
-                        student_school: str, mandates: list[tuple[str, str]], service: str | None) -> str:
+                        student_schools: Iterable[str], mandates: list[tuple[str, str]], service: str | None) -> str:
     """May `caller` put the student on the provider's caseload (seed 001)? Returns the
     mandate id to link; raises Refused naming the rule that failed."""
     check_may_change_provider_caseload(caller, provider_email, provider_schools)
-    return mandate_to_link(provider_schools=provider_schools, student_school=student_school, mandates=mandates,
+    return mandate_to_link(provider_schools=provider_schools, student_schools=student_schools, mandates=mandates,
                            service=service)
 
 
@@ -244,6 +284,7 @@ class ProjectedStudent:
     status: str
     as_of: datetime
     source_id: str | None = None
+    school_ids: tuple[str, ...] = ()  # every school the student is enrolled in (student_schools)
 
 
 def latest_students(events: Iterable[StudentEnrolled | StudentUpdated | StudentWithdrawn],
@@ -264,7 +305,7 @@ def latest_students(events: Iterable[StudentEnrolled | StudentUpdated | StudentW
             now = ProjectedStudent(
                 student_id=e.student_id, district_id=e.district_id, school_id=e.school_id, grade=e.grade,
                 given_name=e.given_name, family_name=e.family_name, state_id=e.state_id, status="active",
-                as_of=e.occurred_at, source_id=e.source_id,
+                as_of=e.occurred_at, source_id=e.source_id, school_ids=student_schools(e.school_id, e.school_ids),
             )
         latest[e.student_id] = changed[e.student_id] = now
     return list(changed.values())

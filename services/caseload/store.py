@@ -22,11 +22,11 @@ from services.caseload.domain import (
 async def held_students(conn: asyncpg.Connection, ids: Iterable[UUID]) -> dict[UUID, ProjectedStudent]:
     rows = await conn.fetch(
         """SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
-                  source_id
+                  source_id, school_ids
            FROM students WHERE student_id = ANY($1::uuid[]) ORDER BY student_id FOR UPDATE""",
         list(set(ids)),
     )
-    return {r["student_id"]: ProjectedStudent(**dict(r)) for r in rows}
+    return {r["student_id"]: ProjectedStudent(**{**dict(r), "school_ids": tuple(r["school_ids"])}) for r in rows}
 
 
 async def project_students(conn: asyncpg.Connection, students: list[ProjectedStudent]) -> None:
@@ -34,18 +34,22 @@ async def project_students(conn: asyncpg.Connection, students: list[ProjectedStu
         return
     await conn.execute(
         """INSERT INTO students (student_id, district_id, school_id, grade, given_name, family_name, state_id,
-                                 status, as_of, source_id)
-           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                                 status, as_of, source_id, school_ids)
+           SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
+                  source_id, string_to_array(school_ids, chr(31))
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                       $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])
+                AS r(student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
+                     source_id, school_ids)
            ON CONFLICT (student_id) DO UPDATE SET
                district_id = EXCLUDED.district_id, school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
                given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
                state_id = EXCLUDED.state_id, status = EXCLUDED.status, as_of = EXCLUDED.as_of,
-               source_id = EXCLUDED.source_id
+               source_id = EXCLUDED.source_id, school_ids = EXCLUDED.school_ids
            WHERE students.as_of <= EXCLUDED.as_of""",
         *(list(col) for col in zip(*(
             (s.student_id, s.district_id, s.school_id, s.grade, s.given_name, s.family_name, s.state_id, s.status,
-             s.as_of, s.source_id)
+             s.as_of, s.source_id, chr(31).join(s.school_ids or (s.school_id,)))
             for s in students
         ), strict=True)),
     )
@@ -176,15 +180,17 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
                WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
            ),
            enrolled AS MATERIALIZED (
-               SELECT b.student_id, b.district_id, b.school_id, b.grade, m.class_id
+               SELECT b.student_id, b.district_id, b.grade, m.class_id
                FROM batch b JOIN class_members m ON m.person_id = b.student_id AND m.role = 'student'
                WHERE b.grade = ANY($2::text[]) OR b.grade = ANY($3::text[])
            ),
            wanted AS (
-               -- staff.email holds domain.login_email's reading: NULL is unmatched.
+               -- staff.email holds domain.login_email's reading: NULL is unmatched. A homeroom or
+               -- section membership belongs to the class's school (a dual-enrolled student's
+               -- section may be at their other school); the other reasons to the home school.
                SELECT sf.email AS owner_email, e.student_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom' ELSE 'section' END AS reason,
-                      c.class_id::text AS source_ref, e.district_id, e.school_id,
+                      c.class_id::text AS source_ref, e.district_id, c.school_id,
                       CASE WHEN c.class_type = 'homeroom' THEN 'homeroom ' || c.title
                            ELSE 'section ' || coalesce(c.class_code, c.title) END AS detail
                FROM enrolled e
@@ -241,8 +247,8 @@ async def students_with_blank_owners(conn: asyncpg.Connection) -> list[UUID]:
 
 async def student(conn: asyncpg.Connection, *, district_id: str, student_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        """SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
-                  source_id
+        """SELECT student_id, district_id, school_id, school_ids, grade, given_name, family_name, state_id, status,
+                  as_of, source_id
            FROM students WHERE district_id = $1 AND student_id = $2""",
         district_id, student_id,
     )
@@ -252,18 +258,19 @@ async def caseload_page(conn: asyncpg.Connection, *, district_id: str, owner_ema
                         grade: str | None, reason: str | None, after: UUID | None, limit: int,
                         schools: list[str] | None) -> str:
     """One page of a caseload as the JSON the API answers with, built by PostgreSQL: a
-    teacher's 150 students cost one query and no Python-side conversion. `schools`: only
-    students of these schools (None: all)."""
+    teacher's 150 students cost one query and no Python-side conversion. `school_id`: the
+    students enrolled in that school; `schools`: only students enrolled in one of these
+    (None: all). A dual-enrolled student is a student of each of their schools."""
     return await conn.fetchval(
         """WITH page AS (
-               SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.grade,
+               SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.school_ids, s.grade,
                       jsonb_agg(jsonb_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
                                 ORDER BY m.since, m.detail) AS why
                FROM memberships m JOIN students s ON s.student_id = m.student_id
                WHERE m.district_id = $1 AND m.owner_email = $2
-                 AND ($3::text IS NULL OR s.school_id = $3) AND ($4::text IS NULL OR s.grade = $4)
+                 AND ($3::text IS NULL OR $3 = ANY(s.school_ids)) AND ($4::text IS NULL OR s.grade = $4)
                  AND ($5::text IS NULL OR m.reason = $5) AND ($6::uuid IS NULL OR m.student_id > $6)
-                 AND ($8::text[] IS NULL OR s.school_id = ANY($8::text[]))
+                 AND ($8::text[] IS NULL OR s.school_ids && $8::text[])
                GROUP BY s.student_id ORDER BY s.student_id LIMIT $7
            )
            SELECT json_build_object(
@@ -288,7 +295,7 @@ async def students_for_action(conn: asyncpg.Connection, *, district_id: str, stu
     """The students an action names, locked (in id order, as the handlers lock them) so an
     action and a roster event on one student do not interleave."""
     rows = await conn.fetch(
-        """SELECT s.student_id, s.school_id, s.source_id, s.grade, s.status,
+        """SELECT s.student_id, s.school_id, s.school_ids, s.source_id, s.grade, s.status,
                   EXISTS (SELECT 1 FROM memberships m WHERE m.student_id = s.student_id
                           AND m.owner_email = $3) AS on_own_caseload
            FROM students s WHERE s.district_id = $1 AND s.student_id = ANY($2::uuid[])
@@ -387,7 +394,7 @@ async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
                        ORDER BY md.recorded_at LIMIT 1) AS mandate_id,
                       EXISTS (SELECT 1 FROM provider_authorisations pa
                               WHERE pa.district_id = a.district_id AND pa.provider_email = a.provider_email
-                                AND pa.school_id IN (s.school_id, '*')) AS authorised
+                                AND (pa.school_id = '*' OR pa.school_id = ANY(s.school_ids))) AS authorised
                FROM first_attendances a
                LEFT JOIN students s ON s.district_id = a.district_id AND s.source_id = a.student_source_id
                                    AND s.status = 'active'
@@ -418,6 +425,20 @@ async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
            RETURNING a.student_source_id, a.provider_email, a.status, a.waiting_for""",
         district_id, source_ids, provider_email,
     )
+
+
+async def first_attendances(conn: asyncpg.Connection, *, district_id: str, status: str, schools: list[str] | None,
+                            limit: int) -> list[asyncpg.Record]:
+    """First attendances by status, oldest first. `schools`: only those of students enrolled
+    in one of these schools (None: all, students the roster does not know yet too)."""
+    return await conn.fetch(
+        """SELECT a.event_id, a.student_source_id, a.provider_email, a.service, a.mandate_id, a.session_date,
+                  a.status, a.waiting_for, a.recorded_at, s.school_id, s.school_ids
+           FROM first_attendances a
+           LEFT JOIN students s ON s.district_id = a.district_id AND s.source_id = a.student_source_id
+           WHERE a.district_id = $1 AND a.status = $2 AND ($3::text[] IS NULL OR s.school_ids && $3::text[])
+           ORDER BY a.recorded_at LIMIT $4""",
+        district_id, status, schools, limit)
 
 
 async def active_mandates(conn: asyncpg.Connection, district_id: str,
@@ -487,7 +508,7 @@ async def end_unauthorised_links(conn: asyncpg.Connection, district_id: str, pro
            WHERE l.district_id = $1 AND l.provider_email = $2 AND l.ended_at IS NULL
              AND s.district_id = l.district_id AND s.source_id = l.student_source_id
              AND NOT EXISTS (SELECT 1 FROM provider_authorisations pa WHERE pa.district_id = $1
-                             AND pa.provider_email = $2 AND pa.school_id IN (s.school_id, '*'))
+                             AND pa.provider_email = $2 AND (pa.school_id = '*' OR pa.school_id = ANY(s.school_ids)))
            RETURNING s.student_id""",
         district_id, provider_email, ended_by)
     return {r["student_id"] for r in rows}
@@ -530,9 +551,12 @@ async def point_person_counts(conn: asyncpg.Connection, district_id: str) -> dic
 
 
 async def school_grades(conn: asyncpg.Connection, district_id: str, school_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The grades each school's active students are in (its level), dual-enrolled students
+    counting in each of their schools."""
     rows = await conn.fetch(
-        """SELECT DISTINCT school_id, grade FROM students
-           WHERE district_id = $1 AND school_id = ANY($2::text[]) AND status = 'active'""",
+        """SELECT DISTINCT e.school_id, s.grade FROM students s, unnest(s.school_ids) AS e(school_id)
+           WHERE s.district_id = $1 AND s.school_ids && $2::text[] AND s.status = 'active'
+             AND e.school_id = ANY($2::text[])""",
         district_id, sorted(set(school_ids)),
     )
     out: dict[str, set[str]] = {}

@@ -23,7 +23,13 @@ from contracts.roster import (
 )
 from services.caseload import handlers
 from services.caseload import store
-from services.caseload.domain import Membership, Projection, automatic_memberships, manual_memberships
+from services.caseload.domain import (
+    Membership,
+    Projection,
+    automatic_memberships,
+    manual_memberships,
+    student_schools,
+)
 from services.kit import outbox
 from services.kit.consumer import UnitOfWork
 from services.kit.settings import AuthSettings, KafkaSettings, Settings
@@ -37,9 +43,24 @@ NS = uuid.UUID("5f0c1d2e-0000-4000-8000-000000000000")
 STUDENTS = [uuid.uuid5(NS, f"s{i}") for i in range(4)]
 TEACHERS = [uuid.uuid5(NS, f"t{i}") for i in range(2)]
 CLASSES = [uuid.uuid5(NS, f"c{i}") for i in range(3)]
+CLASS_SCHOOL = {CLASSES[0]: "A", CLASSES[1]: "B", CLASSES[2]: "C"}  # a class stays at its school
+
+GRADES = st.sampled_from(["KG", "03", "07", "10"])
+HOMES = st.sampled_from(["A", "B"])
+LISTED = st.none() | st.lists(st.sampled_from(["A", "B", "C"]), unique=True)
+# A roster where caseloads exist (a homeroom and two sections with matched teachers, four
+# students in them), its facts arriving in an order hypothesis picks; random steps then
+# change it. Random steps alone almost never assemble a membership.
+_CLASS_LISTS = [("class", 0, "homeroom"), ("class", 1, "scheduled"), ("class", 2, "scheduled"),
+                ("staff", 0, "a@x.org"), ("staff", 1, " B@x.org"), ("join", 0, 4), ("join", 1, 5), ("join", 2, 4),
+                ("join", 0, 0), ("join", 0, 1), ("join", 1, 2), ("join", 1, 3), ("join", 2, 3), ("join", 2, 0)]
+scene = st.tuples(*(st.tuples(st.just("enrol"), st.just(i), GRADES, HOMES, LISTED) for i in range(4))).flatmap(
+    lambda enrolments: st.permutations([*enrolments, *_CLASS_LISTS]))
 
 steps = st.lists(st.one_of(
-    st.tuples(st.just("enrol"), st.integers(0, 3), st.sampled_from(["KG", "03", "07", "10"])),
+    # A student's home school and the schools they are enrolled in (dual enrolment): none
+    # from an older producer, in any order, the home school among them or not.
+    st.tuples(st.just("enrol"), st.integers(0, 3), GRADES, HOMES, LISTED),
     st.tuples(st.just("withdraw"), st.integers(0, 3)),
     # Every spelling of "no email" an older producer or an SIS bridge may send, and a login
     # email written with spaces and capitals.
@@ -50,7 +71,8 @@ steps = st.lists(st.one_of(
     st.tuples(st.just("remove_class"), st.integers(0, 2)),
     st.tuples(st.just("join"), st.integers(0, 2), st.integers(0, 5)),
     st.tuples(st.just("leave"), st.integers(0, 2), st.integers(0, 5)),
-), min_size=6, max_size=40)
+), min_size=0, max_size=30)
+plans = st.tuples(scene, steps).map(lambda parts: [*parts[0], *parts[1]])
 
 # Manual actions between roster events: a point person assigned or removed, a support's
 # student added or removed, a support handed to a new lead.
@@ -69,11 +91,11 @@ def roster_events(district: str, plan) -> list:
     for n, step in enumerate(plan):
         at = dict(district_id=district, occurred_at=t0 + timedelta(seconds=n))
         match step:
-            case ("enrol", i, grade):
+            case ("enrol", i, grade, home, listed):
                 cls = StudentUpdated if STUDENTS[i] in known else StudentEnrolled
                 extra = {"changed": ["grade"]} if cls is StudentUpdated else {}
-                events.append(cls(student_id=STUDENTS[i], source_id=f"s{i}", school_id="A", grade=grade,
-                                  given_name="G", family_name="F", **extra, **at))
+                events.append(cls(student_id=STUDENTS[i], source_id=f"s{i}", school_id=home, school_ids=listed,
+                                  grade=grade, given_name="G", family_name="F", **extra, **at))
                 known.add(STUDENTS[i])
             case ("withdraw", i):
                 events.append(StudentWithdrawn(student_id=STUDENTS[i], source_id=f"s{i}", school_id="A",
@@ -84,16 +106,17 @@ def roster_events(district: str, plan) -> list:
             case ("deactivate", i):
                 events.append(StaffDeactivated(staff_id=TEACHERS[i], source_id=f"t{i}", **at))
             case ("class", i, kind):
-                events.append(ClassUpserted(class_id=CLASSES[i], source_id=f"c{i}", school_id="A", class_type=kind,
-                                            title=f"C{i}", grades=[], periods=[], **at))
+                events.append(ClassUpserted(class_id=CLASSES[i], source_id=f"c{i}", school_id=CLASS_SCHOOL[CLASSES[i]],
+                                            class_type=kind, title=f"C{i}", grades=[], periods=[], **at))
             case ("remove_class", i):
-                events.append(ClassRemoved(class_id=CLASSES[i], source_id=f"c{i}", school_id="A", **at))
+                events.append(ClassRemoved(class_id=CLASSES[i], source_id=f"c{i}",
+                                           school_id=CLASS_SCHOOL[CLASSES[i]], **at))
             case ("join" | "leave", c, p):
                 person, role = (STUDENTS[p], "student") if p < 4 else (TEACHERS[p - 4], "teacher")
                 cls = EnrollmentAdded if step[0] == "join" else EnrollmentRemoved
                 extra = {"primary": True} if cls is EnrollmentAdded else {}
                 events.append(cls(person_id=person, role=role, class_id=CLASSES[c], class_source_id=f"c{c}",
-                                  user_source_id=f"p{p}", school_id="A", **extra, **at))
+                                  user_source_id=f"p{p}", school_id=CLASS_SCHOOL[CLASSES[c]], **extra, **at))
     return events
 
 
@@ -118,7 +141,7 @@ _pool: dict = {}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plan=steps, batch=st.integers(1, 4), manual=manual_steps, where=st.randoms())
+@given(plan=plans, batch=st.integers(1, 4), manual=manual_steps, where=st.randoms())
 async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(service_db, plan, batch, manual, where):
     if service_db not in _pool:
         _pool.clear()
@@ -188,8 +211,16 @@ async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(ser
         await act(manual[len(manual) - len(at) - 1])
     async with pool.acquire() as conn:
         projection, held = await projection_and_caseloads(conn)
+        schools = {r["student_id"]: tuple(r["school_ids"]) for r in await conn.fetch("SELECT * FROM students")}
+        class_schools = {(r["owner_email"], r["student_id"], r["source_ref"]): r["school_id"]
+                         for r in await conn.fetch("SELECT * FROM memberships WHERE reason IN ('homeroom', 'section')")}
     assert held == automatic_memberships(projection) | manual_memberships(
         projection.students, point_persons, {SUPPORT: lead}, members)
+    # Each student belongs to every school of their newest enrolment, whatever its order; a
+    # homeroom or section membership to the school of its class.
+    newest = {STUDENTS[step[1]]: student_schools(step[3], step[4]) for step in plan if step[0] == "enrol"}
+    assert schools == newest
+    assert all(school == CLASS_SCHOOL[uuid.UUID(ref)] for (_, _, ref), school in class_schools.items())
     # ... and a subscriber replaying the membership events holds the same caseloads.
     import json
 
@@ -197,6 +228,8 @@ async def test_incremental_caseloads_equal_caseloads_recomputed_from_scratch(ser
     for m in published:
         e = json.loads(m.payload)
         key = (e["owner_email"], uuid.UUID(e["student_id"]), e["reason"], e["source_ref"])
+        if e["reason"] in ("homeroom", "section"):
+            assert e["school_id"] == CLASS_SCHOOL[uuid.UUID(e["source_ref"])]
         if e["event_type"] == "caseload.membership_added.v1":
             assert key not in replayed
             replayed.add(key)
@@ -375,3 +408,51 @@ async def test_memberships_a_blank_email_held_from_before_leave_as_the_service_s
         ("caseload.membership_removed.v1", "")]
     await drop_blank_owners(runtime)  # nothing left to do
     assert len(runtime.outgoing) == 1
+
+
+async def test_a_dual_enrolled_student_is_on_the_section_teachers_caseload_with_the_school_of_the_section(
+        service_db):
+    """stu-0007 is enrolled at 02M104 and at 02M475, and takes a section at 02M475 taught by
+    a matched teacher: the membership belongs to 02M475 (the class's school); the order the
+    roster lists the schools in changes nothing."""
+    pool = await service_db("caseload")
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    at = dict(district_id="d1", occurred_at=t0)
+    stu7, section = STUDENTS[0], CLASSES[0]
+    await handled(pool, handlers.on_roster_staff, [StaffUpserted(
+        staff_id=TEACHERS[0], source_id="stf-1004", role="teacher", given_name="Wei", family_name="Chen",
+        email="wei.chen1@x.org", school_ids=["02M475"], matched=True, **at)])
+    await handled(pool, handlers.on_roster_classes, [ClassUpserted(
+        class_id=section, source_id="cls-02M475-ALG1-01", school_id="02M475", class_type="scheduled",
+        title="Algebra I", class_code="ALG1-01", grades=["09"], periods=["2"], **at)])
+    enrolled = StudentEnrolled(student_id=stu7, source_id="stu-0007", school_id="02M104", grade="07",
+                               given_name="G", family_name="F", school_ids=["02M104", "02M475"], **at)
+    await handled(pool, handlers.on_roster_students, [enrolled])
+    emitted = await handled(pool, handlers.on_roster_enrollments, [
+        EnrollmentAdded(person_id=person, role=role, class_id=section, class_source_id="cls-02M475-ALG1-01",
+                        user_source_id=source, school_id="02M475", primary=role == "teacher", **at)
+        for person, role, source in [(TEACHERS[0], "teacher", "stf-1004"), (stu7, "student", "stu-0007")]])
+    assert [(e["owner_email"], e["reason"], e["school_id"]) for e in emitted] == [
+        ("wei.chen1@x.org", "section", "02M475")]
+    # A point person belongs to the student's home school.
+    async with pool.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.caseload", settings=SETTINGS)
+        await store.assign_point_persons(conn, district_id="d1", student_ids=[stu7], type_="attendance",
+                                         owner_email="okafor@x.org", by="test")
+        assert [(c["reason"], c["school_id"]) for c in await handlers.refresh(uow, [stu7])] == [
+            ("point_person", "02M104")]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT school_ids FROM students WHERE student_id = $1", stu7) == [
+            "02M104", "02M475"]
+
+    # The same schools listed the other way round: nothing changes, nothing is published.
+    reordered = StudentUpdated(**{**enrolled.model_dump(exclude={"event_type", "event_id", "occurred_at"}),
+                                  "school_ids": ["02M475", "02M104"], "changed": ["school_ids"]},
+                               occurred_at=t0 + timedelta(hours=1))
+    assert await handled(pool, handlers.on_roster_students, [reordered]) == []
+    async with pool.acquire() as conn:
+        held = await conn.fetch("SELECT owner_email, reason, school_id FROM memberships ORDER BY reason")
+        assert await conn.fetchval("SELECT school_ids FROM students WHERE student_id = $1", stu7) == [
+            "02M104", "02M475"]
+    assert [tuple(r) for r in held] == [("okafor@x.org", "point_person", "02M104"),
+                                        ("wei.chen1@x.org", "section", "02M475")]

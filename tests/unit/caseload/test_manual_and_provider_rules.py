@@ -10,9 +10,11 @@ from services.caseload.domain import (
     check_may_act,
     check_point_person,
     check_provider_link,
+    check_support_school,
     may_see,
     parse_levels,
     school_levels,
+    student_levels,
 )
 
 TYPES = {t.type: t for t in DEFAULT_POINT_PERSON_TYPES}
@@ -78,24 +80,24 @@ SCHOOL_ADMIN = Caller("sa@s.org", frozenset({"school_admin"}), frozenset({"A"}))
 
 
 def test_a_viewer_sees_their_caseload_and_may_not_act_on_it():
-    assert may_see(VIEWER, school_id="A", on_own_caseload=True)
-    assert not may_see(VIEWER, school_id="A", on_own_caseload=False)
+    assert may_see(VIEWER, schools=("A",), on_own_caseload=True)
+    assert not may_see(VIEWER, schools=("A",), on_own_caseload=False)
     with pytest.raises(Refused) as r:
-        check_may_act(VIEWER, school_id="A", on_own_caseload=True)
+        check_may_act(VIEWER, schools=("A",), on_own_caseload=True)
     assert r.value.rule == "viewer_cannot_act"
 
 
 def test_an_editor_acts_on_their_own_caseload_only():
-    check_may_act(EDITOR, school_id="A", on_own_caseload=True)
+    check_may_act(EDITOR, schools=("A",), on_own_caseload=True)
     with pytest.raises(Refused) as r:
-        check_may_act(EDITOR, school_id="A", on_own_caseload=False)
+        check_may_act(EDITOR, schools=("A",), on_own_caseload=False)
     assert r.value.rule == "not_on_your_caseload"
 
 
 def test_a_school_admin_sees_and_acts_in_their_schools():
-    assert may_see(SCHOOL_ADMIN, school_id="A", on_own_caseload=False)
-    check_may_act(SCHOOL_ADMIN, school_id="A", on_own_caseload=False)
-    assert not may_see(SCHOOL_ADMIN, school_id="B", on_own_caseload=False)
+    assert may_see(SCHOOL_ADMIN, schools=("A",), on_own_caseload=False)
+    check_may_act(SCHOOL_ADMIN, schools=("A",), on_own_caseload=False)
+    assert not may_see(SCHOOL_ADMIN, schools=("B",), on_own_caseload=False)
 
 
 SUPERVISOR = Caller("sup@s.org", frozenset({"supervisor"}), frozenset({"A"}))
@@ -104,9 +106,9 @@ SPEECH = [("m-1", "speech")]
 
 
 def link(caller=SUPERVISOR, provider="speech@s.org", provider_schools=frozenset({"A"}), school="A",
-         mandates=SPEECH, service=None):
+         mandates=SPEECH, service=None, schools=None):
     return check_provider_link(caller=caller, provider_email=provider, provider_schools=provider_schools,
-                               student_school=school, mandates=mandates, service=service)
+                               student_schools=schools or (school,), mandates=mandates, service=service)
 
 
 def refused_rule(**kw) -> str:
@@ -137,3 +139,44 @@ def test_each_refusal_says_which_rule_failed():
 def test_a_provider_authorised_district_wide_serves_every_school():
     assert link(provider_schools=frozenset({"*"}), school="Z") == "m-1"
     assert link(mandates=[("m-1", "speech"), ("m-2", "OT")], service="ot") == "m-2"
+
+
+# Dual enrolment: a student belongs to every school they are enrolled in (home school first
+# or not: the order never matters).
+DUAL = ("A", "B")
+SUPERVISOR_B = Caller("supb@s.org", frozenset({"supervisor"}), frozenset({"B"}))
+SCHOOL_ADMIN_B = Caller("sab@s.org", frozenset({"school_admin"}), frozenset({"B"}))
+SCHOOL_ADMIN_C = Caller("sac@s.org", frozenset({"school_admin"}), frozenset({"C"}))
+
+
+def test_staff_of_each_of_a_students_schools_see_and_act_on_them():
+    for caller in (SCHOOL_ADMIN, SCHOOL_ADMIN_B):
+        assert may_see(caller, schools=DUAL, on_own_caseload=False)
+        assert may_see(caller, schools=tuple(reversed(DUAL)), on_own_caseload=False)
+        check_may_act(caller, schools=DUAL, on_own_caseload=False)
+    assert may_see(SUPERVISOR_B, schools=DUAL, on_own_caseload=False)
+    assert not may_see(SCHOOL_ADMIN_C, schools=DUAL, on_own_caseload=False)
+    with pytest.raises(Refused):
+        check_may_act(SCHOOL_ADMIN_C, schools=DUAL, on_own_caseload=False)
+
+
+def test_a_provider_authorised_at_any_of_the_students_schools_serves_them():
+    assert link(provider_schools=frozenset({"B"}), schools=DUAL, caller=SUPERVISOR_B) == "m-1"
+    assert refused_rule(provider_schools=frozenset({"C"}), schools=DUAL,
+                        caller=Caller("sup@s.org", frozenset({"supervisor"}), frozenset({"C"}))) == \
+        "provider_not_authorised"
+
+
+def test_point_person_types_are_available_by_the_levels_of_all_the_students_schools():
+    levels = {"M1": school_levels(SCHOOLS["MS (6-8)"]), "H1": school_levels(SCHOOLS["HS (9-12)"])}
+    assert student_levels(("M1",), levels) == {"MS"}
+    assert student_levels(("M1", "H1"), levels) == {"MS", "HS"}
+    check_point_person(TYPES["regents"], "regents", student_levels(("H1", "M1"), levels), owner_known=True)
+    assert student_levels(("M1", "new"), levels) == {"MS"}  # a school with no students yet has no level
+
+
+def test_a_support_takes_students_of_its_school_whichever_of_their_schools_it_is():
+    check_support_school({"school_id": "B", "name": "Tier 2 reading"}, DUAL)
+    with pytest.raises(Refused) as r:
+        check_support_school({"school_id": "C", "name": "Tier 2 reading"}, DUAL)
+    assert r.value.rule == "other_school"

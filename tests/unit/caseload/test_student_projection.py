@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
 from contracts.roster import StudentEnrolled, StudentUpdated
-from services.caseload.domain import latest_students
+from services.caseload.domain import latest_students, student_schools
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 SID = uuid4()
@@ -26,3 +26,25 @@ def test_the_projection_keeps_the_newest_fact_per_student():
 def test_an_older_fact_arriving_late_does_not_win():
     (student,) = latest_students([updated("06", T0 + timedelta(hours=1)), enrolled(at=T0)])
     assert student.grade == "06"
+
+
+def test_a_student_belongs_to_every_school_they_are_enrolled_in_in_no_particular_order():
+    assert student_schools("02M104", ["02M104", "02M475"]) == ("02M104", "02M475")
+    assert student_schools("02M104", ["02M475", "02M104"]) == ("02M104", "02M475")
+    assert student_schools("02M104", None) == ("02M104",)  # an older producer: the school alone
+    assert student_schools("02M104", ["02M475"]) == ("02M104", "02M475")  # the home school is always one
+    assert student_schools("02M104", ["", " 02M475 ", "02M475"]) == ("02M104", "02M475")
+
+
+def test_the_projection_keeps_every_school_and_the_lists_order_changes_nothing():
+    both = StudentEnrolled(district_id="d1", student_id=SID, source_id="S-1", school_id="02M104", grade="07",
+                           given_name="Ana", family_name="Reyes", occurred_at=T0, school_ids=["02M104", "02M475"])
+    (student,) = latest_students([both])
+    assert student.school_id == "02M104" and student.school_ids == ("02M104", "02M475")
+    reversed_ = StudentUpdated(**{**both.model_dump(exclude={"event_type", "event_id"}),
+                                  "occurred_at": T0 + timedelta(hours=1), "school_ids": ["02M475", "02M104"],
+                                  "changed": ["school_ids"]})
+    (again,) = latest_students([reversed_], {SID: student})
+    assert again.school_ids == student.school_ids
+    (older,) = latest_students([enrolled()])
+    assert older.school_ids == ("A",)
