@@ -245,9 +245,9 @@ class MeetingIn(BaseModel):
 
 async def _managed_student(uow, caller: Identity, student_id: UUID):
     row = await store.student(uow.conn, caller.district_id, student_id)
-    if row is None or not caller.may_see_school(row["school_id"]):
+    if row is None or not domain.sees_student(caller, row["school_ids"]):
         raise not_found("student not found")
-    if not domain.manages_school(caller, row["school_id"]):
+    if not domain.manages_student(caller, row["school_ids"]):
         raise _needs_manage_cases()
     return row
 
@@ -327,7 +327,7 @@ async def student_timeline(request: Request, caller: Caller, student_id: UUID, a
     """Every trigger, task event, note, meeting and status change for the student, in order."""
     async with request.app.state.pool.acquire() as conn:
         s = await store.student(conn, caller.district_id, student_id)
-        if s is None or not caller.may_see_school(s["school_id"]):
+        if s is None or not domain.sees_student(caller, s["school_ids"]):
             raise not_found("student not found")
         rows = await store.timeline(conn, student_id, limit, after)
         cases = await conn.fetch(

@@ -7,10 +7,14 @@
 - Not retroactive: a trigger that happened before its dictionary entry was enabled opens
   nothing (the seed: cases are not opened retroactively for students who already had plans).
 - Every trigger goes on the student's timeline, whether it opened a case or not.
+- Dual enrolment: a student belongs to every school they are enrolled in; staff of each read
+  the student's timeline and find the student; a case stays at the school it was opened at
+  (the student's home school then).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -107,3 +111,20 @@ def manages_school(caller: Identity, school_id: str) -> bool:
     """Opening, closing, assigning and editing need manage_cases, in one's schools; other
     staff read the cases of their schools (Identity.may_see_school)."""
     return "manage_cases" in caller.roles and caller.may_see_school(school_id)
+
+
+def student_schools(school_id: str, school_ids: Iterable[str] | None) -> tuple[str, ...]:
+    """Every school a student is enrolled in, sorted: the home school always among them;
+    None (an older producer) means the home school alone; the roster's order changes nothing."""
+    listed = {s.strip() for s in (school_ids or ())}
+    return tuple(sorted((listed | {school_id}) - {""}))
+
+
+def sees_student(caller: Identity, schools: Iterable[str]) -> bool:
+    """Staff of any of the student's schools read the student's timeline and find them."""
+    return any(caller.may_see_school(s) for s in schools)
+
+
+def manages_student(caller: Identity, schools: Iterable[str]) -> bool:
+    """manage_cases in any of the student's schools: tasks and meetings for the student."""
+    return any(manages_school(caller, s) for s in schools)

@@ -22,7 +22,8 @@ async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | Stu
             withdrawn.append((e.student_id, e.occurred_at))
         else:
             latest[e.student_id] = (e.student_id, e.district_id, e.source_id, e.school_id, e.grade, e.given_name,
-                                    e.family_name, "active", e.occurred_at)
+                                    e.family_name, "active", e.occurred_at,
+                                    domain.student_schools(e.school_id, e.school_ids))
     await store.lock_students(uow.conn, {(e.district_id, e.source_id) for e in events})
     await store.project_students(uow.conn, list(latest.values()))
     await store.withdraw_students(uow.conn, withdrawn)

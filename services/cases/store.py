@@ -28,18 +28,21 @@ async def lock_students(conn: asyncpg.Connection, students: Iterable[tuple[str, 
 
 
 async def project_students(conn: asyncpg.Connection, rows: list[tuple]) -> None:
-    """rows: (student_id, district_id, source_id, school_id, grade, given_name, family_name, status, as_of)."""
+    """rows: (student_id, district_id, source_id, school_id, grade, given_name, family_name, status, as_of,
+    school_ids): school_ids every school the student is enrolled in (domain.student_schools)."""
     if rows:
         await conn.execute(
             """INSERT INTO students (student_id, district_id, source_id, school_id, grade, given_name, family_name,
-                                     status, as_of)
-               SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                                    $7::text[], $8::text[], $9::timestamptz[])
+                                     status, as_of, school_ids)
+               SELECT i, d, src, sc, g, gn, fn, st, at, string_to_array(scs, chr(31))
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::text[], $8::text[], $9::timestamptz[], $10::text[])
+                    AS r(i, d, src, sc, g, gn, fn, st, at, scs)
                ON CONFLICT (student_id) DO UPDATE SET school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
                    given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, status = EXCLUDED.status,
-                   as_of = EXCLUDED.as_of
+                   as_of = EXCLUDED.as_of, school_ids = EXCLUDED.school_ids
                WHERE students.as_of <= EXCLUDED.as_of""",
-            *(list(c) for c in zip(*rows, strict=True)),
+            *(list(c) for c in zip(*((*r[:9], chr(31).join(r[9])) for r in rows), strict=True)),
         )
 
 

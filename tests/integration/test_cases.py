@@ -46,10 +46,11 @@ def sid(source_id: str) -> str:
     return str(student_id_for(DISTRICT, source_id))
 
 
-def enrolled(source_id: str, school: str = "H1", at: datetime | None = None) -> StudentEnrolled:
+def enrolled(source_id: str, school: str = "H1", at: datetime | None = None,
+             school_ids: list[str] | None = None) -> StudentEnrolled:
     return StudentEnrolled(district_id=DISTRICT, occurred_at=at or datetime(2026, 9, 1, tzinfo=UTC),
                            student_id=student_id_for(DISTRICT, source_id), source_id=source_id, school_id=school,
-                           grade="10", given_name="Ana", family_name=f"Reyes-{source_id}")
+                           grade="10", given_name="Ana", family_name=f"Reyes-{source_id}", school_ids=school_ids)
 
 
 def trigger(kind: type, source_id: str, at: datetime, **extra):
@@ -183,6 +184,30 @@ async def test_a_trigger_for_a_student_the_roster_does_not_know_yet_waits_for_th
     opened = await eventually(lambda: case_of(client, "newcomer"), what="the waiting trigger's case")
     assert opened[0]["trigger_kind"] == "submit_form"
     assert datetime.fromisoformat(opened[0]["opened_at"]) == at  # as of the trigger, not of the roster
+
+
+async def test_staff_of_each_of_a_students_schools_read_their_timeline_and_the_case_keeps_its_school(
+        cases, system: Stack):
+    """Dual enrolment: a student enrolled at H1 and H2 is found by the staff of either; a
+    case stays at the school it was opened at (the student's home school)."""
+    client = cases.client
+    at = (await enable(client, "submit_form"))["submit_form"] + timedelta(seconds=1)
+    await system.publish_all([enrolled("dual", school="H1", school_ids=["H2", "H1"]),
+                              trigger(FormSubmitted, "dual", at)])
+    opened = await eventually(lambda: case_of(client, "dual"), what="the dual-enrolled student's case")
+    assert opened[0]["school_id"] == "H1"
+
+    second_school = bearer("teacher.h2@d.example.org", ["caseload_viewer"], ["H2"])
+    timeline = await client.get(f"/v1/students/{sid('dual')}/timeline", headers=second_school)
+    assert timeline.status_code == 200
+    assert [e["kind"] for e in timeline.json()["items"]] == ["submit_form", "case_opened"]
+    other = bearer("teacher.h3@d.example.org", ["caseload_viewer"], ["H3"])
+    assert (await client.get(f"/v1/students/{sid('dual')}/timeline", headers=other)).status_code == 404
+    # A counsellor of the second school finds the student to assign a task; it joins the case.
+    task = await client.post("/v1/tasks", headers=bearer("counsellor.h2@d.example.org", ["manage_cases"], ["H2"]),
+                             json={"student_id": sid("dual"), "title": "Call home",
+                                   "assignee_email": "counsellor.h2@d.example.org"})
+    assert task.status_code == 202 and task.json()["case_id"] == opened[0]["case_id"]
 
 
 async def test_tasks_notes_close_and_reopen(cases, system: Stack):
