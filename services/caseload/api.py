@@ -210,8 +210,7 @@ async def set_point_person_types(request: Request, caller: Caller, body: list[Po
     if len({t.type for t in types}) != len(types):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "each type may appear once")
     async with request.app.state.runtime.unit_of_work() as uow:
-        await uow.conn.execute("SELECT pg_advisory_xact_lock(hashtext('point_person_types:' || $1))",
-                               caller.district_id)
+        await store.lock_point_person_types(uow.conn, caller.district_id)
         in_use = await store.point_person_counts(uow.conn, caller.district_id)
         dropped = {t: n for t, n in in_use.items() if t not in {x.type for x in types}}
         if dropped:
@@ -295,12 +294,11 @@ async def create_support(request: Request, caller: Caller, body: SupportIn) -> d
         if not await store.active_staff_emails(uow.conn, caller.district_id, [body.lead_email]):
             raise _refusal(Refused("unknown_staff_member", "the lead must be an active staff member of the district "
                                                             "with a login email"))
-        done = await uow.conn.execute(
-            """INSERT INTO supports (support_id, district_id, school_id, name, lead_email, created_by)
-               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (district_id, school_id, name) DO NOTHING""",
-            support_id, caller.district_id, body.school_id, body.name, _named(body.lead_email, "lead", writing=True),
-            _caller(caller).email)
-        if done.endswith("0"):
+        created = await store.create_support(uow.conn, support_id=support_id, district_id=caller.district_id,
+                                             school_id=body.school_id, name=body.name,
+                                             lead_email=_named(body.lead_email, "lead", writing=True),
+                                             by=_caller(caller).email)
+        if not created:
             raise HTTPException(status.HTTP_409_CONFLICT, f"the school already has a support named {body.name!r}")
         row = await store.support(uow.conn, caller.district_id, support_id)
     return _jsonable(row)
@@ -333,13 +331,8 @@ async def change_support(request: Request, caller: Caller, support_id: UUID, bod
         if body.lead_email and not await store.active_staff_emails(uow.conn, caller.district_id, [body.lead_email]):
             raise _refusal(Refused("unknown_staff_member", "the lead must be an active staff member of the district "
                                                             "with a login email"))
-        await uow.conn.execute(
-            "UPDATE supports SET name = coalesce($2, name), lead_email = coalesce($3, lead_email) WHERE support_id = $1",
-            support_id, body.name, _named(body.lead_email, "lead", writing=True) if body.lead_email else None)
-        if body.name:
-            await uow.conn.execute(
-                "UPDATE memberships SET detail = $2 WHERE reason = 'support' AND source_ref = $1",
-                str(support_id), f'support "{body.name}" lead')
+        await store.change_support(uow.conn, support_id, name=body.name,
+                                   lead_email=_named(body.lead_email, "lead", writing=True) if body.lead_email else None)
         members = await store.support_student_ids(uow.conn, support_id)
         await handlers.refresh(uow, members)
         row = await store.support(uow.conn, caller.district_id, support_id)
@@ -353,7 +346,7 @@ async def delete_support(request: Request, caller: Caller, support_id: UUID) -> 
         row = await _support(uow.conn, caller, support_id)
         _may_manage_supports(caller, row["school_id"])
         members = await store.support_student_ids(uow.conn, support_id)
-        await uow.conn.execute("DELETE FROM supports WHERE support_id = $1", support_id)
+        await store.delete_support(uow.conn, support_id)
         await handlers.refresh(uow, members)
 
 

@@ -544,6 +544,11 @@ async def set_point_person_types(conn: asyncpg.Connection, district_id: str, typ
     )
 
 
+async def lock_point_person_types(conn: asyncpg.Connection, district_id: str) -> None:
+    """One change of a district's point person types at a time, until commit."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('point_person_types:' || $1))", district_id)
+
+
 async def point_person_counts(conn: asyncpg.Connection, district_id: str) -> dict[str, int]:
     rows = await conn.fetch("SELECT type, count(*) FROM point_persons WHERE district_id = $1 GROUP BY type",
                             district_id)
@@ -612,6 +617,32 @@ async def support(conn: asyncpg.Connection, district_id: str, support_id: UUID) 
     return await conn.fetchrow(
         """SELECT g.*, (SELECT count(*) FROM support_members m WHERE m.support_id = g.support_id) AS students
            FROM supports g WHERE district_id = $1 AND support_id = $2""", district_id, support_id)
+
+
+async def create_support(conn: asyncpg.Connection, *, support_id: UUID, district_id: str, school_id: str, name: str,
+                         lead_email: str, by: str) -> bool:
+    """False when the school already has a support of that name."""
+    done = await conn.execute(
+        """INSERT INTO supports (support_id, district_id, school_id, name, lead_email, created_by)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (district_id, school_id, name) DO NOTHING""",
+        support_id, district_id, school_id, name, lead_email, by)
+    return done != "INSERT 0 0"
+
+
+async def change_support(conn: asyncpg.Connection, support_id: UUID, *, name: str | None,
+                         lead_email: str | None) -> None:
+    """Rename (the memberships' words follow) or hand to a new lead (None: unchanged); the
+    caller refreshes the support's students."""
+    await conn.execute(
+        "UPDATE supports SET name = coalesce($2, name), lead_email = coalesce($3, lead_email) WHERE support_id = $1",
+        support_id, name, lead_email)
+    if name:
+        await conn.execute("UPDATE memberships SET detail = $2 WHERE reason = 'support' AND source_ref = $1",
+                           str(support_id), f'support "{name}" lead')
+
+
+async def delete_support(conn: asyncpg.Connection, support_id: UUID) -> None:
+    await conn.execute("DELETE FROM supports WHERE support_id = $1", support_id)
 
 
 async def supports(conn: asyncpg.Connection, district_id: str, school_ids: list[str] | None) -> list[asyncpg.Record]:

@@ -330,11 +330,7 @@ async def student_timeline(request: Request, caller: Caller, student_id: UUID, a
         if s is None or not domain.sees_student(caller, s["school_ids"]):
             raise not_found("student not found")
         rows = await store.timeline(conn, student_id, limit, after)
-        cases = await conn.fetch(
-            """SELECT case_id, case_number, status,
-                      (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id) AS tasks_total,
-                      (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id AND t.status = 'done') AS tasks_done
-               FROM cases c WHERE student_id = $1 ORDER BY opened_at""", student_id)
+        cases = await store.cases_of_student(conn, student_id)
     items = [_jsonable(r) for r in rows]
     return {"student_id": str(student_id), "cases": [_jsonable(c) for c in cases], "items": items,
             "next_after": items[-1]["entry_id"] if len(items) == limit else None}

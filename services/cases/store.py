@@ -250,6 +250,15 @@ async def timeline(conn: asyncpg.Connection, student_id: UUID, limit: int, after
     )
 
 
+async def cases_of_student(conn: asyncpg.Connection, student_id: UUID):
+    """Every case of the student, wherever it was opened, with its tasks' progress."""
+    return await conn.fetch(
+        """SELECT case_id, case_number, status,
+                  (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id) AS tasks_total,
+                  (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id AND t.status = 'done') AS tasks_done
+           FROM cases c WHERE student_id = $1 ORDER BY opened_at""", student_id)
+
+
 async def task(conn: asyncpg.Connection, district_id: str, task_id: UUID, lock: bool = False):
     return await conn.fetchrow(
         f"""SELECT t.*, s.school_id FROM tasks t JOIN students s ON s.student_id = t.student_id
