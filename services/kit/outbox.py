@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -372,6 +373,13 @@ async def _plan(producer: AIOKafkaProducer, rows, *, topics: frozenset[str] | No
             continue
         try:
             size = len(payload) + (len(key) if key else 0) + sum(map(len, flat))
+        except TypeError:
+            refused.append(Refusal(row, "malformed headers (a NULL name or value)"))
+            continue
+        if len(flat) % 2:
+            refused.append(Refusal(row, "malformed headers (not name, value pairs)"))
+            continue
+        try:
             if size > max_bytes:
                 refused.append(Refusal(row, f"{size} bytes, more than the {max_bytes} a message may have "
                                             "(KAFKA_MAX_MESSAGE_BYTES)", too_large=True))
@@ -382,11 +390,10 @@ async def _plan(producer: AIOKafkaProducer, rows, *, topics: frozenset[str] | No
                     target = chosen[(topic, key)] = partition_for(key, targets)
             else:
                 target = targets[0]
-            headers = [(flat[i], flat[i + 1].encode()) for i in range(0, len(flat), 2)]
         except Exception as e:  # noqa: BLE001 - a row that cannot be prepared is set aside, the rest go on
             refused.append(Refusal(row, f"cannot be sent: {type(e).__name__}"))
             continue
-        by_partition.setdefault((topic, target), []).append((row, key, payload, headers))
+        by_partition.setdefault((topic, target), []).append((row, key, payload, flat))
     return by_partition, refused
 
 
@@ -406,30 +413,41 @@ async def _partitions_of(producer: AIOKafkaProducer, topic: str, topics: frozens
 
 async def _deliver(producer: AIOKafkaProducer, topic: str, partition: int, items: list):
     """Send one partition's messages in order, a record batch at a time, each once the one
-    before it is acknowledged (the producer sends one batch per partition at a time anyway).
-    When the broker refuses a batch for good, nothing after it on the partition is written.
+    before it is acknowledged (the producer sends one batch per partition at a time anyway;
+    the next batch is built while the one before is in flight). When the broker refuses a
+    batch for good, nothing after it on the partition has been written.
     None when all were written; else (index of the first unwritten message, the refusal)."""
-    start = 0
-    while start < len(items):
-        batch = producer.create_batch()
-        end = start
-        for _row, key, payload, headers in items[start:]:
-            if batch.append(key=key, value=payload, timestamp=None, headers=headers) is None:
-                break  # full: the rest go in the next batch
-            end += 1
+    start, (batch, end) = 0, _fill(producer, items, 0)
+    while True:
         if end == start:  # an empty batch takes any first record; this one would not go in
             return start, RecordTooLargeError("the record does not fit in a record batch")
+        delivery = await producer.send_batch(batch, topic, partition=partition)
+        following = _fill(producer, items, end) if end < len(items) else None
         try:
-            await (await producer.send_batch(batch, topic, partition=partition))
+            await delivery
         except REFUSED_FOR_GOOD as e:
             return start, e
-        start = end
-    return None
+        if following is None:
+            return None
+        start, (batch, end) = end, following
+
+
+def _fill(producer: AIOKafkaProducer, items: list, start: int):
+    """A record batch of items[start:end], as many as fit; (batch, end)."""
+    batch = producer.create_batch()
+    end = start
+    for _row, key, payload, flat in islice(items, start, None):
+        headers = [(flat[i], flat[i + 1].encode()) for i in range(0, len(flat), 2)]
+        if batch.append(key=key, value=payload, timestamp=None, headers=headers) is None:
+            break  # full: the rest go in the next batch
+        end += 1
+    return batch, end
 
 
 async def _one_at_a_time(producer: AIOKafkaProducer, topic: str, partition: int, items: list) -> list[Refusal]:
     refused = []
-    for row, key, payload, headers in items:
+    for row, key, payload, flat in items:
+        headers = [(flat[i], flat[i + 1].encode()) for i in range(0, len(flat), 2)]
         try:
             await (await producer.send(topic, payload, key=key, partition=partition, headers=headers))
         except REFUSED_FOR_GOOD as e:

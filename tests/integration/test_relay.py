@@ -116,28 +116,31 @@ async def test_a_row_the_relay_cannot_send_is_set_aside_and_the_rows_after_it_ar
         empty_key = message(system, enrolled("d-poisoned", "S-2"))
         too_large = message(system, enrolled("d-poisoned", "S-3", family_name="Reyes" * 250_000),
                             max_message_bytes=2_000_000)
+        null_header = message(system, enrolled("d-poisoned", "S-4"))
+        null_header.headers.append(("ce_correlationid", None))  # as SQL builds it from a NULL
         later = [enrolled("d-good", f"S-{n}") for n in range(3, 6)]
         async with conn.transaction():
             empty_key_id = await add_row(conn, empty_key, key=b"")
             too_large_id = await add_row(conn, too_large, key=too_large.key)
+            null_header_id = await add_row(conn, null_header, key=null_header.key)
             await outbox.write(conn, [message(system, e) for e in later])
         roster = await system.service("roster").start().ready()
 
         await eventually(lambda: outbox_empty(conn), what="the outbox drained again after a restart")
         assert sorted(event_ids(await system.records(STUDENTS))) == sorted(str(e.event_id) for e in good + later)
-        assert [dict(d.headers)["dlt_reason"] for d in await system.records(STUDENTS + ".DLT")] == \
-            [b"no key", b"an empty key"]
+        assert sorted(dict(d.headers)["dlt_reason"] for d in await system.records(STUDENTS + ".DLT")) == \
+            [b"an empty key", b"malformed headers (a NULL name or value)", b"no key"]
         refused = {r["id"]: r for r in await conn.fetch("SELECT * FROM outbox_refused")}
-        assert refused.keys() == {poisoned_id, empty_key_id, too_large_id}
+        assert refused.keys() == {poisoned_id, empty_key_id, too_large_id, null_header_id}
         assert refused[too_large_id]["dead_letter_topic"] is None
         assert re.fullmatch(r"\d+ bytes, more than the 1000000 a message may have \(KAFKA_MAX_MESSAGE_BYTES\)",
                             refused[too_large_id]["reason"])
 
         text = await metrics(roster)
-        assert sample(text, "outbox_refused_rows") == 3
-        assert sample(text, "outbox_refused_total", topic=system.topic(STUDENTS)) == 2  # this process's two
+        assert sample(text, "outbox_refused_rows") == 4
+        assert sample(text, "outbox_refused_total", topic=system.topic(STUDENTS)) == 3  # this process's three
         set_aside = [line for line in roster.log_lines() if line.get("event", "").startswith("outbox message could")]
-        assert {line["outbox_id"] for line in set_aside} == {empty_key_id, too_large_id}
+        assert {line["outbox_id"] for line in set_aside} == {empty_key_id, too_large_id, null_header_id}
         assert all(line["level"] == "error" for line in set_aside)
         assert "Reyes" not in roster.log() and "Ana" not in roster.log()
     finally:
