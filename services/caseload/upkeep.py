@@ -53,6 +53,7 @@ async def keep_change_feed_bounded(runtime) -> None:
             forgotten = await forget_old_changes(runtime.pool, options.changes_retention_days)
             if forgotten:
                 log.info("old caseload changes forgotten", rows=forgotten, retention_days=options.changes_retention_days)
+            runtime.tasks.succeeded()
         except Exception as e:  # noqa: BLE001 - upkeep retries next time; the service goes on
             log.warning("change feed upkeep failed", error=repr(e))
         await asyncio.sleep(options.upkeep_interval_seconds)

@@ -47,6 +47,7 @@ async def watch(runtime) -> None:
     while True:
         try:
             seen = await scan_once(runtime.pool, runtime.settings.kafka, options, seen, runtime.relay.wake)
+            runtime.tasks.succeeded()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - a bad pass is logged; the next pass tries again
