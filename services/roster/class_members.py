@@ -38,26 +38,32 @@ async def lock_district(conn: asyncpg.Connection, district_id: str) -> None:
     await db.lock_until_commit(conn, _DISTRICT_LOCKS, [district_id], buckets=1 << 16)
 
 
-# $1 district, $2 today, $3 role precedence. The record's span falls back to its class's
-# terms' dates (domain.enrolment_span) and counts from its first day to its last
-# (domain.is_current); the role is the first of domain.ROLE_PRECEDENCE among the records.
+# $1 district, $2 today. The record's span falls back to its class's terms' dates
+# (domain.enrolment_span) and counts from its first day to its last (domain.is_current); a
+# member's role is the first of domain.ROLE_PRECEDENCE among its records.
+_PRECEDENCE = "(ARRAY[" + ", ".join(f"'{role}'" for role in domain.ROLE_PRECEDENCE) + "]::text[])"
 CURRENT = ("coalesce(e.begin_date, c.starts, '-infinity'::date) <= $2::date "
            "AND $2::date <= coalesce(e.end_date, c.ends, 'infinity'::date)")
 _DIFF = f"""
-CREATE TEMP TABLE desired_members ON COMMIT DROP AS
-SELECT e.class_source_id, e.user_source_id,
-       ($3::text[])[min(array_position($3::text[], e.role))] AS role, bool_or(e.is_primary) AS is_primary,
-       c.class_id, c.school_id, coalesce(st.student_id, sf.staff_id) AS person_id
+CREATE TEMP TABLE current_records ON COMMIT DROP AS
+SELECT e.class_source_id, e.user_source_id, e.role, e.is_primary, c.class_id, c.school_id
 FROM touched t
 JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = t.class_source_id
                   AND e.user_source_id = t.user_source_id
 JOIN classes c ON c.district_id = $1 AND c.source_id = e.class_source_id
-LEFT JOIN students st ON e.role = 'student' AND st.district_id = $1 AND st.source_id = e.user_source_id
-                     AND st.status = 'active'
-LEFT JOIN staff sf ON e.role <> 'student' AND sf.district_id = $1 AND sf.source_id = e.user_source_id
-                  AND sf.status = 'active'
-WHERE {CURRENT} AND coalesce(st.student_id, sf.staff_id) IS NOT NULL
-GROUP BY e.class_source_id, e.user_source_id, c.class_id, c.school_id, coalesce(st.student_id, sf.staff_id);
+WHERE {CURRENT};
+
+CREATE TEMP TABLE desired_members ON COMMIT DROP AS
+SELECT r.class_source_id, r.user_source_id,
+       {_PRECEDENCE}[min(array_position({_PRECEDENCE}, r.role))] AS role, bool_or(r.is_primary) AS is_primary,
+       r.class_id, r.school_id, p.person_id
+FROM current_records r
+JOIN (SELECT source_id, student_id AS person_id, true AS is_student FROM students
+      WHERE district_id = $1 AND status = 'active'
+      UNION ALL
+      SELECT source_id, staff_id, false FROM staff WHERE district_id = $1 AND status = 'active') p
+  ON p.source_id = r.user_source_id AND p.is_student = (r.role = 'student')
+GROUP BY r.class_source_id, r.user_source_id, r.class_id, r.school_id, p.person_id;
 
 CREATE TEMP TABLE member_removals ON COMMIT DROP AS
 SELECT m.person_id, m.role, m.class_id, m.class_source_id, m.user_source_id, m.school_id
@@ -94,8 +100,7 @@ async def diff(conn: asyncpg.Connection, district_id: str, today: date) -> dict[
     """From `touched`, the class members to remove and to add (or change) as of today."""
     await conn.execute("ANALYZE touched", timeout=_LONG)
     for statement in _DIFF.split(";"):
-        await conn.execute(statement, *params(statement, district_id, today, list(domain.ROLE_PRECEDENCE)),
-                           timeout=_LONG)
+        await conn.execute(statement, *params(statement, district_id, today), timeout=_LONG)
         await conn.execute(f"ANALYZE {statement.split()[3]}", timeout=_LONG)
     row = await conn.fetchrow("SELECT (SELECT count(*) FROM member_additions) AS added, "
                               "(SELECT count(*) FROM member_removals) AS removed")
@@ -167,7 +172,7 @@ async def bring_to(conn: asyncpg.Connection, district_id: str, today: date, kafk
     await write_events(conn, district_id, f"calendar:{district_id}:{today.isoformat()}", kafka)
     await apply(conn, district_id)
     await mark_evaluated(conn, district_id, today)
-    for table in ("touched", "desired_members", "member_removals", "member_additions"):
+    for table in ("touched", "current_records", "desired_members", "member_removals", "member_additions"):
         await conn.execute(f"DROP TABLE {table}")
     return counts
 

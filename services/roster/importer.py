@@ -234,6 +234,10 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
         clock = time.perf_counter()
         for statement in _APPLY_STATE:
             await _execute(conn, statement, district_id)
+        if _changed_much(await _counts(conn), held):
+            # The statistics are those of before the import: a first import's joins would be
+            # planned for empty tables (nested loops over a million rows).
+            await conn.execute("ANALYZE students, staff, classes, enrollments", timeout=_LONG)
         await _execute(conn, _TOUCHED, district_id)
         members = await class_members.diff(conn, district_id, today)
         result.counts = {**await _counts(conn), **members}
@@ -290,6 +294,12 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
     except BaseException:
         await tx.rollback()
         raise
+
+
+def _changed_much(counts: dict[str, int], held: dict[str, int]) -> bool:
+    records = counts.get("enrollment_records_changed", 0) + counts.get("enrollment_records_removed", 0)
+    people = counts.get("students_enrolled", 0) + counts.get("staff_upserted", 0)
+    return records > max(10_000, held.get("enrollments", 0) // 10) or people > max(10_000, held.get("students", 0) // 10)
 
 
 def _changes(result: ImportResult) -> int:
@@ -676,7 +686,7 @@ UNION ALL
 SELECT s.source_id FROM stage_sessions s WHERE NOT {sessions_bulk} AND s.status = 'tobedeleted';
 
 CREATE TEMP TABLE class_changes ON COMMIT DROP AS
-SELECT s.* FROM stage_classes s LEFT JOIN classes c ON c.class_id = s.class_id
+SELECT s.*, c.school_id AS was_school FROM stage_classes s LEFT JOIN classes c ON c.class_id = s.class_id
 WHERE s.status = 'active'
   AND (c.class_id IS NULL
        OR (c.school_id, c.class_type, c.title, c.class_code, c.course_source_id, c.grades, c.periods)
@@ -801,9 +811,10 @@ _APPLY_STATE = [
 _REMOVE_CLASSES = """DELETE FROM classes c USING class_removals r WHERE c.class_id = r.class_id AND c.district_id = $1"""
 
 # The (class, person) pairs this import may have changed, once its records are stored: every
-# record changed or removed (where it pointed before and after), every record of a class
-# whose dates or school changed or that left, every member of a person who left, every
-# record of a person who came back.
+# record changed or removed (where it pointed before and after), every record of a held
+# class whose school or dates changed, every member of a class or person who left. (A
+# class or person that is new, or comes back, has no records but this import's: a class or
+# person leaving takes its records along.)
 _TOUCHED = """
 CREATE TEMP TABLE touched ON COMMIT DROP AS
 SELECT DISTINCT class_source_id, user_source_id FROM (
@@ -812,7 +823,8 @@ SELECT DISTINCT class_source_id, user_source_id FROM (
     UNION ALL SELECT class_source_id, user_source_id FROM record_removals
     UNION ALL
     SELECT e.class_source_id, e.user_source_id
-    FROM (SELECT source_id FROM class_changes UNION ALL SELECT source_id FROM class_spans) k
+    FROM (SELECT source_id FROM class_changes WHERE was_school IS DISTINCT FROM school_id AND was_school IS NOT NULL
+          UNION ALL SELECT source_id FROM class_spans) k
     JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = k.source_id
     UNION ALL
     SELECT m.class_source_id, m.user_source_id
@@ -821,9 +833,5 @@ SELECT DISTINCT class_source_id, user_source_id FROM (
     SELECT m.class_source_id, m.user_source_id
     FROM (SELECT source_id FROM student_withdrawals UNION ALL SELECT source_id FROM staff_deactivations) p
     JOIN class_members m ON m.district_id = $1 AND m.user_source_id = p.source_id
-    UNION ALL
-    SELECT e.class_source_id, e.user_source_id
-    FROM (SELECT source_id FROM student_changes WHERE change = 'enrolled' UNION ALL SELECT source_id FROM staff_changes) p
-    JOIN enrollments e ON e.district_id = $1 AND e.user_source_id = p.source_id
 ) x
 """

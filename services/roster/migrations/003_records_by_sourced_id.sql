@@ -47,10 +47,7 @@ CREATE TABLE enrollments (
 );
 CREATE INDEX enrollments_by_member ON enrollments (district_id, class_source_id, user_source_id);
 CREATE INDEX enrollments_by_user ON enrollments (district_id, user_source_id);
-CREATE INDEX enrollments_by_begin ON enrollments (district_id, begin_date) WHERE begin_date IS NOT NULL;
-CREATE INDEX enrollments_by_end ON enrollments (district_id, end_date) WHERE end_date IS NOT NULL;
-CREATE INDEX classes_by_starts ON classes (district_id, starts) WHERE starts IS NOT NULL;
-CREATE INDEX classes_by_ends ON classes (district_id, ends) WHERE ends IS NOT NULL;
+-- (The calendar step reads the dates once a day per district: a scan, not four more indexes to keep.)
 
 -- Rows held before records had their sourcedId: one legacy record per class member. The
 -- next bulk file replaces them; a delta's tobedeleted row finds one by class and user.
