@@ -2,6 +2,7 @@
 (saying what changed), and identical facts say nothing."""
 
 from datetime import UTC, date, datetime, timedelta
+from uuid import uuid4
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -108,3 +109,29 @@ def test_sis_staff_facts_say_only_what_changed_and_match_a_teacher_once_they_hav
     assert upsert_staff(held, [fact]) == ({}, [])
     _, events = upsert_staff(held, [fact.model_copy(update={"email": "mlopez@example.org"})])
     assert [(e.matched, e.email) for e in events] == [(True, "mlopez@example.org")]
+
+
+def test_a_student_of_several_schools_belongs_to_each_whatever_order_the_sis_lists_them():
+    held, (enrolled,) = enrol({}, [fact(school_ids=["02M475", "02M001"])])
+    assert enrolled.school_id == "02M001" and enrolled.school_ids == ["02M001", "02M475"]
+    changed, events = enrol(held, [fact(school_ids=["02M001", "02M475"])])
+    assert changed == {} and events == []
+
+
+def test_the_home_school_is_the_files_primary_else_the_one_held_else_the_first_listed():
+    from services.roster.domain import home_school
+
+    assert home_school(["B", "A"], primary="A") == "A"
+    assert home_school(["B", "A"], held="A") == "A"
+    assert home_school(["B", "A"], held="C") == "B"
+
+
+def test_a_staff_email_of_spaces_is_no_email():
+    from contracts.sis import SisStaffUpserted
+    from services.roster.domain import upsert_staff
+
+    staff = SisStaffUpserted.model_construct(district_id="d1", source_id="T-1", role="teacher", given_name="Ana",
+                                             family_name="Reyes", email="  ", identifier=None, school_ids=["02M001"],
+                                             event_id=uuid4(), occurred_at=T0, correlation_id=None)
+    _, (event,) = upsert_staff({}, [staff])
+    assert event.email is None and event.matched is False
