@@ -363,14 +363,9 @@ class Reader:
     def schools(self) -> Iterator[tuple]:
         """orgs.csv: schools (other org types are accepted and remembered, not kept)."""
         file = "orgs"
-        seen: set[str] = set()
-        for line, row in self._rows(file):
-            sid = self._sid(file, line, row)
+        for line, row, sid, status in self._records(file):
             kind = self._choice(file, line, row, "type", ("school", "district", "department", "local", "state",
                                                            "national"), sid)
-            status = self._status(file, line, row, sid)
-            if sid is None or self._duplicate(file, line, sid, seen):
-                continue
             if kind is None or status is None:
                 self._reject("org", sid, line, row, ("type", "status"))
                 continue
@@ -391,12 +386,7 @@ class Reader:
     def sessions(self) -> Iterator[tuple]:
         """academicSessions.csv: terms and school years, whose dates give a class its dates."""
         file = "academicSessions"
-        seen: set[str] = set()
-        for line, row in self._rows(file):
-            sid = self._sid(file, line, row)
-            status = self._status(file, line, row, sid)
-            if sid is None or self._duplicate(file, line, sid, seen):
-                continue
+        for line, row, sid, status in self._records(file):
             if status == "tobedeleted":
                 self.known.sessions.pop(sid, None)
                 yield (sid, None, None, None, None, status)
@@ -416,11 +406,8 @@ class Reader:
 
     def courses(self) -> Iterator[tuple]:
         file = "courses"
-        seen: set[str] = set()
-        for line, row in self._rows(file):
-            sid = self._sid(file, line, row)
-            status = self._status(file, line, row, sid)
-            if sid is None or status is None or self._duplicate(file, line, sid, seen):
+        for line, row, sid, status in self._records(file):
+            if status is None:
                 continue
             org = _blank(row.get("orgSourcedId"))
             if org is not None and org not in self.known.schools and not self._is_district_org(org):
@@ -434,12 +421,7 @@ class Reader:
 
     def classes(self) -> Iterator[tuple]:
         file = "classes"
-        seen: set[str] = set()
-        for line, row in self._rows(file):
-            sid = self._sid(file, line, row)
-            status = self._status(file, line, row, sid)
-            if sid is None or self._duplicate(file, line, sid, seen):
-                continue
+        for line, row, sid, status in self._records(file):
             cid = class_id_for(self.district_id, sid)
             if status == "tobedeleted":
                 self.known.classes.pop(sid, None)
@@ -495,13 +477,8 @@ class Reader:
         """users.csv: ("student", row) or ("staff", row); guardians, proctors and other roles
         are remembered (their enrolments are not "unknown users") but not kept."""
         file = "users"
-        seen: set[str] = set()
         v12 = self.package.version == "1.2"
-        for line, row in self._rows(file):
-            sid = self._sid(file, line, row)
-            status = self._status(file, line, row, sid)
-            if sid is None or self._duplicate(file, line, sid, seen):
-                continue
+        for line, row, sid, status in self._records(file):
             if v12:
                 role, orgs = self.user_roles.get(sid, (None, []))
                 if role is None and status != "tobedeleted" and self.package.mode("roles") != "absent":
@@ -715,6 +692,17 @@ class Reader:
         self._ignored.clear()
 
     # ------------------------------------------------------------------------ helpers
+
+    def _records(self, entity: str) -> Iterator[tuple[int, dict[str, str], str, str | None]]:
+        """(line, row, sourcedId, status) of each row with a sourcedId, once per sourcedId (a
+        repeat is reported and skipped); status is None when it cannot be read (reported)."""
+        seen: set[str] = set()
+        for line, row in self._rows(entity):
+            sid = self._sid(entity, line, row)
+            status = self._status(entity, line, row, sid)
+            if sid is None or self._duplicate(entity, line, sid, seen):
+                continue
+            yield line, row, sid, status
 
     def _rows(self, entity: str) -> Iterator[tuple[int, dict[str, str]]]:
         count = 0
