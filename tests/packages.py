@@ -134,6 +134,11 @@ class Edited:
     def row(self, file: str, sourced_id: str) -> dict[str, str]:
         return next(r for r in self._read(file)[1] if r["sourcedId"] == sourced_id)
 
+    def delta_of(self, entity: str) -> Edited:
+        """A delta package of one file (every other file absent)."""
+        others = ("orgs", "academicSessions", "courses", "classes", "users", "enrollments", "demographics")
+        return self.manifest(**{e: "absent" for e in others if e != entity}, **{entity: "delta"})
+
     def manifest(self, version: str | None = None, **modes: str) -> Edited:
         """Set oneroster.version and file.<entity> modes; a file made absent is deleted."""
         header, rows = self._read("manifest.csv")

@@ -227,11 +227,11 @@ async def test_provider_caseloads_need_a_mandate_and_an_authorisation(caseloads,
     assert (await client.put(f"/v1/providers/{SPEECH}", headers=ADMIN, json={"schools": ["H1"]})).status_code == 200
     supervisor = bearer("supervisor@d.example.org", ["supervisor"], ["H1", "M1"])
 
-    async def mandate_known():
-        mandates = (await client.get(f"/v1/students/{hs1}/providers", headers=ADMIN)).json()["mandates"]
-        return mandates or None
+    async def mandates_known():  # keyed by student: the two may arrive in either order
+        return all([(await client.get(f"/v1/students/{s}/providers", headers=ADMIN)).json()["mandates"]
+                    for s in (hs1, ms1)]) or None
 
-    await eventually(mandate_known, what="the mandate in the caseload service")
+    await eventually(mandates_known, what="both mandates in the caseload service")
 
     def add(headers, students, provider=SPEECH):
         return client.post(f"/v1/providers/{provider}/students", headers=headers, json={"student_ids": students})

@@ -46,6 +46,11 @@ async def roster(system: Stack, tmp_path):
     return service
 
 
+async def upload(client: httpx.AsyncClient, folder: Path, to: Path, query: str = "") -> httpx.Response:
+    return await client.post(f"/v1/imports{query}", content=zipped(folder, to),
+                             headers={**admin(), "Content-Type": "application/zip"})
+
+
 async def finished(client: httpx.AsyncClient, location: str) -> dict:
     async def done():
         body = (await client.get(location, headers=admin())).json()
@@ -208,15 +213,11 @@ async def test_an_upload_naming_another_district_org_is_refused_unless_confirmed
     orgs.write_text(orgs.read_text(encoding="utf-8-sig").replace("nycdoe", "yonkers")
                     .replace("New York City Department of Education", "Yonkers Public Schools"))
     async with httpx.AsyncClient(base_url=roster.url) as client:
-        first = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "a.zip"),
-                                  headers={**admin(), "Content-Type": "application/zip"})
-        await finished(client, first.headers["Location"])
-        refused = await client.post("/v1/imports", content=zipped(other, tmp_path / "b.zip"),
-                                    headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, (await upload(client, FIXTURES / "bulk_small", tmp_path / "a.zip")).headers["Location"])
+        refused = await upload(client, other, tmp_path / "b.zip")
         assert refused.status_code == 409
         assert "orgs.csv names district yonkers (Yonkers Public Schools)" in refused.json()["detail"]
-        confirmed = await client.post("/v1/imports?confirm_district=true", content=zipped(other, tmp_path / "c.zip"),
-                                      headers={**admin(), "Content-Type": "application/zip"})
+        confirmed = await upload(client, other, tmp_path / "c.zip", "?confirm_district=true")
         assert confirmed.status_code == 202
         assert (await finished(client, confirmed.headers["Location"]))["status"] == "applied"
 
@@ -250,11 +251,8 @@ async def test_a_rejected_row_shows_in_the_reconcile_view_and_a_second_school_se
                         'stu-0007,active,2026-09-01T12:00:00.000Z,true,"sch-02M104,sch-02M475",')
     users.write_text(text)
     async with httpx.AsyncClient(base_url=roster.url) as client:
-        first = await client.post("/v1/imports", content=zipped(FIXTURES / "bulk_small", tmp_path / "a.zip"),
-                                  headers={**admin(), "Content-Type": "application/zip"})
-        await finished(client, first.headers["Location"])
-        second = await client.post("/v1/imports", content=zipped(package, tmp_path / "b.zip"),
-                                   headers={**admin(), "Content-Type": "application/zip"})
+        await finished(client, (await upload(client, FIXTURES / "bulk_small", tmp_path / "a.zip")).headers["Location"])
+        second = await upload(client, package, tmp_path / "b.zip")
         assert (await finished(client, second.headers["Location"]))["status"] == "applied"
         view = (await client.get("/v1/reconcile/students/stu-0001", headers=admin())).json()
         assert view["last_file"]["accepted"] is False and view["last_file"]["problems"] == ["missing required field"]

@@ -172,9 +172,7 @@ async def test_a_bad_birth_date_keeps_the_one_held_and_a_blank_one_clears_it(bas
 
 
 async def test_a_demographics_delta_alone_changes_a_birth_date(base, tmp_path):
-    package = Edited("bulk_small", tmp_path / "p").manifest(
-        users="absent", classes="absent", enrollments="absent", orgs="absent", courses="absent",
-        academicSessions="absent", demographics="delta")
+    package = Edited("bulk_small", tmp_path / "p").delta_of("demographics")
     row = package.row("demographics.csv", "stu-0002")
     package.only("demographics.csv", [{**row, "birthDate": "2018-11-03"}])
     result = await imported(base, package.path)
@@ -311,13 +309,8 @@ async def test_an_unexpected_failure_marks_the_import_failed_with_a_message_and_
 # ------------------------------------------------ 4. records are identified by sourcedId
 
 
-def _enrolments_delta(package: Edited) -> Edited:
-    return package.manifest(users="absent", classes="absent", orgs="absent", courses="absent",
-                            academicSessions="absent", demographics="absent", enrollments="delta")
-
-
 async def test_an_enrolment_moved_to_another_homeroom_leaves_the_first(base, tmp_path):
-    package = _enrolments_delta(Edited("delta_small", tmp_path / "p"))
+    package = Edited("delta_small", tmp_path / "p").delta_of("enrollments")
     package.only("enrollments.csv", [{
         "sourcedId": "enr-0103", "status": "active", "dateLastModified": "2027-01-15T12:00:00.000Z",
         "classSourcedId": "cls-02M001-3-402", "schoolSourcedId": "sch-02M001", "userSourcedId": "stu-0002",
@@ -332,7 +325,7 @@ async def test_an_enrolment_moved_to_another_homeroom_leaves_the_first(base, tmp
 
 
 async def test_a_deleted_record_and_a_new_one_for_the_same_class_keep_the_student_in_it(base, tmp_path):
-    package = _enrolments_delta(Edited("delta_small", tmp_path / "p"))
+    package = Edited("delta_small", tmp_path / "p").delta_of("enrollments")
     common = {"dateLastModified": "2026-10-01T12:00:00.000Z", "classSourcedId": "cls-02M475-ALG1-01",
               "schoolSourcedId": "sch-02M475", "userSourcedId": "stu-0010", "role": "student", "primary": "false"}
     package.only("enrollments.csv", [
@@ -409,9 +402,7 @@ async def test_a_term_whose_dates_change_moves_its_classes_members(base, tmp_pat
     package = _term_package(tmp_path)
     await imported(base, package.path)
     await clear_outbox(base)
-    earlier = Edited("bulk_small", tmp_path / "s").manifest(
-        users="absent", classes="absent", enrollments="absent", orgs="absent", courses="absent",
-        demographics="absent", academicSessions="delta")
+    earlier = Edited("bulk_small", tmp_path / "s").delta_of("academicSessions")
     spring = earlier.row("academicSessions.csv", "term-2027-spring")
     earlier.only("academicSessions.csv", [{**spring, "startDate": "2026-11-01"}])
     result = await imported(base, earlier.path)
