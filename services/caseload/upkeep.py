@@ -62,12 +62,10 @@ async def keep_change_feed_bounded(runtime) -> None:
 async def drop_blank_owners(runtime) -> None:
     """Before migration 005 a staff member with email "" (or spaces) owned memberships.
     Their students' caseloads are brought in line once as the service starts: those
-    memberships leave, each removal published like any other. Then nothing is left to do."""
-    try:
-        async with runtime.unit_of_work() as uow:
-            students = await store.students_with_blank_owners(uow.conn)
-            changes = await handlers.refresh(uow, students)
-        if changes:
-            log.info("memberships of blank emails removed", students=len(students), changes=len(changes))
-    except Exception as e:  # noqa: BLE001 - the next start tries again; the service goes on
-        log.warning("removing memberships of blank emails failed", error=repr(e))
+    memberships leave, each removal published like any other. A one-shot job: it returns
+    when done; if it fails, the kit's supervisor runs it again (and /readyz says so)."""
+    async with runtime.unit_of_work() as uow:
+        students = await store.students_with_blank_owners(uow.conn)
+        changes = await handlers.refresh(uow, students)
+    if changes:
+        log.info("memberships of blank emails removed", students=len(students), changes=len(changes))
