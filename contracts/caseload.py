@@ -21,7 +21,9 @@ class CaseloadMembershipAdded(Event):
     reason: Reason = Field(description="Why: homeroom, section, point_person, support or provider.")
     detail: str = Field(description="In words, e.g. 'homeroom 3-401', 'section ALG1-02'.")
     source_ref: str = Field(description="What the reason refers to: a class id, a point person type, a support id...")
-    school_id: str = Field(description="The student's school (SIS org id).")
+    school_id: str = Field(description="The school the membership belongs to (SIS org id): the class's school for "
+                           "homeroom and section memberships (a dual-enrolled student's section may be at another of "
+                           "their schools); the student's home school for point person, support and provider ones.")
 
 
 class CaseloadMembershipRemoved(Event):
@@ -34,4 +36,4 @@ class CaseloadMembershipRemoved(Event):
     reason: Reason = Field(description="The reason that no longer holds.")
     detail: str = Field(description="In words, e.g. 'homeroom 3-401'.")
     source_ref: str = Field(description="What the reason referred to.")
-    school_id: str = Field(description="The student's school when it was added.")
+    school_id: str = Field(description="The membership's school as it was added (see CaseloadMembershipAdded).")

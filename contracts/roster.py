@@ -75,7 +75,8 @@ class StaffUpserted(Event):
     role: Literal["teacher", "aide", "administrator", "counselor"] = Field(description="OneRoster role (1.2's principal and site, district and system administrators are administrator).")
     given_name: str = Field(description="Given name.")
     family_name: str = Field(description="Family name.")
-    email: str | None = Field(default=None, description="Login email; the key that matches the account to a caseload user.")
+    email: str | None = Field(default=None, description="Login email; the key that matches the account to a caseload "
+                              "user. None when the district gave none (a blank or whitespace email is none).")
     identifier: str | None = Field(default=None, description="District staff id (e.g. EIS number).")
     school_ids: list[str] = Field(description="Schools the staff member works in (SIS org ids).")
     matched: bool = Field(description="True when the account has an email, so it can be matched to a login.")
