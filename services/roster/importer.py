@@ -264,7 +264,10 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
         await _execute(conn, _REMOVE_CLASSES, district_id)
         crashpoint("import.after_apply")
         await _record_file_rows(conn, district_id, import_id)
-        await _remember_district_org(conn, district_id, package, import_id)
+        first_org = await _remember_district_org(conn, district_id, package, import_id)
+        if first_org:
+            result.problems.append(first_org)
+            result.warning_count += 1
         completed = RosterImportCompleted(
             district_id=district_id, import_id=import_id, counts=result.counts,
             rejected_rows=result.error_count, correlation_id=str(import_id), producer=SOURCE,
@@ -507,10 +510,14 @@ async def _district_org_refusal(conn, district_id: str, named: list[tuple[str, s
             f"({held['name']})")
 
 
-async def _remember_district_org(conn, district_id: str, package: Package, import_id: uuid.UUID) -> None:
+async def _remember_district_org(conn, district_id: str, package: Package, import_id: uuid.UUID) -> Problem | None:
+    """Remember the district org this district's files name; on the first, if it does not
+    look like the district, say so (a warning): later files must name the same org."""
     named = package.district_orgs()
     if len(named) == 1:
         sid, identifier, name = named[0]
+        first = await conn.fetchval("SELECT org_source_id IS NULL FROM (SELECT NULL) x LEFT JOIN district_orgs "
+                                    "ON district_id = $1", district_id)
         await conn.execute(
             """INSERT INTO district_orgs (district_id, org_source_id, identifier, name, import_id)
                VALUES ($1, $2, $3, $4, $5)
@@ -518,6 +525,11 @@ async def _remember_district_org(conn, district_id: str, package: Package, impor
                    identifier = EXCLUDED.identifier, name = EXCLUDED.name, import_id = EXCLUDED.import_id
                WHERE district_orgs.org_source_id IS DISTINCT FROM EXCLUDED.org_source_id""",
             district_id, sid, identifier or None, name or None, import_id)
+        if first and district_id.casefold() not in (sid.casefold(), identifier.casefold()):
+            return Problem("warning", "orgs.csv", None, "sourcedId", sid,
+                           f"the district org is {sid} ({name}), not {district_id}: from now on, a package naming "
+                           f"another district org is held until confirmed", sid)
+    return None
 
 
 async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID) -> None:

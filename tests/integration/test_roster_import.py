@@ -112,8 +112,9 @@ async def test_a_first_import_stores_the_roster_and_publishes_each_fact_once(ser
     assert events[-1].event_type == "roster.import_completed.v1" and events[-1].counts == result.counts
     state = await held_state(pool, "d1")
     assert state == apply_events({"students": {}, "staff": {}, "classes": {}, "enrollments": {}}, events[:-1])
-    unmatched = [p for p in result.problems if p.severity == "warning"]
-    assert [(p.file, p.line, p.column) for p in unmatched] == [("users.csv", 13, "email")]
+    warnings = [(p.file, p.line, p.column) for p in result.problems if p.severity == "warning"]
+    assert warnings == [("users.csv", 13, "email"),  # the unmatched teacher
+                        ("orgs.csv", None, "sourcedId")]  # the district org D is remembered for district d1
 
 
 async def test_re_importing_the_identical_package_publishes_no_change(service_db, tmp_path):
