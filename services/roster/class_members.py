@@ -9,9 +9,10 @@ consumer never needs to know about terms: when a spring section starts or an enr
 last day passes, the roster says so that day, without a new file (`follow_the_calendar`).
 
 Both an import and the calendar step work the same way: they name the (class, person)
-pairs that may have changed in a temporary table `touched`, then `diff` computes what
-those pairs should be now, `changes` writes the events into the outbox and `apply`
-stores the new state, in the caller's transaction.
+pairs that may have changed in a temporary table `touched` (or, when most of the district
+may have changed, take the whole district), then `diff` computes what those pairs should
+be now, `write_events` writes the events into the outbox and `apply` stores the new
+state, in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -42,66 +43,99 @@ async def lock_district(conn: asyncpg.Connection, district_id: str) -> None:
 # (domain.enrolment_span) and counts from its first day to its last (domain.is_current); a
 # member's role is the first of domain.ROLE_PRECEDENCE among its records.
 _PRECEDENCE = "(ARRAY[" + ", ".join(f"'{role}'" for role in domain.ROLE_PRECEDENCE) + "]::text[])"
-CURRENT = ("coalesce(e.begin_date, c.starts, '-infinity'::date) <= $2::date "
-           "AND $2::date <= coalesce(e.end_date, c.ends, 'infinity'::date)")
-_DIFF = f"""
-CREATE TEMP TABLE current_records ON COMMIT DROP AS
-SELECT e.class_source_id, e.user_source_id, e.role, e.is_primary, c.class_id, c.school_id
-FROM touched t
-JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = t.class_source_id
-                  AND e.user_source_id = t.user_source_id
-JOIN classes c ON c.district_id = $1 AND c.source_id = e.class_source_id
-WHERE {CURRENT};
 
-CREATE TEMP TABLE desired_members ON COMMIT DROP AS
-SELECT r.class_source_id, r.user_source_id,
-       {_PRECEDENCE}[min(array_position({_PRECEDENCE}, r.role))] AS role, bool_or(r.is_primary) AS is_primary,
-       r.class_id, r.school_id, p.person_id
-FROM current_records r
-JOIN (SELECT source_id, student_id AS person_id, true AS is_student FROM students
-      WHERE district_id = $1 AND status = 'active'
-      UNION ALL
-      SELECT source_id, staff_id, false FROM staff WHERE district_id = $1 AND status = 'active') p
-  ON p.source_id = r.user_source_id AND p.is_student = (r.role = 'student')
-GROUP BY r.class_source_id, r.user_source_id, r.class_id, r.school_id, p.person_id;
 
+def current(klass: str = "c", today: str = "$2") -> str:
+    """SQL: the record `e` counts today (its class's dates in `klass`)."""
+    return (f"coalesce(e.begin_date, {klass}.starts, '-infinity'::date) <= {today}::date "
+            f"AND {today}::date <= coalesce(e.end_date, {klass}.ends, 'infinity'::date)")
+
+
+_PEOPLE = """(SELECT source_id, student_id AS person_id, true AS is_student FROM students
+             WHERE district_id = $1 AND status = 'active'
+             UNION ALL
+             SELECT source_id, staff_id, false FROM staff WHERE district_id = $1 AND status = 'active')"""
+
+
+def _members_of(records: str, klass: str = "c", where: str = "") -> str:
+    """The class members `records` (aliased e, their class `klass`) make today: one per
+    class and person, while the person is on the roster."""
+    return f"""
+        SELECT e.class_source_id, e.user_source_id,
+               {_PRECEDENCE}[min(array_position({_PRECEDENCE}, e.role))] AS role, bool_or(e.is_primary) AS is_primary,
+               {klass}.class_id, {klass}.school_id, p.person_id
+        FROM {records}
+        JOIN {_PEOPLE} p ON p.source_id = e.user_source_id AND p.is_student = (e.role = 'student')
+        WHERE {where}{current(klass)}
+        GROUP BY e.class_source_id, e.user_source_id, {klass}.class_id, {klass}.school_id, p.person_id"""
+
+
+# Of the touched pairs: their records first (so the planner sees how many), then the
+# members they make.
+_TOUCHED_DESIRED = [
+    """CREATE TEMP TABLE current_records ON COMMIT DROP AS
+       SELECT e.*, c.class_id, c.school_id, c.starts, c.ends FROM touched t
+       JOIN enrollments e ON e.district_id = $1 AND e.class_source_id = t.class_source_id
+                         AND e.user_source_id = t.user_source_id
+       JOIN classes c ON c.district_id = $1 AND c.source_id = e.class_source_id""",
+    f"""CREATE TEMP TABLE desired_members ON COMMIT DROP AS {_members_of("current_records e", klass="e")}""",
+]
+# Of the whole district, by scanning (a first import, a new school year).
+_WHOLE_DESIRED = [
+    f"""CREATE TEMP TABLE desired_members ON COMMIT DROP AS
+        {_members_of("enrollments e JOIN classes c ON c.district_id = $1 AND c.source_id = e.class_source_id",
+                     where="e.district_id = $1 AND ")}""",
+]
+_REMOVALS = """
 CREATE TEMP TABLE member_removals ON COMMIT DROP AS
 SELECT m.person_id, m.role, m.class_id, m.class_source_id, m.user_source_id, m.school_id
-FROM touched t
-JOIN class_members m ON m.district_id = $1 AND m.class_source_id = t.class_source_id
-                    AND m.user_source_id = t.user_source_id
-WHERE NOT EXISTS (SELECT 1 FROM desired_members d WHERE d.class_source_id = m.class_source_id
-                  AND d.user_source_id = m.user_source_id AND d.person_id = m.person_id);
-
+FROM {members}
+WHERE {where}NOT EXISTS (SELECT 1 FROM desired_members d WHERE d.class_source_id = m.class_source_id
+                  AND d.user_source_id = m.user_source_id AND d.person_id = m.person_id)"""
+_ADDITIONS = """
 CREATE TEMP TABLE member_additions ON COMMIT DROP AS
-SELECT d.person_id, d.role, d.class_id, d.class_source_id, d.user_source_id, d.school_id, d.is_primary
+SELECT d.person_id, d.role, d.class_id, d.class_source_id, d.user_source_id, d.school_id, d.is_primary,
+       m.class_source_id IS NOT NULL AS existed
 FROM desired_members d
-LEFT JOIN class_members m ON m.district_id = $1 AND m.class_source_id = d.class_source_id
-                         AND m.user_source_id = d.user_source_id
+LEFT JOIN class_members m ON m.district_id = $1 AND m.user_source_id = d.user_source_id
+                         AND m.class_source_id = d.class_source_id
 WHERE m.class_source_id IS NULL
    OR (m.role, m.is_primary, m.person_id, m.class_id, m.school_id)
-      IS DISTINCT FROM (d.role, d.is_primary, d.person_id, d.class_id, d.school_id)
-"""
+      IS DISTINCT FROM (d.role, d.is_primary, d.person_id, d.class_id, d.school_id)"""
+_TOUCHED_MEMBERS = """touched t JOIN class_members m ON m.district_id = $1 AND m.user_source_id = t.user_source_id
+                                         AND m.class_source_id = t.class_source_id"""
+
 
 _APPLY = [
     """DELETE FROM class_members m USING member_removals r
-       WHERE m.district_id = $1 AND m.class_source_id = r.class_source_id AND m.user_source_id = r.user_source_id""",
+       WHERE m.district_id = $1 AND m.user_source_id = r.user_source_id AND m.class_source_id = r.class_source_id""",
+    """UPDATE class_members m SET role = a.role, is_primary = a.is_primary, class_id = a.class_id,
+           person_id = a.person_id, school_id = a.school_id
+       FROM member_additions a
+       WHERE a.existed AND m.district_id = $1 AND m.user_source_id = a.user_source_id
+         AND m.class_source_id = a.class_source_id""",
     """INSERT INTO class_members (district_id, class_source_id, user_source_id, role, is_primary, class_id, person_id,
                                  school_id)
        SELECT $1, class_source_id, user_source_id, role, is_primary, class_id, person_id, school_id
-       FROM member_additions
-       ON CONFLICT (district_id, class_source_id, user_source_id) DO UPDATE SET role = EXCLUDED.role,
-           is_primary = EXCLUDED.is_primary, class_id = EXCLUDED.class_id, person_id = EXCLUDED.person_id,
-           school_id = EXCLUDED.school_id""",
+       FROM member_additions WHERE NOT existed""",
 ]
 
 
-async def diff(conn: asyncpg.Connection, district_id: str, today: date) -> dict[str, int]:
-    """From `touched`, the class members to remove and to add (or change) as of today."""
-    await conn.execute("ANALYZE touched", timeout=_LONG)
-    for statement in _DIFF.split(";"):
+async def diff(conn: asyncpg.Connection, district_id: str, today: date, *, whole: bool = False) -> dict[str, int]:
+    """The class members to remove and to add (or change) as of today: of the pairs in the
+    temporary table `touched`, or with whole=True of the whole district (read by scanning:
+    no nested loops over millions of rows)."""
+    if whole:
+        await conn.execute("SET LOCAL enable_nestloop = off")
+        statements = [*_WHOLE_DESIRED, _REMOVALS.format(members="class_members m", where="m.district_id = $1 AND ")]
+    else:
+        await conn.execute("ANALYZE touched", timeout=_LONG)
+        statements = [*_TOUCHED_DESIRED, _REMOVALS.format(members=_TOUCHED_MEMBERS, where="")]
+    for statement in [*statements, _ADDITIONS]:
         await conn.execute(statement, *params(statement, district_id, today), timeout=_LONG)
         await conn.execute(f"ANALYZE {statement.split()[3]}", timeout=_LONG)
+    if whole:
+        await conn.execute("SET LOCAL enable_nestloop = on")
     row = await conn.fetchrow("SELECT (SELECT count(*) FROM member_additions) AS added, "
                               "(SELECT count(*) FROM member_removals) AS removed")
     return {"enrollments_added": row["added"], "enrollments_removed": row["removed"]}
@@ -143,15 +177,6 @@ SELECT DISTINCT class_source_id, user_source_id FROM (
     WHERE c.district_id = $1 AND ((e.begin_date IS NULL AND c.starts > $2 AND c.starts <= $3)
                                OR (e.end_date IS NULL AND c.ends >= $2 AND c.ends < $3))
 ) x"""
-_EVERYTHING = """
-CREATE TEMP TABLE touched ON COMMIT DROP AS
-SELECT DISTINCT class_source_id, user_source_id FROM (
-    SELECT class_source_id, user_source_id FROM enrollments WHERE district_id = $1
-    UNION ALL
-    SELECT class_source_id, user_source_id FROM class_members WHERE district_id = $1
-) x"""
-
-
 async def evaluated_on(conn: asyncpg.Connection, district_id: str) -> date | None:
     return await conn.fetchval("SELECT evaluated_on FROM district_calendar WHERE district_id = $1", district_id)
 
@@ -164,16 +189,14 @@ async def bring_to(conn: asyncpg.Connection, district_id: str, today: date, kafk
     since = await evaluated_on(conn, district_id)
     if since == today:
         return {"enrollments_added": 0, "enrollments_removed": 0}
-    if since is None:
-        await conn.execute(_EVERYTHING, district_id, timeout=_LONG)
-    else:
+    if since is not None:
         await conn.execute(_CROSSINGS, district_id, min(since, today), max(since, today), timeout=_LONG)
-    counts = await diff(conn, district_id, today)
+    counts = await diff(conn, district_id, today, whole=since is None)
     await write_events(conn, district_id, f"calendar:{district_id}:{today.isoformat()}", kafka)
     await apply(conn, district_id)
     await mark_evaluated(conn, district_id, today)
     for table in ("touched", "current_records", "desired_members", "member_removals", "member_additions"):
-        await conn.execute(f"DROP TABLE {table}")
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
     return counts
 
 

@@ -326,7 +326,7 @@ def enrolment_span(begin: date | None, end: date | None, klass: tuple[date | Non
 
 def is_current(span: tuple[date | None, date | None], today: date) -> bool:
     """"Responsible today": an enrolment counts from its first day to its last, inclusive.
-    The SQL twin is importer._CURRENT; a test checks they agree."""
+    The SQL twin is class_members.current; a test checks they agree."""
     starts, ends = span
     return (starts is None or starts <= today) and (ends is None or today <= ends)
 

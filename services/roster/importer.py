@@ -234,13 +234,16 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
         clock = time.perf_counter()
         for statement in _APPLY_STATE:
             await _execute(conn, statement, district_id)
-        if _changed_much(await _counts(conn), held):
+        changed = await _counts(conn)
+        whole = _changed_much(changed, held)
+        if whole:
             # The statistics are those of before the import: a first import's joins would be
             # planned for empty tables (nested loops over a million rows).
             await conn.execute("ANALYZE students, staff, classes, enrollments", timeout=_LONG)
-        await _execute(conn, _TOUCHED, district_id)
-        members = await class_members.diff(conn, district_id, today)
-        result.counts = {**await _counts(conn), **members}
+        else:
+            await _execute(conn, _TOUCHED, district_id)
+        members = await class_members.diff(conn, district_id, today, whole=whole)
+        result.counts = {**changed, **members}
         result.problems = reader.problems
         result.error_count = reader.rows_skipped_count
         result.warning_count = sum(1 for p in reader.problems if p.severity == "warning")
@@ -300,9 +303,10 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
 
 
 def _changed_much(counts: dict[str, int], held: dict[str, int]) -> bool:
-    records = counts.get("enrollment_records_changed", 0) + counts.get("enrollment_records_removed", 0)
-    people = counts.get("students_enrolled", 0) + counts.get("staff_upserted", 0)
-    return records > max(10_000, held.get("enrollments", 0) // 10) or people > max(10_000, held.get("students", 0) // 10)
+    """Whether so much of the district changed (a first import, a new school year) that its
+    class members are best compared whole, by scanning, than pair by pair."""
+    records = counts["enrollment_records_changed"] + counts["enrollment_records_removed"]
+    return records > max(10_000, held["records"] // 4)
 
 
 def _changes(result: ImportResult) -> int:
@@ -450,7 +454,8 @@ async def _held_counts(conn, district_id: str) -> dict[str, int]:
         """SELECT (SELECT count(*) FROM students WHERE district_id = $1 AND status = 'active') AS students,
                   (SELECT count(*) FROM staff WHERE district_id = $1 AND status = 'active') AS staff,
                   (SELECT count(*) FROM classes WHERE district_id = $1) AS classes,
-                  (SELECT count(*) FROM class_members WHERE district_id = $1) AS enrollments""", district_id)
+                  (SELECT count(*) FROM class_members WHERE district_id = $1) AS enrollments,
+                  (SELECT count(*) FROM enrollments WHERE district_id = $1) AS records""", district_id)
     return dict(row)
 
 
@@ -499,13 +504,13 @@ async def district_org_refusal(conn, district_id: str, path: Path) -> str | None
     return await _district_org_refusal(conn, district_id, named)
 
 
-async def _district_org_refusal(conn, district_id: str, named: list[tuple[str, str, str]]) -> str | None:
+async def _district_org_refusal(conn, district_id: str, named: list[tuple[str, str, str, int]]) -> str | None:
     """A package naming another district org (orgs.csv, type district) than the district's
     files did is held: a file sent to the wrong district would withdraw everyone."""
     held = await conn.fetchrow("SELECT org_source_id, name FROM district_orgs WHERE district_id = $1", district_id)
-    if held is None or not named or held["org_source_id"] in {sid for sid, _, _ in named}:
+    if held is None or not named or held["org_source_id"] in {sid for sid, *_ in named}:
         return None
-    sid, _, name = named[0]
+    sid, _, name, _ = named[0]
     return (f"orgs.csv names district {sid} ({name}), but {district_id}'s files come from {held['org_source_id']} "
             f"({held['name']})")
 
@@ -515,7 +520,7 @@ async def _remember_district_org(conn, district_id: str, package: Package, impor
     look like the district, say so (a warning): later files must name the same org."""
     named = package.district_orgs()
     if len(named) == 1:
-        sid, identifier, name = named[0]
+        sid, identifier, name, line = named[0]
         first = await conn.fetchval("SELECT org_source_id IS NULL FROM (SELECT NULL) x LEFT JOIN district_orgs "
                                     "ON district_id = $1", district_id)
         await conn.execute(
@@ -526,7 +531,7 @@ async def _remember_district_org(conn, district_id: str, package: Package, impor
                WHERE district_orgs.org_source_id IS DISTINCT FROM EXCLUDED.org_source_id""",
             district_id, sid, identifier or None, name or None, import_id)
         if first and district_id.casefold() not in (sid.casefold(), identifier.casefold()):
-            return Problem("warning", "orgs.csv", None, "sourcedId", sid,
+            return Problem("warning", "orgs.csv", line, "sourcedId", sid,
                            f"the district org is {sid} ({name}), not {district_id}: from now on, a package naming "
                            f"another district org is held until confirmed", sid)
     return None
@@ -810,13 +815,16 @@ _APPLY_STATE = [
     """UPDATE classes c SET term_source_ids = x.term_ids, starts = x.starts, ends = x.ends, updated_at = now()
        FROM class_spans x WHERE c.class_id = x.class_id AND c.district_id = $1""",
     """DELETE FROM enrollments e USING record_removals r WHERE e.district_id = $1 AND e.source_id = r.source_id""",
+    """UPDATE enrollments e SET class_source_id = r.class_source_id, user_source_id = r.user_source_id,
+           role = r.role, is_primary = r.is_primary, begin_date = r.begin_date, end_date = r.end_date
+       FROM record_changes r
+       WHERE r.was_class IS NOT NULL AND e.district_id = $1 AND e.source_id = r.source_id""",
+    # (a record both taken along and restated, were there one, is stored again below)
     """INSERT INTO enrollments (district_id, source_id, class_source_id, user_source_id, role, is_primary, begin_date,
                                end_date)
        SELECT $1, source_id, class_source_id, user_source_id, role, is_primary, begin_date, end_date
        FROM record_changes
-       ON CONFLICT (district_id, source_id) DO UPDATE SET class_source_id = EXCLUDED.class_source_id,
-           user_source_id = EXCLUDED.user_source_id, role = EXCLUDED.role, is_primary = EXCLUDED.is_primary,
-           begin_date = EXCLUDED.begin_date, end_date = EXCLUDED.end_date""",
+       WHERE was_class IS NULL OR source_id IN (SELECT source_id FROM record_removals)""",
 ]
 
 # Class rows go after the events: their removal events are built from class_removals.

@@ -256,12 +256,12 @@ class Package:
             raise PackageRejected("manifest.csv names no file: expected file.users, file.enrollments ... = bulk or delta")
         return modes
 
-    def district_orgs(self) -> list[tuple[str, str, str]]:
-        """(sourcedId, identifier, name) of each org of type district in orgs.csv."""
+    def district_orgs(self) -> list[tuple[str, str, str, int]]:
+        """(sourcedId, identifier, name, line) of each org of type district in orgs.csv."""
         if self.modes["orgs"] == "absent":
             return []
-        return [(r.get("sourcedId", "").strip(), (r.get("identifier") or "").strip(), (r.get("name") or "").strip())
-                for _, r in self.rows("orgs") if (r.get("type") or "").strip().casefold() == "district"]
+        return [(r.get("sourcedId", "").strip(), (r.get("identifier") or "").strip(), (r.get("name") or "").strip(),
+                 line) for line, r in self.rows("orgs") if (r.get("type") or "").strip().casefold() == "district"]
 
 
 def _separator_hint(header_line: str) -> str:
@@ -590,7 +590,8 @@ class Reader:
         file = "enrollments"
         seen: set[str] = set()
         homerooms: dict[tuple[str, str], int] = {}
-        classes, users = self.known.classes, self.known.users
+        classes, users, user_schools = self.known.classes, self.known.users, self.known.user_schools
+        dates: dict[str, date | None] = {"": None}  # a file has few distinct dates: each is read once
         for line, row in self._rows(file):
             sid, status = row.get("sourcedId"), row.get("status")
             class_sid, user_sid, role = row.get("classSourcedId"), row.get("userSourcedId"), row.get("role")
@@ -633,7 +634,7 @@ class Reader:
                 self._problem(file, line, "userSourcedId", user_sid, self._unknown("user", user_sid), sid=sid)
                 self._reject("enrollment", sid, line, row, ())
                 continue
-            if not enrolment_role_fits(role, user_role):
+            if role != user_role and not enrolment_role_fits(role, user_role):
                 self._problem(file, line, "role", role, f"role {role}, but users.csv says {user_role}"
                               if self.package.mode("users") != "absent" else
                               f"role {role}, but the roster holds {user_sid} as {user_role}", sid=sid)
@@ -658,8 +659,9 @@ class Reader:
                     continue
                 self._normalise(file, "primary", primary, read, line, sid)
                 primary = read
-            begin = self._date(file, line, row, "beginDate", sid) if row.get("beginDate") else None
-            end = self._date(file, line, row, "endDate", sid) if row.get("endDate") else None
+            raw_begin, raw_end = row.get("beginDate") or "", row.get("endDate") or ""
+            begin = dates[raw_begin] if raw_begin in dates else self._date_once(dates, file, line, row, "beginDate", sid)
+            end = dates[raw_end] if raw_end in dates else self._date_once(dates, file, line, row, "endDate", sid)
             if begin is False or end is False:
                 self._reject("enrollment", sid, line, row, ())
                 continue
@@ -675,7 +677,7 @@ class Reader:
                                       f"student already in a homeroom at this school (line {first})", sid=sid)
                         self._reject("enrollment", sid, line, row, ())
                         continue
-                schools = self.known.user_schools.get(user_sid)
+                schools = user_schools.get(user_sid)
                 if schools is not None and (klass[0] != schools if isinstance(schools, str) else klass[0] not in schools):
                     self._ignore(file, line, sid, "students enrolled in a class at a school their orgSourcedIds do "
                                                   "not list (kept: the student is in the class)")
@@ -803,6 +805,14 @@ class Reader:
         if read is None:
             self._problem(entity, line, column, raw, "is not a date (YYYY-MM-DD)", sid=sid)
             return False
+        return read
+
+    def _date_once(self, dates: dict, entity: str, line: int, row: dict[str, str], column: str,
+                   sid: str | None) -> date | None | bool:
+        """_date, remembering a date that reads (a bad one is reported on each of its rows)."""
+        read = self._date(entity, line, row, column, sid)
+        if read is not False:
+            dates[row.get(column) or ""] = read
         return read
 
     def _normalise(self, entity: str, column: str, raw: str, read: str, line: int, sid: str | None) -> None:

@@ -7,7 +7,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.roster.class_members import CURRENT
+from services.roster.class_members import current
 from services.roster.domain import StaffMember, Student
 
 _COLUMNS = ("student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, "
@@ -154,7 +154,7 @@ async def enrollments_page(conn, *, district_id: str, schools: list[str] | None,
     return await conn.fetch(
         f"""SELECT e.source_id, e.class_source_id, e.user_source_id, e.role, e.is_primary AS primary, c.school_id,
                    e.begin_date, e.end_date, coalesce(e.begin_date, c.starts) AS counts_from,
-                   coalesce(e.end_date, c.ends) AS counts_until, ({CURRENT.replace("$2", "$8")}) AS current,
+                   coalesce(e.end_date, c.ends) AS counts_until, ({current(today="$8")}) AS current,
                    e.source_id AS cursor
             FROM enrollments e JOIN classes c ON c.district_id = e.district_id AND c.source_id = e.class_source_id
             WHERE e.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2))

@@ -114,7 +114,7 @@ async def test_a_first_import_stores_the_roster_and_publishes_each_fact_once(ser
     assert state == apply_events({"students": {}, "staff": {}, "classes": {}, "enrollments": {}}, events[:-1])
     warnings = [(p.file, p.line, p.column) for p in result.problems if p.severity == "warning"]
     assert warnings == [("users.csv", 13, "email"),  # the unmatched teacher
-                        ("orgs.csv", None, "sourcedId")]  # the district org D is remembered for district d1
+                        ("orgs.csv", 2, "sourcedId")]  # the district org D is remembered for district d1
 
 
 async def test_re_importing_the_identical_package_publishes_no_change(service_db, tmp_path):

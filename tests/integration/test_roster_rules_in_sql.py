@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.roster import domain
-from services.roster.class_members import CURRENT
+from services.roster.class_members import current
 from services.roster.importer import _HOME_SCHOOL
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ async def test_who_counts_today_is_decided_alike(postgres_url, begin, end, class
     conn = await asyncpg.connect(postgres_url)
     try:
         in_sql = await conn.fetchval(
-            f"SELECT {CURRENT} FROM (SELECT $3::date AS begin_date, $4::date AS end_date) e, "
+            f"SELECT {current()} FROM (SELECT $3::date AS begin_date, $4::date AS end_date) e, "
             f"(SELECT $5::date AS starts, $6::date AS ends) c WHERE $1::text IS NULL",
             None, today, begin, end, class_starts, class_ends)
     finally:

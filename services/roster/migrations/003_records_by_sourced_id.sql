@@ -26,9 +26,11 @@ ALTER TABLE classes
 
 -- Who is in which class as the roster has published it (one row per class and person):
 -- the table that was `enrollments` before records were kept by their sourcedId.
+-- Keyed person first: one key serves "this person's classes" and "this member".
 ALTER TABLE enrollments RENAME TO class_members;
-ALTER TABLE class_members RENAME CONSTRAINT enrollments_pkey TO class_members_pkey;
-ALTER INDEX enrollments_by_user RENAME TO class_members_by_user;
+ALTER TABLE class_members DROP CONSTRAINT enrollments_pkey;
+DROP INDEX enrollments_by_user;
+ALTER TABLE class_members ADD CONSTRAINT class_members_pkey PRIMARY KEY (district_id, user_source_id, class_source_id);
 
 -- The district's enrolment records, by sourcedId, as its files state them. Several records
 -- may name one person in one class (a re-enrolment under a new sourcedId): they make one
@@ -45,9 +47,9 @@ CREATE TABLE enrollments (
     end_date        date,
     PRIMARY KEY (district_id, source_id)
 );
-CREATE INDEX enrollments_by_member ON enrollments (district_id, class_source_id, user_source_id);
-CREATE INDEX enrollments_by_user ON enrollments (district_id, user_source_id);
--- (The calendar step reads the dates once a day per district: a scan, not four more indexes to keep.)
+-- A person's records, and a member's. (Eight million records for a city: every index is
+-- paid for by each import; the calendar step and a class's records read by scanning.)
+CREATE INDEX enrollments_by_person ON enrollments (district_id, user_source_id, class_source_id);
 
 -- Rows held before records had their sourcedId: one legacy record per class member. The
 -- next bulk file replaces them; a delta's tobedeleted row finds one by class and user.
