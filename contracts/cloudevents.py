@@ -50,7 +50,7 @@ def encode(event: Event) -> bytes:
 def decode(
     topic: Topic,
     body: bytes | None,
-    headers: Iterable[tuple[str, bytes]],
+    headers: Iterable[tuple[str, bytes | None]],
     received_at: datetime | None = None,
 ) -> Event:
     """Decode one Kafka record into the event class its type names, or raise BadMessage.
@@ -60,7 +60,11 @@ def decode(
     """
     attrs = {}
     for name, value in headers:
+        if not name.isascii() and not _is_utf8(name):
+            raise BadMessage(f"a header name is not UTF-8 ({name.encode(errors='surrogateescape')!r})")
         if name.startswith("ce_") or name == "content-type":
+            if value is None:
+                raise BadMessage(f"header {name} has no value")
             try:
                 attrs[name] = value.decode()
             except UnicodeDecodeError:
@@ -106,6 +110,15 @@ def decode(
     if problems:
         raise BadMessage(f"{event_type} is invalid: {'; '.join(problems)}")
     return event
+
+
+def _is_utf8(name: str) -> bool:
+    """False for a header name read from bytes that are not UTF-8 (kept surrogate-escaped)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _whole_event(topic: Topic, body: bytes, attrs: dict[str, str]) -> Event | None:

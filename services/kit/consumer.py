@@ -7,7 +7,14 @@ One consumed batch is handled in one database transaction:
   -> write emitted events and dead letters to the outbox
   -> commit -> only then commit the Kafka offsets.
 A crash anywhere before the offset commit redelivers the batch, and the inbox turns the
-second delivery into no effect. A handler that fails on one event for good sends that
+second delivery into no effect.
+
+Nothing between the broker and the inbox may drop a record: FastStream's parser is
+replaced by one that leaves every record raw (a header value that is not UTF-8, or has no
+value, is that record's problem, found by its decode and dead-lettered with its original
+bytes); a record aiokafka's reader refuses (a header name that is not UTF-8) is read by
+services/kit/records.py instead; and a read that fails any other way is logged, retried
+with backoff and reported on /readyz, never stepped over: the consume loop never ends. A handler that fails on one event for good sends that
 event to the dead-letter topic (the batch is replayed event by event, each in a savepoint,
 to find it) and the rest proceed; transient failures are retried with backoff.
 """
@@ -15,6 +22,7 @@ to find it) and the rest proceed; transient failures are retried with backoff.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +32,7 @@ from typing import Any
 
 import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -32,11 +41,13 @@ from contracts import cloudevents
 from contracts.envelope import Event
 from contracts.topics import Topic
 from services.kit import logs, outbox
+from services.kit import records as kafka_records
 from services.kit.crash import crashpoint
 from services.kit.metrics import Metrics
 from services.kit.settings import Settings
 
 log = logs.get("caseflow.consumer")
+kafka_records.install()
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
@@ -106,6 +117,7 @@ class EventConsumer:
         self._after_commit = after_commit
         self._source = f"caseflow.{settings.service}"
         self._topic_name = settings.kafka.topic(subscription.topic.name)
+        self.reading_fails_since: float | None = None  # epoch seconds; None while reads succeed
 
     def attach(self, broker: KafkaBroker) -> None:
         sub = self.subscription
@@ -113,7 +125,7 @@ class EventConsumer:
         async def consume(body: Any, message: KafkaMessage) -> None:  # noqa: ARG001 - records are read raw
             await self.on_batch(message)
 
-        broker.subscriber(
+        subscriber = broker.subscriber(
             self._topic_name,
             # The group is named in the same namespace as the topics (CASEFLOW_TOPIC_PREFIX):
             # systems sharing one cluster never join each other's groups.
@@ -127,10 +139,36 @@ class EventConsumer:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=self._settings.kafka.session_timeout_ms,
             heartbeat_interval_ms=self._settings.kafka.heartbeat_interval_ms,
+            parser=_raw_records,
             decoder=_undecoded,
             title=f"{sub.consumer}:{sub.topic.name}",
             description=sub.description or sub.topic.description,
-        )(consume)
+        )
+        subscriber(consume)
+        # FastStream's consume loop survives Kafka errors only; any other exception from a
+        # read (aiokafka raising on a record it cannot parse) would end it for good.
+        subscriber.get_msg = self._reading(subscriber.get_msg)
+
+    def _reading(self, get_msg: Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]]):
+        pause = 0.5
+
+        async def read(consumer: Any) -> tuple[ConsumerRecord, ...]:
+            nonlocal pause
+            try:
+                records = await get_msg(consumer)
+            except (KafkaError, ConsumerStoppedError):
+                raise  # FastStream's loop logs these, waits and reads again
+            except Exception as e:  # noqa: BLE001 - nothing is skipped: reported, retried, not ready
+                self.reading_fails_since = self.reading_fails_since or time.time()
+                log.error("could not read from Kafka; trying again", topic=self._topic_name,
+                          error=repr(e), retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+                return ()
+            self.reading_fails_since, pause = None, 0.5
+            return records
+
+        return read
 
     async def on_batch(self, message: Any) -> None:
         records: Sequence[ConsumerRecord] = message.raw_message
@@ -183,6 +221,8 @@ class EventConsumer:
                 batch.events.append((r, cloudevents.decode(self.subscription.topic, r.value, r.headers, received)))
             except cloudevents.BadMessage as e:
                 batch.dead.append(_DeadLetter(r, str(e)))
+            except Exception as e:  # noqa: BLE001 - whatever else is wrong with it, it is this record's
+                batch.dead.append(_DeadLetter(r, f"could not be decoded: {type(e).__name__}: {_safe_message(e)}"))
         return batch
 
     async def _apply(self, batch: _Batch, *, isolate: bool) -> None:
@@ -258,8 +298,9 @@ class EventConsumer:
 
     def _dead_letter(self, d: _DeadLetter) -> outbox.OutgoingMessage:
         r = d.record
-        # Header values are kept as text: undecodable bytes and NULs become U+FFFD.
-        headers = [(n, v.decode(errors="replace").replace("\x00", "\ufffd")) for n, v in r.headers]
+        # Headers are kept as text: undecodable bytes and NULs become U+FFFD, a header with
+        # no value an empty one.
+        headers = [(_text(n.encode(errors="surrogateescape")), _text(v or b"")) for n, v in r.headers]
         headers += [
             ("dlt_reason", d.reason),
             ("dlt_topic", r.topic),
@@ -288,11 +329,37 @@ class EventConsumer:
                 self._metrics.lag.labels(topic=topic, partition=str(partition)).set(max(end - offset - 1, 0))
 
 
+def _text(value: bytes) -> str:
+    return value.decode(errors="replace").replace("\x00", "\ufffd")
+
+
 def _safe_message(e: Exception) -> str:
     # Database errors say which constraint failed, not which values; other messages are
     # trimmed and pass through the log redaction when logged.
     text = str(e).splitlines()[0] if str(e) else ""
     return logs.redact(text)[:300]
+
+
+async def _raw_records(records: tuple[ConsumerRecord, ...], default_parser: Callable) -> Any:
+    """FastStream's batch parser, given copies of the records whose header values it can
+    decode (it decodes them all, and one that is not UTF-8 would fail the whole batch);
+    the message keeps the original records, which Caseflow decodes one by one."""
+    message = await default_parser(tuple(_text_headers(r) for r in records))
+    message.raw_message = records
+    return message
+
+
+def _text_headers(record: ConsumerRecord) -> ConsumerRecord:
+    headers = [(name, value if _is_utf8(value) else b"") for name, value in record.headers]
+    return record if headers == list(record.headers) else dataclasses.replace(record, headers=headers)
+
+
+def _is_utf8(value: bytes | None) -> bool:
+    try:
+        value.decode()  # type: ignore[union-attr]
+    except (UnicodeDecodeError, AttributeError):
+        return False
+    return True
 
 
 async def _undecoded(message: Any) -> Any:

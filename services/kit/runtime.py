@@ -65,6 +65,7 @@ class ServiceRuntime:
         self.pool = None
         self.broker: KafkaBroker | None = None
         self.relay: OutboxRelay | None = None
+        self.consumers: list[EventConsumer] = []
         self.tasks = Tasks(self.metrics)
         self.readiness = CachedCheck(self._check_readiness)
 
@@ -97,10 +98,12 @@ class ServiceRuntime:
             log_level=logging.DEBUG,
             graceful_timeout=15.0,
         )
-        for subscription in self.definition.subscriptions:
-            EventConsumer(
-                subscription, pool=self.pool, settings=s, metrics=self.metrics, after_commit=self.relay.wake
-            ).attach(self.broker)
+        self.consumers = [
+            EventConsumer(subscription, pool=self.pool, settings=s, metrics=self.metrics, after_commit=self.relay.wake)
+            for subscription in self.definition.subscriptions
+        ]
+        for consumer in self.consumers:
+            consumer.attach(self.broker)
         for topic in self.definition.publishes:
             self.broker.publisher(
                 s.kafka.topic(topic.name),
@@ -133,6 +136,11 @@ class ServiceRuntime:
             checks["database"] = {"ok": False, "error": type(e).__name__}
         broker_ok = bool(self.broker) and await self.broker.ping(timeout=2.0)
         checks["broker"] = {"ok": broker_ok}
+        not_reading = {c.subscription.consumer: c.reading_fails_since for c in self.consumers
+                       if c.reading_fails_since is not None}
+        # A consumer whose reads fail with anything but a Kafka error (the broker check
+        # covers those) is not ready: its topic is not being handled.
+        checks["consumers"] = {"ok": not not_reading, "not_reading_since": not_reading}
         checks.update(self.tasks.checks())  # the relay ("outbox_relay") and each background job, by name
         if "outbox_relay" in checks:
             checks["outbox_relay"]["role"] = "leader" if self.relay.leading else "standby"

@@ -140,3 +140,113 @@ async def test_a_transient_failure_is_retried_and_applied_once(system: Stack, tm
         await broker.stop()
         await pool.close()
         await conn.close()
+
+
+class _NotUtf8Name(str):
+    """A header name whose bytes on the wire are not UTF-8 (what a foreign producer may send)."""
+
+    def encode(self, *args, **kwargs) -> bytes:  # noqa: ARG002
+        return b"ce_\xff\xfe"
+
+
+async def _produce_as_a_foreign_system(system: Stack, records: list[dict], *, compression: str | None = None) -> None:
+    """Produce records as they are, in one batch per call, with the pure-Python record
+    builder (so a header name's bytes can be anything), as a foreign producer would."""
+    import aiokafka.producer.message_accumulator as accumulator
+    import aiokafka.producer.producer as producing
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    builder = accumulator.DefaultRecordBatchBuilder
+    accumulator.DefaultRecordBatchBuilder = producing.DefaultRecordBatchBuilder = _DefaultRecordBatchBuilderPy
+    producer = AIOKafkaProducer(bootstrap_servers=system.backends.kafka, compression_type=compression, linger_ms=50)
+    try:
+        await producer.start()
+        sent = [await producer.send(system.topic(MARKS.name), partition=0, **r) for r in records]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+        accumulator.DefaultRecordBatchBuilder = producing.DefaultRecordBatchBuilder = builder
+
+
+def _mark(student: str, mark: int) -> dict:
+    event = MarkRecorded(district_id="d", student=student, mark=mark)
+    from contracts import cloudevents
+
+    return {"value": cloudevents.encode(event), "key": student.encode(), "headers": cloudevents.headers_for(event, "t")}
+
+
+def _with_header(record: dict, name: str, value) -> dict:
+    return {**record, "headers": [(n, v) for n, v in record["headers"] if n != name] + [(name, value)]}
+
+
+async def test_every_record_reaches_its_handler_or_the_dead_letter_topic_whatever_is_wrong_with_it(
+        system: Stack, tmp_path: Path):
+    """Issue 9: a header value that is not UTF-8 made FastStream's batch parser fail, and the
+    whole batch (good events too) was neither handled nor dead-lettered, then committed past.
+    Every kind of broken record, in one batch with good ones, in every compression."""
+    conn, pool, broker, metrics = await marks_service(system, tmp_path, record_marks)
+    broken = {
+        "ce_type not UTF-8": _with_header(_mark("b1", 1), "ce_type", b"\xff\xfe"),
+        "ce_id with no value": _with_header(_mark("b2", 2), "ce_id", None),
+        "header name not UTF-8": {**_mark("b3", 3), "headers": [(_NotUtf8Name("x"), b"1")]},
+        "body not JSON": {**_mark("b4", 4), "value": b"\xff{"},
+        "no body": {**_mark("b5", 5), "value": None},
+    }
+    fine = {
+        "another header not UTF-8": _with_header(_mark("g1", 10), "traceparent", b"\xc3\x28"),
+        "no key": {**_mark("g2", 11), "key": None},
+        "a header with no value": _with_header(_mark("g3", 12), "baggage", None),
+    }
+    await _produce_as_a_foreign_system(system, [_mark("g0", 9), *broken.values(), *fine.values()])
+    for n, codec in enumerate(("gzip", "snappy", "lz4", "zstd")):
+        # A compressed batch with an unreadable record between two good ones.
+        await _produce_as_a_foreign_system(system, [
+            _mark(f"{codec}-a", 20 + n), {**_mark(f"{codec}-bad", 30 + n), "headers": [(_NotUtf8Name("x"), b"1")]},
+            _mark(f"{codec}-b", 40 + n),
+        ], compression=codec)
+    await system.publish_to(MARKS, MarkRecorded(district_id="d", student="last", mark=99))
+    await broker.start()
+    try:
+        good = {"g0", *(r["key"].decode() if r["key"] else "g2" for r in fine.values()), "last"}
+        good |= {f"{codec}-{x}" for codec in ("gzip", "snappy", "lz4", "zstd") for x in "ab"}
+        await eventually(lambda: conn.fetchval("SELECT count(*) = $1 FROM marks", len(good)), what="every good mark")
+        assert {r["student"] for r in await conn.fetch("SELECT student FROM marks")} == good
+        dead = await conn.fetch("SELECT key, payload, headers FROM outbox WHERE topic = $1 ORDER BY id",
+                                system.topic(MARKS.dead_letter))
+        reasons = {}
+        for row in dead:
+            headers = dict(zip(row["headers"][::2], row["headers"][1::2], strict=True))
+            reasons[int(headers["dlt_offset"])] = (row["key"], row["payload"], headers["dlt_reason"])
+        # Offsets 1-5 are the broken records, in order; each dead letter keeps the original bytes.
+        assert reasons[1] == (b"b1", broken["ce_type not UTF-8"]["value"], "header ce_type is not UTF-8")
+        assert reasons[2] == (b"b2", broken["ce_id with no value"]["value"], "header ce_id has no value")
+        bad_name = "a header name is not UTF-8 (b'ce_\\xff\\xfe')"
+        assert reasons[3] == (b"b3", broken["header name not UTF-8"]["value"], bad_name)
+        assert reasons[4][:2] == (b"b4", b"\xff{") and reasons[4][2].startswith("body is not JSON")
+        assert reasons[5] == (b"b5", b"", "empty body")
+        compressed = {k: v for k, v in reasons.items() if v[0].endswith(b"-bad")}
+        assert sorted(key for key, _, _ in compressed.values()) == [
+            f"{codec}-bad".encode() for codec in sorted(("gzip", "snappy", "lz4", "zstd"))]
+        assert all(reason == bad_name for _, _, reason in compressed.values())
+        assert len(reasons) == len(broken) + 4
+        # The group's offset is past every record: nothing is left behind, nothing skipped.
+        end = 1 + len(broken) + len(fine) + 4 * 3 + 1
+
+        async def committed_to_the_end() -> bool:
+            return await _committed(system, broker) == end
+
+        await eventually(committed_to_the_end, what="offsets committed to the end")
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+        await asyncio.sleep(0)
+
+
+async def _committed(system: Stack, broker: KafkaBroker) -> int | None:
+    from aiokafka import TopicPartition
+
+    subscriber = next(iter(broker.subscribers))
+    consumer = subscriber.consumer
+    return await consumer.committed(TopicPartition(system.topic(MARKS.name), 0))
