@@ -261,6 +261,7 @@ async def _start_import(request: Request, caller: Identity, path: Path, import_i
             runtime.relay.wake()
         except Exception as e:  # noqa: BLE001 - recorded on the import, for the person who uploaded it
             log.error("import failed", import_id=str(import_id), error=repr(e))
+            path.unlink(missing_ok=True)
             async with runtime.pool.acquire() as conn:
                 await conn.execute("UPDATE imports SET status = 'failed', message = $2, finished_at = now() "
                                    "WHERE import_id = $1", import_id, f"failed: {type(e).__name__}")

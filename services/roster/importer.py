@@ -19,6 +19,7 @@ failure marks the import failed with a message a data team can act on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
@@ -190,11 +191,45 @@ async def recover_interrupted(pool: asyncpg.Pool) -> list[uuid.UUID]:
     return interrupted
 
 
+UNCLAIMED_UPLOAD_SECONDS = 3600.0  # an upload with no import on record, untouched this long, is abandoned
+
+
+async def remove_settled_uploads(pool: asyncpg.Pool, packages: Path) -> list[Path]:
+    """Remove the uploaded packages (<packages>/<district>/<import id>.zip) no import needs:
+    their import is final (applied, rejected, failed: a held one is kept for its confirm),
+    or none is on record and the file has not changed for an hour (a process stopped
+    between receiving it and starting its import). Returns the files removed."""
+    uploads = {}
+    for path in packages.glob("*/*.zip"):
+        with contextlib.suppress(ValueError):
+            uploads[uuid.UUID(path.stem)] = path
+    if not uploads:
+        return []
+    async with pool.acquire() as conn:
+        status = {r["import_id"]: r["status"] for r in await conn.fetch(
+            "SELECT import_id, status FROM imports WHERE import_id = ANY($1::uuid[])", list(uploads))}
+    removed = []
+    for import_id, path in uploads.items():
+        state = status.get(import_id)
+        if state in ("running", "held"):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if state is None and time.time() - path.stat().st_mtime < UNCLAIMED_UPLOAD_SECONDS:
+                continue
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 async def recover_on_start(runtime) -> None:
-    """Background job of the roster service: settle the imports a stop interrupted."""
+    """Background job of the roster service: settle the imports a stop interrupted, and
+    remove the uploads no import needs any more."""
     interrupted = await recover_interrupted(runtime.pool)
     if interrupted:
         log.warning("imports interrupted by a stop, marked failed", imports=[str(i) for i in interrupted])
+    removed = await remove_settled_uploads(runtime.pool, runtime.definition.options.packages)
+    if removed:
+        log.info("removed uploads whose imports are final", files=len(removed))
 
 
 class _RollBack(Exception):

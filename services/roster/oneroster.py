@@ -21,10 +21,12 @@ per file, as a warning.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import sys
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -187,8 +189,11 @@ class Package:
             raise PackageRejected(self._not_utf8(file)) from None
         except csv.Error as e:
             raise PackageRejected(f"{file} is not readable CSV near line {line}: {e}") from None
+        except DAMAGED as e:
+            raise _damaged(file, e) from None
         finally:
-            text.close()
+            with contextlib.suppress(*DAMAGED):  # closing a damaged member checks it again
+                text.close()
 
     def _column(self, file: str, written: str) -> str:
         name = written.strip()
@@ -200,8 +205,11 @@ class Package:
     def _check_header(self, entity: str) -> None:
         """Refuse a file whose header lacks a column the reader needs, saying why if it can."""
         file = f"{entity}.csv"
-        with self._open(file) as raw:
-            first = raw.readline(1024 * 1024)
+        try:
+            with self._open(file) as raw:
+                first = raw.readline(1024 * 1024)
+        except DAMAGED as e:
+            raise _damaged(file, e) from None
         try:
             text = first.decode("utf-8-sig")
         except UnicodeDecodeError:
@@ -227,7 +235,7 @@ class Package:
     def _not_utf8(self, file: str) -> str:
         """Where the first byte that is not UTF-8 is: the physical line, and the byte in it."""
         decoder = codecs.getincrementaldecoder("utf-8")()
-        with self._open(file) as raw:
+        with contextlib.suppress(*DAMAGED), self._open(file) as raw:
             for number, line in enumerate(raw, start=1):
                 try:
                     decoder.decode(line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line)
@@ -273,11 +281,24 @@ def _separator_hint(header_line: str) -> str:
     return ""
 
 
+# What reading a zip member raises when the archive's headers do not match its contents
+# (sizes, CRC) or its compressed data is damaged.
+DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def _damaged(file: str, error: Exception) -> PackageRejected:
+    return PackageRejected(f"{file} in the archive is damaged ({error or type(error).__name__}): the archive's "
+                           f"headers do not match what it holds; make the zip again and send it")
+
+
 def _open_safe_zip(path: Path, limits: Limits) -> zipfile.ZipFile:
     size = path.stat().st_size
     if size > limits.max_zip_bytes:
         raise PackageRejected(f"the archive is {size:,} bytes; the limit is {limits.max_zip_bytes:,}")
-    archive = zipfile.ZipFile(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except DAMAGED as e:
+        raise PackageRejected(f"the archive is damaged ({e}); make the zip again and send it") from None
     total = 0
     for info in archive.infolist():
         name = PurePosixPath(info.filename)

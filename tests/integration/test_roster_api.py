@@ -263,3 +263,81 @@ async def test_a_rejected_row_shows_in_the_reconcile_view_and_a_second_school_se
         dual = [s for s in students if s["source_id"] == "stu-0007"]
         assert dual and dual[0]["school_id"] == "sch-02M104" and dual[0]["school_ids"] == ["sch-02M104", "sch-02M475"]
         assert (await client.get(f"/v1/students/{dual[0]['student_id']}", headers=hs_admin)).status_code == 200
+
+
+def lying(archive: bytes, member: str, lie: str) -> bytes:
+    """The archive with one member's central directory entry (what zipfile trusts) or its
+    compressed bytes altered: sizes or CRC that do not match its contents, or damaged data."""
+    data = bytearray(archive)
+    entry = data.index(b"PK\x01\x02")  # the first central directory entry
+    while data[entry + 46:entry + 46 + len(member)] != member.encode():
+        entry = data.index(b"PK\x01\x02", entry + 4)
+    crc, compressed, size = (int.from_bytes(data[entry + at:entry + at + 4], "little") for at in (16, 20, 24))
+    local = int.from_bytes(data[entry + 42:entry + 46], "little")
+    start = local + 30 + int.from_bytes(data[local + 26:local + 28], "little") + int.from_bytes(
+        data[local + 28:local + 30], "little")
+
+    def put(at: int, value: int) -> None:
+        data[entry + at:entry + at + 4] = value.to_bytes(4, "little")
+
+    if lie == "smaller than it is":
+        put(24, size // 3)
+    elif lie == "larger than it is":
+        put(24, size * 3)
+    elif lie == "another CRC":
+        put(16, crc ^ 0x5A5A5A5A)
+    elif lie == "damaged data":
+        for at in range(start + compressed // 2, start + compressed // 2 + 16):
+            data[at] ^= 0xFF
+    elif lie == "compressed size too small":
+        put(20, compressed // 2)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("lie", ["smaller than it is", "another CRC", "damaged data", "compressed size too small",
+                                 "larger than it is"])
+async def test_a_zip_whose_headers_lie_is_refused_with_why_and_its_upload_is_removed(roster, tmp_path, lie):
+    """Issue 9: a zip whose headers lie about sizes ended as "failed: BadZipFile" and its
+    upload stayed on disk. An archive is read only when each member reads to its end with
+    the CRC it declares: any other is refused with a reason a data team can act on, and the
+    upload is gone once the import is final. (A member declared larger than it is, whose
+    bytes are whole and match its CRC, reads right and is imported.)"""
+    body = lying(zipped(FIXTURES / "bulk_small", tmp_path / "p.zip"), "users.csv", lie)
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        sent = await client.post("/v1/imports", content=body, headers={**admin(), "Content-Type": "application/zip"})
+        if lie == "larger than it is":
+            assert (await finished(client, sent.headers["Location"]))["status"] == "applied"
+            assert not any((tmp_path / "packages").rglob("*.zip"))
+            return
+        if sent.status_code == 202:
+            report = await finished(client, sent.headers["Location"])
+            assert report["status"] == "rejected", report
+            said = report["message"]
+        else:
+            assert sent.status_code == 422, sent.text
+            said = sent.json()["detail"]
+        assert "users.csv" in said and "damaged" in said and "make the zip again" in said, said
+        assert "BadZipFile" not in said
+        assert not any((tmp_path / "packages").rglob("*.zip")), "the upload is removed once its import is final"
+
+
+async def test_an_archive_damaged_far_into_a_large_file_is_rejected_by_its_import_and_removed(roster, tmp_path):
+    """The damage shows only when the import reads that far (the upload's checks read each
+    file's header): the import ends rejected, saying which file to zip again, nothing held
+    changes, and the upload is removed."""
+    package = tmp_path / "big"
+    shutil.copytree(FIXTURES / "bulk_small", package)
+    enrollments = package / "enrollments.csv"
+    lines = enrollments.read_text(encoding="utf-8-sig").splitlines()
+    first = lines[1].split(",")
+    padding = (",".join([*first[:3], f"enr-pad-{i}", *first[4:]]) for i in range(40_000))
+    enrollments.write_text("\n".join([*lines, *padding]) + "\n")
+    body = lying(zipped(package, tmp_path / "big.zip"), "enrollments.csv", "damaged data")
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        sent = await client.post("/v1/imports", content=body, headers={**admin(), "Content-Type": "application/zip"})
+        assert sent.status_code == 202, sent.text
+        report = await finished(client, sent.headers["Location"])
+        assert report["status"] == "rejected" and "enrollments.csv in the archive is damaged" in report["message"]
+        assert not any((tmp_path / "packages").rglob("*.zip")), "the upload is removed once its import is final"
+        students = await client.get("/v1/students", headers=admin())
+        assert students.status_code == 200 and students.json()["items"] == []  # nothing was applied

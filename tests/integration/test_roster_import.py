@@ -471,3 +471,36 @@ def test_a_drop_folder_package_interrupted_by_a_stop_goes_back_to_its_inbox(tmp_
     (tmp_path / "d1" / "processing" / "monday.zip").write_bytes(b"PK")
     assert requeue_interrupted(tmp_path) == ["d1/monday.zip"]
     assert (tmp_path / "d1" / "inbox" / "monday.zip").exists()
+
+
+async def test_uploads_are_removed_once_their_imports_are_final_and_held_ones_are_kept(service_db, tmp_path):
+    """Issue 9: an upload whose import failed stayed on disk. On start the roster removes
+    every upload no import needs: final imports' and abandoned ones (no import on record,
+    untouched for an hour); a held import's package is kept for its confirm, and a running
+    one's, and one just received."""
+    import os
+    import time
+
+    from services.roster.importer import UNCLAIMED_UPLOAD_SECONDS, remove_settled_uploads
+
+    pool = await service_db("roster")
+    packages = tmp_path / "packages"
+    (packages / "d1").mkdir(parents=True)
+    uploads = {}
+    for status in ("applied", "rejected", "failed", "held", "running", None, "abandoned"):
+        import_id = uuid.uuid4()
+        uploads[status] = packages / "d1" / f"{import_id}.zip"
+        uploads[status].write_bytes(b"PK")
+        if status in ("applied", "rejected", "failed", "held", "running"):
+            async with pool.acquire() as conn:
+                await conn.execute("INSERT INTO imports (import_id, district_id, origin, package_name, status) "
+                                   "VALUES ($1, 'd1', 'http', 'p.zip', $2)", import_id, status)
+    old = time.time() - UNCLAIMED_UPLOAD_SECONDS - 60
+    os.utime(uploads["abandoned"], (old, old))
+    (packages / "d1" / "notes.zip").write_bytes(b"not an upload of ours")
+
+    removed = await remove_settled_uploads(pool, packages)
+
+    assert sorted(removed) == sorted(uploads[s] for s in ("applied", "rejected", "failed", "abandoned"))
+    assert all(uploads[s].exists() for s in ("held", "running", None))
+    assert (packages / "d1" / "notes.zip").exists()
