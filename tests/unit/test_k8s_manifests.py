@@ -481,3 +481,33 @@ def test_a_service_scales_to_at_most_the_partitions_of_its_widest_topic(service)
     scaled = scaled_object_of(service)
     assert scaled["spec"]["maxReplicaCount"] == max(s.topic.partitions for s in subscriptions)
     assert scaled["spec"]["minReplicaCount"] == deployment_of(service)["spec"]["replicas"]
+
+
+# --- the README's table of partitions ----------------------------------------------------------
+
+def readme_partition_table() -> dict[str, list[str]]:
+    """The rows of the README's "Partitions and instances" table, by topic."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Partitions and instances", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def test_the_readme_gives_every_topic_its_key_partitions_and_consumer_groups():
+    rows = readme_partition_table()
+    assert set(rows) == set(TOPICS)
+    groups: dict[str, set[str]] = {name: set() for name in TOPICS}
+    for service in SERVICES:
+        for s in definition(service).subscriptions:
+            groups[s.topic.name].add(f"{service} (`{s.consumer}`)")
+    for name, topic in TOPICS.items():
+        _, key, partitions, _, consumed_by, useful = rows[name]
+        assert key == f"`{topic.key_field}`" and int(partitions) == topic.partitions, name
+        named_groups = {g.strip() for g in consumed_by.split(",")} if groups[name] else set()
+        assert named_groups == groups[name], name
+        for service in {g.split()[0] for g in groups[name]}:
+            assert f"{topic.partitions} of {service}" in useful, (name, useful)
