@@ -511,3 +511,35 @@ def test_the_readme_gives_every_topic_its_key_partitions_and_consumer_groups():
         assert named_groups == groups[name], name
         for service in {g.split()[0] for g in groups[name]}:
             assert f"{topic.partitions} of {service}" in useful, (name, useful)
+
+
+# --- without KEDA: CPU autoscalers in place of the ScaledObjects -------------------------------
+
+WITHOUT_KEDA = ROOT / "deploy" / "k8s" / "without-keda"
+
+
+def hpas() -> list[dict]:
+    overlay = yaml.safe_load((WITHOUT_KEDA / "kustomization.yaml").read_text())
+    assert "../base" in overlay["resources"]
+    # the overlay drops every KEDA resource of the base
+    assert [p["target"] for p in overlay["patches"]] == [{"group": "keda.sh"}]
+    assert all("$patch: delete" in p["patch"] for p in overlay["patches"])
+    return [doc for name in overlay["resources"] if name != "../base"
+            for doc in yaml.safe_load_all((WITHOUT_KEDA / name).read_text()) if doc]
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_autoscalers_without_keda_are_valid_kubernetes(version):
+    found = hpas()
+    assert found
+    for doc in found:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_without_keda_each_consuming_service_autoscales_within_its_scaled_objects_bounds():
+    by_target = {h["spec"]["scaleTargetRef"]["name"]: h["spec"] for h in hpas()}
+    assert set(by_target) == {deployment_of(s)["metadata"]["name"] for s in CONSUMERS}
+    for service in CONSUMERS:
+        scaled = scaled_object_of(service)["spec"]
+        hpa = by_target[deployment_of(service)["metadata"]["name"]]
+        assert (hpa["minReplicas"], hpa["maxReplicas"]) == (scaled["minReplicaCount"], scaled["maxReplicaCount"])
