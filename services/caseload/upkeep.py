@@ -47,15 +47,14 @@ async def forget_old_changes(pool, retention_days: int, batch: int = 50_000) -> 
 
 
 async def keep_change_feed_bounded(runtime) -> None:
+    """Background job: forget changes older than the retention, every upkeep interval. A
+    failure reaches the kit's supervisor (logged, restarted with backoff, on /readyz)."""
     options: CaseloadOptions = runtime.definition.options
     while True:
-        try:
-            forgotten = await forget_old_changes(runtime.pool, options.changes_retention_days)
-            if forgotten:
-                log.info("old caseload changes forgotten", rows=forgotten, retention_days=options.changes_retention_days)
-            runtime.tasks.succeeded()
-        except Exception as e:  # noqa: BLE001 - upkeep retries next time; the service goes on
-            log.warning("change feed upkeep failed", error=repr(e))
+        forgotten = await forget_old_changes(runtime.pool, options.changes_retention_days)
+        if forgotten:
+            log.info("old caseload changes forgotten", rows=forgotten, retention_days=options.changes_retention_days)
+        runtime.tasks.succeeded()
         await asyncio.sleep(options.upkeep_interval_seconds)
 
 

@@ -10,7 +10,9 @@ when it returns, like when it raises.
 A job records its progress by calling `succeeded()` once per pass, from its own task:
 the time of its last success is exported (`caseflow_task_last_success_timestamp_seconds`),
 and a job that succeeded since it last started is restarted after the shortest pause
-when it fails again. Called outside a supervised task, `succeeded()` does nothing.
+when it fails again. A pass that did part of its work (one district's folder could not be
+read, the others were) calls `failing(why)` instead: the task goes on, and is not ready
+until a pass succeeds. Called outside a supervised task, both do nothing.
 
 `spawn(coro, name)` runs a task that is not restarted (an import started over HTTP):
 it is cancelled at stop like the others, and if it fails the failure is logged.
@@ -42,6 +44,7 @@ class _Task:
     restarts: int = 0
     error: str | None = None
     succeeded_since_start: bool = False
+    trouble: str | None = None  # a pass that failed in part, until one succeeds
 
 
 _current: ContextVar[_Task | None] = ContextVar("caseflow_supervised_task", default=None)
@@ -73,15 +76,26 @@ class Tasks:
         task = _current.get()
         if task is not None:
             task.succeeded_since_start = True
+            task.trouble = None
             self._metrics.task_last_success.labels(task=task.name).set(time.time())
+
+    def failing(self, why: str) -> None:
+        """Record a pass of the calling supervised job that failed in part: it goes on, and
+        is not ready until a pass succeeds."""
+        task = _current.get()
+        if task is not None:
+            task.trouble = why
 
     def checks(self) -> dict[str, dict[str, Any]]:
         """For /readyz: each supervised task, ok unless it is down waiting for its restart."""
         out = {}
         for t in self._tasks.values():
-            check: dict[str, Any] = {"ok": t.state != "restarting", "state": t.state, "restarts": t.restarts}
+            check: dict[str, Any] = {"ok": t.state != "restarting" and t.trouble is None, "state": t.state,
+                                     "restarts": t.restarts}
             if t.state == "restarting":
                 check["error"] = t.error
+            elif t.trouble is not None:
+                check["error"] = t.trouble
             out[t.name] = check
         return out
 
@@ -100,7 +114,7 @@ class Tasks:
         self._metrics.task_restarts.labels(task=task.name)  # exported as 0 from the start
         pause = self._first_pause
         while True:
-            task.state, task.succeeded_since_start = "running", False
+            task.state, task.succeeded_since_start, task.trouble = "running", False, None
             started = time.monotonic()
             up.set(1)
             try:

@@ -46,6 +46,6 @@ def definition() -> ServiceDefinition:
         ],
         routers=[api.router],
         publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],
-        background=[recover_on_start, dropfolder.watch, class_members.keep_class_members_current],
+        background=[recover_on_start, dropfolder.requeue_on_start, dropfolder.watch, class_members.keep_class_members_current],
         options=ImportOptions.from_env(),
     )

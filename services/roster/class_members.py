@@ -207,9 +207,11 @@ async def mark_evaluated(conn: asyncpg.Connection, district_id: str, today: date
         district_id, today)
 
 
-async def follow_the_calendar(pool: asyncpg.Pool, kafka: KafkaSettings, today: date) -> dict[str, dict[str, int]]:
+async def follow_the_calendar(pool: asyncpg.Pool, kafka: KafkaSettings, today: date,
+                              failed_districts: list[str] | None = None) -> dict[str, dict[str, int]]:
     """One step for every district: class members as of `today`. A district that fails is
-    logged and left for the next step; the others go on. Raises when every district failed."""
+    logged, added to `failed_districts` and left for the next step; the others go on.
+    Raises when every district failed."""
     async with pool.acquire() as conn:
         districts = [r[0] for r in await conn.fetch(
             """SELECT district_id FROM enrollments GROUP BY district_id
@@ -225,6 +227,8 @@ async def follow_the_calendar(pool: asyncpg.Pool, kafka: KafkaSettings, today: d
             log.error("calendar step failed for a district; trying again at the next step", district_id=district_id,
                       error=repr(e))
             failed = e
+            if failed_districts is not None:
+                failed_districts.append(district_id)
             continue
         done += 1
         if any(counts.values()):
@@ -241,8 +245,12 @@ async def keep_class_members_current(runtime) -> None:
     today (the service's clock: ImportOptions.today)."""
     options = runtime.definition.options
     while True:
-        changed = await follow_the_calendar(runtime.pool, runtime.settings.kafka, options.today())
-        runtime.tasks.succeeded()
+        failed: list[str] = []
+        changed = await follow_the_calendar(runtime.pool, runtime.settings.kafka, options.today(), failed)
+        if failed:
+            runtime.tasks.failing(f"calendar step failed for {', '.join(failed)}")
+        else:
+            runtime.tasks.succeeded()
         if changed:
             runtime.relay.wake()
         await asyncio.sleep(options.calendar_poll_seconds)

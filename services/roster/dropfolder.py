@@ -34,24 +34,33 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix == ".zip" or (path.is_dir() and (path / "manifest.csv").exists())
 
 
+async def requeue_on_start(runtime) -> None:
+    """One-shot background job of the roster service: packages a stop left in processing/
+    go back to their inbox."""
+    options: ImportOptions = runtime.definition.options
+    if options.drop_folder is not None:
+        requeued = requeue_interrupted(options.drop_folder)
+        if requeued:
+            log.warning("drop-folder packages interrupted by a stop, back in their inbox", packages=requeued)
+
+
 async def watch(runtime) -> None:
-    """Background job of the roster service."""
+    """Background job of the roster service: a pass over every district's inbox each poll.
+    A bad package is filed in failed/ with its report by the pass; a pass that fails (the
+    folder unreadable, the database away) reaches the kit's supervisor: logged, restarted
+    with backoff, and /readyz says the drop folder is down meanwhile."""
     options: ImportOptions = runtime.definition.options
     if options.drop_folder is None:
         return
-    requeued = requeue_interrupted(options.drop_folder)
-    if requeued:
-        log.warning("drop-folder packages interrupted by a stop, back in their inbox", packages=requeued)
     seen: dict[Path, tuple] = {}
     log.info("watching the drop folder", folder=str(options.drop_folder))
     while True:
-        try:
-            seen = await scan_once(runtime.pool, runtime.settings.kafka, options, seen, runtime.relay.wake)
+        failed: dict[str, str] = {}
+        seen = await scan_once(runtime.pool, runtime.settings.kafka, options, seen, runtime.relay.wake, failed)
+        if failed:
+            runtime.tasks.failing("drop folder of " + ", ".join(f"{d} ({why})" for d, why in sorted(failed.items())))
+        else:
             runtime.tasks.succeeded()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a bad pass is logged; the next pass tries again
-            log.error("drop folder pass failed", error=repr(e))
         await asyncio.sleep(options.drop_poll_seconds)
 
 
@@ -68,21 +77,28 @@ def requeue_interrupted(drop_folder: Path) -> list[str]:
     return moved
 
 
-async def scan_once(pool, kafka, options: ImportOptions, seen: dict[Path, tuple], on_applied=lambda: None
-                    ) -> dict[Path, tuple]:
-    """One look at every district's inbox; import what has settled since the last look."""
+async def scan_once(pool, kafka, options: ImportOptions, seen: dict[Path, tuple], on_applied=lambda: None,
+                    failed: dict[str, str] | None = None) -> dict[Path, tuple]:
+    """One look at every district's inbox; import what has settled since the last look. A
+    district whose inbox cannot be read is noted in `failed` (district -> why, logged) and
+    the others go on; a database failure ends the pass (it would fail them all)."""
     now: dict[Path, tuple] = {}
     for inbox in sorted(options.drop_folder.glob("*/inbox")):
         district = inbox.parent.name
-        for path in sorted(inbox.iterdir()):
-            if not _is_candidate(path):
-                continue
-            fingerprint = _fingerprint(path)
-            if seen.get(path) != fingerprint:
-                now[path] = fingerprint  # new or still growing: look again next time
-                continue
-            await _process(pool, kafka, options, district, path)
-            on_applied()
+        try:
+            for path in sorted(inbox.iterdir()):
+                if not _is_candidate(path):
+                    continue
+                fingerprint = _fingerprint(path)
+                if seen.get(path) != fingerprint:
+                    now[path] = fingerprint  # new or still growing: look again next time
+                    continue
+                await _process(pool, kafka, options, district, path)
+                on_applied()
+        except OSError as e:
+            log.error("a district's drop folder could not be read", district_id=district, error=repr(e))
+            if failed is not None:
+                failed[district] = type(e).__name__
     return now
 
 
@@ -94,8 +110,12 @@ async def _process(pool, kafka, options: ImportOptions, district: str, path: Pat
         path.rename(processing)  # only one instance wins the rename
     except FileNotFoundError:
         return None
-    result = await run_import(pool, district_id=district, path=processing, kafka=kafka, origin="drop-folder",
-                              options=options)
+    try:
+        result = await run_import(pool, district_id=district, path=processing, kafka=kafka, origin="drop-folder",
+                                  options=options)
+    except BaseException:
+        processing.rename(path)  # not imported (the database away, a stop): back in the inbox for the next pass
+        raise
     outcome = {"applied": "processed", "held": "held"}.get(result.status, "failed")
     target_dir = base / outcome
     target_dir.mkdir(exist_ok=True)

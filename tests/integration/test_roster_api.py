@@ -341,3 +341,30 @@ async def test_an_archive_damaged_far_into_a_large_file_is_rejected_by_its_impor
         assert not any((tmp_path / "packages").rglob("*.zip")), "the upload is removed once its import is final"
         students = await client.get("/v1/students", headers=admin())
         assert students.status_code == 200 and students.json()["items"] == []  # nothing was applied
+
+
+async def test_a_district_whose_drop_folder_cannot_be_read_holds_no_other_district_back_and_is_reported(
+        roster, tmp_path):
+    """Issue 9: every background task survives one bad input, and /readyz tells the truth:
+    one district's unreadable inbox (here a file where the folder should be) is reported as
+    the drop folder failing, while another district's package is imported as usual."""
+    (roster.drop / "aaa-district").mkdir()
+    (roster.drop / "aaa-district" / "inbox").write_text("not a folder")  # sorted before nycdoe
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        async def not_ready():
+            answer = await client.get("/readyz")
+            return answer.status_code == 503 and answer.json()["checks"]["watch"]
+        check = await eventually(not_ready, what="the drop folder reported failing")
+        assert check["ok"] is False and "aaa-district" in check["error"] and check["state"] == "running"
+
+        inbox = roster.drop / DISTRICT / "inbox"
+        zipped(FIXTURES / "bulk_small", inbox / "2026-09-01.zip")
+        processed = roster.drop / DISTRICT / "processed"
+        await eventually(lambda: _exists(processed / "2026-09-01.report.json"), what="nycdoe's package, imported")
+
+        (roster.drop / "aaa-district" / "inbox").unlink()
+        (roster.drop / "aaa-district" / "inbox").mkdir()
+
+        async def ready():
+            return (await client.get("/readyz")).status_code == 200
+        await eventually(ready, what="ready again once the folder reads")

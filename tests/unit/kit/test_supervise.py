@@ -102,3 +102,26 @@ async def test_a_spawned_task_that_fails_is_logged():
     await asyncio.sleep(0)
     err = stream.getvalue()
     assert "background task failed" in err and "import-1" in err and "the package broke" in err
+
+
+async def test_a_pass_that_fails_in_part_is_not_ready_until_a_pass_succeeds():
+    tasks = Tasks(Metrics("test"), first_pause=0.05)
+    passes = asyncio.Queue()
+
+    async def job() -> None:
+        while True:
+            outcome = await passes.get()
+            if outcome == "ok":
+                tasks.succeeded()
+            else:
+                tasks.failing(outcome)
+
+    tasks.supervise("drop_folder", job)
+    await passes.put("drop folder of d2 (NotADirectoryError)")
+    await until(lambda: not tasks.checks()["drop_folder"]["ok"], "not ready")
+    check = tasks.checks()["drop_folder"]
+    assert check["state"] == "running" and check["restarts"] == 0  # it goes on: no restart
+    assert check["error"] == "drop folder of d2 (NotADirectoryError)"
+    await passes.put("ok")
+    await until(lambda: tasks.checks()["drop_folder"]["ok"], "ready again")
+    await tasks.stop()
