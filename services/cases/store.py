@@ -282,9 +282,12 @@ async def _dashboard(conn, district_id: str, schools: list[str] | None, today, w
     scope = "district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2::text[]))"
 
     async def grouped(dimension: str) -> list[dict]:
+        # The school counters keep their school in school_id (their key is empty); the
+        # others are per school and key, summed over the schools in scope.
+        key = "school_id" if dimension == "school" else "key"
         rows = await conn.fetch(
-            f"""SELECT key, sum(open_cases)::bigint AS open_cases FROM open_case_counts
-                WHERE {scope} AND dimension = $3 GROUP BY key HAVING sum(open_cases) > 0
+            f"""SELECT {key} AS key, sum(open_cases)::bigint AS open_cases FROM open_case_counts
+                WHERE {scope} AND dimension = $3 GROUP BY 1 HAVING sum(open_cases) > 0
                 ORDER BY 2 DESC, 1 LIMIT 50""", district_id, schools, dimension)
         return [{"key": r["key"] or None, "open_cases": r["open_cases"]} for r in rows]
 
