@@ -1,5 +1,10 @@
 """`caseflow`: run a service, migrate, provision topics, mint a dev token, export schemas,
-or bring the whole local stack up."""
+import a roster package, publish an event, or bring the whole local stack up.
+
+Commands that reach PostgreSQL or Kafka (migrate, topics, roster import, publish) use
+DATABASE_URL / KAFKA_BOOTSTRAP_SERVERS when set; otherwise, while `caseflow up` runs from
+this CASEFLOW_HOME, the stack it started (it says so on stderr); otherwise the defaults.
+A connection that fails is one line saying what was tried and how to point elsewhere."""
 
 from __future__ import annotations
 
@@ -7,9 +12,44 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.kit.settings import SERVICES
+
+_ENV: dict[str, str] | None = None
+
+
+def environment() -> dict[str, str]:
+    """The environment commands read settings from: this process's, or, when it names no
+    database and no broker, the one of the stack `caseflow up` runs from CASEFLOW_HOME."""
+    global _ENV
+    if _ENV is None:
+        from deploy.local.stack import running_stack
+        from services.kit.settings import HOME
+
+        _ENV = dict(os.environ)
+        if "DATABASE_URL" not in _ENV and "KAFKA_BOOTSTRAP_SERVERS" not in _ENV:
+            stack = running_stack(Path(_ENV.get("CASEFLOW_HOME") or HOME))
+            if stack is not None:
+                _ENV.update(stack["env"])
+                print(f"caseflow: using the local stack `caseflow up` runs (PostgreSQL {_where(_ENV['DATABASE_URL'])}, "
+                      f"Kafka {_ENV['KAFKA_BOOTSTRAP_SERVERS']})", file=sys.stderr)
+    return _ENV
+
+
+def _settings(service: str):
+    from services.kit import settings
+
+    return settings.load(service, environment())
+
+
+def _where(dsn: str) -> str:
+    """host:port/database of a PostgreSQL URL, without its user or password."""
+    url = urlsplit(dsn)
+    return f"{url.hostname or 'localhost'}:{url.port or 5432}{url.path}"
 
 
 def _definition(service: str):
@@ -24,11 +64,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from services.kit import db, settings
+    from services.kit import db
 
     async def go() -> None:
         for service in SERVICES if args.service == "all" else [args.service]:
-            s = settings.load(service)
+            s = _settings(service)
             if args.create_database:
                 await db.ensure_database(s.database_url)
             conn = await db.connect(s.database_url)
@@ -43,10 +83,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from services.kit import settings
     from services.kit.topics import provision
 
-    created = asyncio.run(provision(settings.load("roster").kafka, args.replication_factor))
+    created = asyncio.run(provision(_settings("roster").kafka, args.replication_factor))
     print("created: " + (", ".join(created) if created else "nothing (all topics exist)"))
     return 0
 
@@ -88,11 +127,11 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
 
     from dataclasses import replace
 
-    from services.kit import db, settings
+    from services.kit import db
     from services.roster.importer import ImportOptions, run_import
 
     async def go() -> int:
-        s = settings.load("roster")
+        s = _settings("roster")
         conn = await db.connect(s.database_url)
         try:
             await db.migrate(conn, db.migrations_for("roster", _definition("roster").directory))
@@ -100,7 +139,7 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
             await conn.close()
         pool = await db.create_pool(s.database_url, min_size=1, max_size=2)
         try:
-            options = ImportOptions.from_env()
+            options = ImportOptions.from_env(environment())
             if args.wipe_share is not None:
                 options = replace(options, guards=replace(options.guards, students=args.wipe_share))
             result = await run_import(pool, district_id=args.district, path=Path(args.path), kafka=s.kafka,
@@ -124,6 +163,69 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
         return {"applied": 0, "dry_run": 0, "held": 3}.get(result.status, 1)
 
     return asyncio.run(go())
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Publish one event, checked against its contract, with its CloudEvents headers."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from aiokafka import AIOKafkaProducer
+    from pydantic import ValidationError
+
+    from contracts import cloudevents
+    from contracts.topics import TOPICS
+
+    topic = TOPICS.get(args.topic)
+    if topic is None:
+        print(f"caseflow publish: no topic {args.topic!r}; topics: {', '.join(sorted(TOPICS))}", file=sys.stderr)
+        return 2
+    cls = topic.event_class(args.type)
+    if cls is None:
+        types = ", ".join(sorted(t.model_fields["event_type"].default for t in topic.events))
+        print(f"caseflow publish: {args.topic} carries no {args.type!r}; it carries {types}", file=sys.stderr)
+        return 2
+    try:
+        data = json.loads(args.json)
+    except json.JSONDecodeError as e:
+        print(f"caseflow publish: the event is not JSON: {e.msg} (line {e.lineno}, column {e.colno})", file=sys.stderr)
+        return 2
+    if not isinstance(data, dict):
+        print("caseflow publish: the event must be a JSON object", file=sys.stderr)
+        return 2
+    data = {"event_id": str(uuid.uuid4()), "occurred_at": datetime.now(UTC).isoformat(), **data,
+            "event_type": args.type}
+    try:
+        event = cls.model_validate(data)
+    except ValidationError as e:
+        print(f"caseflow publish: {args.type} is invalid: {cloudevents.describe(e)}", file=sys.stderr)
+        return 2
+    kafka = _settings("roster").kafka
+    key = args.key or str(getattr(event, topic.key_field) or "")
+    if not key:
+        print(f"caseflow publish: no key: set --key or {topic.key_field}", file=sys.stderr)
+        return 2
+
+    name = kafka.topic(topic.name)
+
+    async def go() -> bool:
+        producer = AIOKafkaProducer(**kafka.client_options(), enable_idempotence=kafka.enable_idempotence)
+        try:
+            await producer.start()
+            if name not in (await producer.client.fetch_all_metadata()).topics():
+                return False
+            await producer.send_and_wait(name, cloudevents.encode(event), key=key.encode(),
+                                         headers=cloudevents.headers_for(event, "caseflow.cli"))
+            return True
+        finally:
+            await producer.stop()
+
+    if not asyncio.run(go()):
+        print(f"caseflow publish: the broker at {kafka.bootstrap_servers} has no topic {name}; "
+              f"create the topics with `caseflow topics`", file=sys.stderr)
+        return 1
+    print(event.event_id)
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -179,6 +281,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--show-problems", type=int, default=50)
     p.set_defaults(func=cmd_roster_import)
 
+    p = sub.add_parser("publish", help="publish one event to a topic, checked against its contract")
+    p.add_argument("topic", help="e.g. sis.students.v1")
+    p.add_argument("--type", required=True, help="the event type, e.g. sis.student_enrolled.v1")
+    p.add_argument("--key", help="the record's key (default: the topic's key field of the event)")
+    p.add_argument("json", help="the event as JSON; event_id and occurred_at are filled in when absent")
+    p.set_defaults(func=cmd_publish)
+
     p = sub.add_parser("up", help="install nothing, start everything: embedded broker, PostgreSQL, SMTP sink, "
                        "all five services")
     p.add_argument("--no-smtp", action="store_true")
@@ -188,7 +297,34 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as e:  # noqa: BLE001 - only a connection failure is turned into one line
+        line = _unreachable(e)
+        if line is None:
+            raise
+        print(f"caseflow {args.command}: {line}", file=sys.stderr)
+        return 1
+
+
+def _unreachable(e: BaseException) -> str | None:
+    """One line for a database or broker that did not answer; None for any other error."""
+    import asyncpg
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+    env = environment()
+    if isinstance(e, (OSError, asyncpg.CannotConnectNowError, asyncpg.InvalidAuthorizationSpecificationError,
+                      asyncpg.InvalidCatalogNameError)):
+        where = _where(env.get("DATABASE_URL") or "postgresql://localhost:5432/")
+        told = "DATABASE_URL" if env.get("DATABASE_URL") else "DATABASE_URL is not set: the default"
+        return (f"could not reach PostgreSQL at {where} ({told}): {type(e).__name__}: {str(e).splitlines()[0][:160]}. "
+                f"Start the local stack with `./dev up`, or set DATABASE_URL=postgresql://user@host:port/postgres")
+    if isinstance(e, (KafkaConnectionError, KafkaTimeoutError)):
+        where = env.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+        told = "KAFKA_BOOTSTRAP_SERVERS" if env.get("KAFKA_BOOTSTRAP_SERVERS") else "KAFKA_BOOTSTRAP_SERVERS is not set"
+        return (f"could not reach Kafka at {where} ({told}). Start the local stack with `./dev up`, or set "
+                f"KAFKA_BOOTSTRAP_SERVERS=host:port")
+    return None
 
 
 if __name__ == "__main__":

@@ -216,6 +216,37 @@ def up(with_smtp: bool = True) -> int:
     return 0  # pragma: no cover - unreachable
 
 
+STACK_FILE = "local-stack.json"
+
+
+def _write_stack_file(home: Path, env: dict[str, str], ports: dict[str, int]) -> Path:
+    """What the CLI needs to find this running stack (`running_stack`): where the broker and
+    PostgreSQL are and which process runs them. Removed when the stack stops."""
+    import json
+
+    path = home / STACK_FILE
+    path.write_text(json.dumps({
+        "pid": os.getpid(),
+        "env": {k: env[k] for k in ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_ENABLE_IDEMPOTENCE", "DATABASE_URL",
+                                    "CASEFLOW_ROSTER_DROP_FOLDER") if k in env},
+        "http_ports": ports,
+    }, indent=2) + "\n")
+    return path
+
+
+def running_stack(home: Path) -> dict | None:
+    """The stack `caseflow up` runs from this home, if it runs: {"pid", "env", "http_ports"}."""
+    import json
+
+    path = home / STACK_FILE
+    try:
+        stack = json.loads(path.read_text())
+        os.kill(int(stack["pid"]), 0)  # alive?
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return stack
+
+
 def _signal_name(code: object) -> str:
     with contextlib.suppress(TypeError, ValueError):
         return signal.Signals(int(code) - 128).name  # type: ignore[call-overload]
@@ -277,6 +308,7 @@ def _run(stack: contextlib.ExitStack, *, with_smtp: bool, started: float, exit_w
 
     # 2. Topics and databases.
     env = _service_env(dict(os.environ), home=home, bootstrap=broker.bootstrap, dsn=pg.dsn, smtp_port=smtp_port)
+    Path(env["CASEFLOW_ROSTER_DROP_FOLDER"]).mkdir(parents=True, exist_ok=True)  # the folder the summary announces
     kafka = settings.KafkaSettings(bootstrap_servers=broker.bootstrap, enable_idempotence=False,
                                    topic_prefix=env.get("CASEFLOW_TOPIC_PREFIX", ""))
 
@@ -323,6 +355,8 @@ def _run(stack: contextlib.ExitStack, *, with_smtp: bool, started: float, exit_w
             time.sleep(0.2)
     elapsed = time.monotonic() - started
 
+    stack_file = _write_stack_file(home, env, ports)
+    stack.callback(stack_file.unlink, missing_ok=True)
     _summary(elapsed, ports, env, broker=broker, pg=pg, smtp_port=smtp_port if with_smtp else None,
              mail_dir=mail_dir, logs_dir=logs_dir)
     if exit_when_ready:
