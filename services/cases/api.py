@@ -269,6 +269,30 @@ async def assign_task(request: Request, caller: Caller, body: TaskIn) -> dict:
     return {"task_id": str(task_id), "case_id": str(open_case) if open_case else None}
 
 
+@router.get("/tasks")
+async def my_tasks(request: Request, caller: Caller,
+                   status_: Annotated[Literal["open", "done", "all"], Query(alias="status")] = "open",
+                   due_before: date | None = None, overdue: bool = False,
+                   after: Annotated[str | None, Query(description="next_after of the previous page")] = None,
+                   limit: Page = 100) -> dict:
+    """The caller's tasks (seed 004: tasks are assigned to staff members): open by default,
+    or done, or all; due_before a date; overdue (open and due before today). Soonest due
+    first; next_after pages on."""
+    try:
+        cursor = None if after is None else (
+            (None if after.split("/")[0] == "-" else date.fromisoformat(after.split("/")[0])), UUID(after.split("/")[1]))
+    except (ValueError, IndexError):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "after: use the next_after of the previous page") from None
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.assigned_tasks(conn, district_id=caller.district_id, assignee_email=caller.email.lower(),
+                                          status=None if status_ == "all" else status_, due_before=due_before,
+                                          overdue_on=date.today() if overdue else None, after=cursor, limit=limit)
+    items = [_jsonable(r) for r in rows]
+    last = rows[-1] if len(rows) == limit else None
+    return {"items": items,
+            "next_after": None if last is None else f"{last['due_date'] or '-'}/{last['task_id']}"}
+
+
 async def _task_for(uow, caller: Identity, task_id: UUID):
     """The assignee, or manage_cases in the student's school, may work a task."""
     row = await store.task(uow.conn, caller.district_id, task_id, lock=True)

@@ -267,6 +267,27 @@ async def task(conn: asyncpg.Connection, district_id: str, task_id: UUID, lock: 
     )
 
 
+async def assigned_tasks(conn: asyncpg.Connection, *, district_id: str, assignee_email: str, status: str | None,
+                         due_before, overdue_on, after: tuple | None, limit: int) -> list:
+    """An assignee's tasks in the district, soonest due first (no due date last), then by id.
+    status: 'open', 'done' or None (both); due_before: only tasks due before that date;
+    overdue_on: only open tasks due before that date (today); after: the (due_date,
+    task_id) the previous page ended at."""
+    return await conn.fetch(
+        """SELECT t.task_id, t.title, t.status, t.due_date, t.student_id, t.case_id, c.case_number, t.school_id,
+                  t.assigned_by, t.assigned_at, t.completed_at
+           FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
+           WHERE t.district_id = $1 AND t.assignee_email = $2
+             AND ($3::text IS NULL OR t.status = $3)
+             AND ($4::date IS NULL OR t.due_date < $4)
+             AND ($5::date IS NULL OR (t.status = 'open' AND t.due_date < $5))
+             AND ($6::date IS NULL AND $7::uuid IS NULL
+                  OR (coalesce(t.due_date, 'infinity'::date), t.task_id) > (coalesce($6::date, 'infinity'::date), $7))
+           ORDER BY coalesce(t.due_date, 'infinity'::date), t.task_id
+           LIMIT $8""",
+        district_id, assignee_email, status, due_before, overdue_on, *(after or (None, None)), limit)
+
+
 # ---------------------------------------------------------------------------- dashboard
 
 

@@ -324,3 +324,49 @@ async def test_the_asyncapi_document_names_case_opened_and_the_triggers(cases, s
     channels = {c["address"] for c in spec["channels"].values()}
     assert {system.topic("cases.v1"), system.topic("cases.triggers.v1"), system.topic("roster.students.v1")} <= channels
     assert "case_number" in json.dumps(spec["components"])  # CaseOpened's payload is documented
+
+
+async def test_a_staff_member_lists_the_tasks_assigned_to_them(cases, system: Stack):
+    """Issue 10: an assignee could list their tasks only through a case or the dashboard.
+    GET /v1/tasks: the caller's own tasks, open by default, done, due before a date,
+    overdue; soonest due first, paged; another district's or another person's never."""
+    client = cases.client
+    await system.publish_all([enrolled("lee"), enrolled("kai")])
+
+    async def known():
+        return all([(await client.get(f"/v1/students/{sid(s)}/timeline", headers=ADMIN)).status_code == 200
+                    for s in ("lee", "kai")])
+
+    await eventually(known, what="both students in the cases service")
+    today = date.today()
+    assigned = {}
+    for title, student, due, who in [("Call home", "lee", today - timedelta(days=3), "mina@d.example.org"),
+                                     ("Check attendance", "kai", today + timedelta(days=5), "mina@d.example.org"),
+                                     ("Plan review", "lee", None, "mina@d.example.org"),
+                                     ("Someone else's", "kai", today - timedelta(days=1), "okafor@d.example.org")]:
+        answer = await client.post("/v1/tasks", headers=COUNSELLOR, json={
+            "student_id": sid(student), "title": title, "assignee_email": who,
+            **({"due_date": due.isoformat()} if due else {})})
+        assert answer.status_code == 202
+        assigned[title] = answer.json()["task_id"]
+    mina = bearer("Mina@d.example.org", ["caseload_viewer"], [])  # no school: tasks are hers wherever they are
+
+    async def titles(query: str = "", headers=mina) -> list[str]:
+        answer = await client.get(f"/v1/tasks{query}", headers=headers)
+        assert answer.status_code == 200, answer.text
+        return [t["title"] for t in answer.json()["items"]]
+
+    assert await titles() == ["Call home", "Check attendance", "Plan review"]
+    assert await titles("?overdue=true") == ["Call home"]
+    assert await titles(f"?due_before={(today + timedelta(days=1)).isoformat()}") == ["Call home"]
+    assert (await client.post(f"/v1/tasks/{assigned['Call home']}/complete", headers=mina)).status_code == 200
+    assert await titles() == ["Check attendance", "Plan review"]
+    assert await titles("?status=done") == ["Call home"]
+    assert await titles("?status=all") == ["Call home", "Check attendance", "Plan review"]
+    first = (await client.get("/v1/tasks?status=all&limit=2", headers=mina)).json()
+    rest = (await client.get(f"/v1/tasks?status=all&limit=2&after={first['next_after']}", headers=mina)).json()
+    assert [t["title"] for t in first["items"] + rest["items"]] == ["Call home", "Check attendance", "Plan review"]
+    assert rest["next_after"] is None
+    assert await titles(headers=bearer("mina@d.example.org", ["caseload_viewer"], [], district="d-other")) == []
+    bad = await client.get("/v1/tasks?after=yesterday", headers=mina)
+    assert bad.status_code == 422 and "next_after" in bad.text
