@@ -114,6 +114,13 @@ class Edited:
         self._write(file, header, rows)
         return self
 
+    def rename_column(self, file: str, column: str, to: str) -> Edited:
+        """The file with one header name written another way (its rows as they are)."""
+        header, rows = self._read(file)
+        self._write(file, [to if h == column else h for h in header], [{(to if k == column else k): v
+                                                                      for k, v in r.items()} for r in rows])
+        return self
+
     def add(self, file: str, line: str) -> Edited:
         """Append one CSV line, in the file's own column order."""
         with open(self.path / file, "a", newline="", encoding="utf-8") as f:

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from services.kit import logs
 from services.kit.auth import Caller, Identity, not_found
-from services.roster import store
+from services.roster import dropfolder, store
 from services.roster.importer import ImportOptions, check_package, district_org_refusal, run_import
 from services.roster.oneroster import PackageRejected
 
@@ -134,7 +134,9 @@ async def reconcile(request: Request, caller: Caller, entity: str, source_id: st
         differences = sorted(k for k in said if k != "status" and k in held_view and not _same(said[k], held_view[k]))
         if said.get("status") == "active" and held_view.get("status") in ("withdrawn", "inactive"):
             differences.append("status")
-    return {"source_id": source_id, "last_file": file_view, "held": held_view, "differences": differences}
+    # A bulk file that leaves a record out says it is gone: no row of the latest file.
+    return {"source_id": source_id, "in_latest_file": file_view is not None, "last_file": file_view,
+            "held": held_view, "differences": differences}
 
 
 def _same(said, held) -> bool:
@@ -174,7 +176,7 @@ async def upload_import(request: Request, caller: Caller, dry_run: bool = False,
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty body: send the package as a .zip (application/zip)")
     try:
         async with request.app.state.pool.acquire() as conn:
-            refusal = await asyncio.to_thread(check_package, path) or (
+            refusal = await asyncio.to_thread(check_package, path, "the upload") or (
                 None if confirm_district else await district_org_refusal(conn, caller.district_id, path))
     except PackageRejected as e:
         path.unlink(missing_ok=True)
@@ -236,8 +238,11 @@ async def confirm_import(request: Request, caller: Caller, import_id: UUID) -> d
         row = await store.import_(conn, district_id=caller.district_id, import_id=import_id)
     if row is None:
         raise not_found("import not found")
-    if row["status"] != "held" or not row["package_path"] or not Path(row["package_path"]).exists():
+    if row["status"] != "held":
         raise HTTPException(status.HTTP_409_CONFLICT, f"only a held import can be confirmed; this one is {row['status']}")
+    if not row["package_path"] or not Path(row["package_path"]).exists():
+        raise HTTPException(status.HTTP_409_CONFLICT, f"the package of this held import is no longer where it was kept "
+                                                      f"({Path(row['package_path'] or '?').name}); send it again")
     await _start_import(request, caller, Path(row["package_path"]), import_id, dry_run=False, confirm=True)
     return {"import_id": str(import_id), "status": "running"}
 
@@ -257,11 +262,12 @@ async def _start_import(request: Request, caller: Identity, path: Path, import_i
                                       dry_run=dry_run, confirm=confirm, confirm_district=confirm_district,
                                       options=options, import_id=import_id, on_record=on_record)
             if result.status != "held":
-                path.unlink(missing_ok=True)
+                dropfolder.settle_package(options, path, result)
             runtime.relay.wake()
         except Exception as e:  # noqa: BLE001 - recorded on the import, for the person who uploaded it
             log.error("import failed", import_id=str(import_id), error=repr(e))
-            path.unlink(missing_ok=True)
+            if dropfolder.within(path, options.packages):
+                path.unlink(missing_ok=True)
             async with runtime.pool.acquire() as conn:
                 await conn.execute("UPDATE imports SET status = 'failed', message = $2, finished_at = now() "
                                    "WHERE import_id = $1", import_id, f"failed: {type(e).__name__}")

@@ -133,6 +133,33 @@ async def _process(pool, kafka, options: ImportOptions, district: str, path: Pat
     return result
 
 
+def within(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def settle_package(options: ImportOptions, path: Path, result: ImportResult) -> None:
+    """Where a package goes once its import is final (applied, rejected, failed): an upload
+    (kept under the packages folder) is removed; a drop-folder package confirmed from held/
+    is filed in processed/ or failed/ with its new report; a package the district keeps
+    elsewhere (a command-line import held, then confirmed) is left where it is."""
+    if within(path, options.packages):
+        path.unlink(missing_ok=True)
+        return
+    held = path.parent
+    if options.drop_folder is None or held.name != "held" or not within(path, options.drop_folder):
+        return
+    target_dir = held.parent / ("processed" if result.status == "applied" else "failed")
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / path.name
+    if target.exists():
+        target = target_dir / f"{path.name.removesuffix('.zip')}-{result.import_id}{'.zip' if path.suffix == '.zip' else ''}"
+    shutil.move(str(path), target)
+    stem = path.name.removesuffix(".zip")
+    for left in (held / f"{stem}.report.json", held / f"{stem}.problems.csv"):
+        left.unlink(missing_ok=True)
+    _write_report(target, result)
+
+
 def _write_report(package: Path, result: ImportResult) -> None:
     report = {
         "import_id": str(result.import_id), "district_id": result.district_id, "status": result.status,

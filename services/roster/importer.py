@@ -289,7 +289,9 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
             refusal = await _district_org_refusal(conn, district_id, package.district_orgs())
             result.holds += [refusal] if refusal else []
         if result.holds and not confirm and not dry_run:
-            result.status, result.message = "held", "held: " + "; ".join(result.holds) + ". If that is right, confirm it."
+            result.status, result.message = "held", ("held: " + "; ".join(result.holds)
+                                              + f". If that is right, confirm it: POST /v1/imports/{result.import_id}/confirm"
+                                                " (or the command line's --confirm)")
             raise _RollBack
 
         crashpoint("import.before_apply")
@@ -301,7 +303,8 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
         await class_members.apply(conn, district_id)
         await _execute(conn, _REMOVE_CLASSES, district_id)
         crashpoint("import.after_apply")
-        await _record_file_rows(conn, district_id, import_id)
+        await _record_file_rows(conn, district_id, import_id, users_bulk=package.mode("users") == "bulk",
+                                classes_bulk=package.mode("classes") == "bulk")
         first_org = await _remember_district_org(conn, district_id, package, import_id)
         if first_org:
             result.problems.append(first_org)
@@ -527,9 +530,10 @@ async def _examples(conn, per_kind: int = 5) -> dict[str, list[str]]:
             for kind, sql in queries.items()}
 
 
-def check_package(path: Path) -> None:
-    """Raise PackageRejected, with why, if the package cannot be read as a whole."""
-    Package(path).close()
+def check_package(path: Path, name: str | None = None) -> None:
+    """Raise PackageRejected, with why, if the package cannot be read as a whole; `name` is
+    how the message names it (default: its file name)."""
+    Package(path, name=name).close()
 
 
 async def district_org_refusal(conn, district_id: str, path: Path) -> str | None:
@@ -572,8 +576,20 @@ async def _remember_district_org(conn, district_id: str, package: Package, impor
     return None
 
 
-async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID) -> None:
-    """What the latest file said of each user and class, accepted or not (the reconcile view)."""
+async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID, *, users_bulk: bool,
+                            classes_bulk: bool) -> None:
+    """What the latest file said of each user (student or staff) and class, accepted or
+    not (the reconcile view). A bulk file says all there is: a user or class it leaves out
+    has no row of the latest file (the view says the file did not include them)."""
+    for entity, bulk, staged in (("user", users_bulk, "SELECT source_id FROM stage_students UNION ALL "
+                                                     "SELECT source_id FROM stage_staff"),
+                                 ("class", classes_bulk, "SELECT source_id FROM stage_classes")):
+        if bulk:
+            await conn.execute(
+                f"""DELETE FROM last_file_rows f WHERE f.district_id = $1 AND f.entity = $2
+                      AND f.source_id NOT IN ({staged} UNION ALL
+                                              SELECT source_id FROM stage_rejected WHERE entity = $2)""",
+                district_id, entity, timeout=_LONG)
     await conn.execute(
         """INSERT INTO last_file_rows (district_id, entity, source_id, import_id, file, line, row_data, accepted,
                                        reasons)
@@ -581,6 +597,10 @@ async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID) -> Non
                   jsonb_build_object('role', 'student', 'school_ids', school_ids, 'grade', grade, 'status', status),
                   true, '{}'::text[]
            FROM stage_students
+           UNION ALL
+           SELECT $1, 'user', source_id, $2::uuid, 'users.csv', line,
+                  jsonb_build_object('role', role, 'school_ids', school_ids, 'status', status), true, '{}'::text[]
+           FROM stage_staff
            UNION ALL
            SELECT $1, 'class', source_id, $2::uuid, 'classes.csv', line,
                   jsonb_build_object('school_id', school_id, 'class_type', class_type, 'title', title,
@@ -615,7 +635,7 @@ CREATE TEMP TABLE stage_class_spans (source_id text, starts date, ends date) ON 
 CREATE TEMP TABLE stage_students (student_id uuid, source_id text, school_ids text[], primary_school text,
     grade text, given_name text, family_name text, email text, state_id text, status text, line int) ON COMMIT DROP;
 CREATE TEMP TABLE stage_staff (staff_id uuid, source_id text, role text, given_name text, family_name text,
-    email text, identifier text, school_ids text[], status text) ON COMMIT DROP;
+    email text, identifier text, school_ids text[], status text, line int) ON COMMIT DROP;
 CREATE TEMP TABLE stage_birth_dates (source_id text, birth_date date, read boolean) ON COMMIT DROP;
 CREATE TEMP TABLE stage_enrollments (source_id text, class_source_id text, user_source_id text, role text,
     is_primary boolean, begin_date date, end_date date, status text) ON COMMIT DROP;

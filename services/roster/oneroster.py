@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import difflib
 import io
 import sys
 import zipfile
@@ -53,6 +54,7 @@ ENTITY_FILES = ("orgs", "academicSessions", "courses", "classes", "roles", "user
                 "userProfiles")
 USER_ROLES_11 = ("student", "teacher", "aide", "administrator", "guardian", "parent", "proctor", "relative")
 USER_ROLES_12 = tuple(ROLE_OF)
+_USER_ROLES_ANY = tuple(dict.fromkeys(USER_ROLES_11 + USER_ROLES_12))  # each once, 1.1's first
 
 # The columns the reader needs in each file (OneRoster 1.1 and 1.2 CSV bindings); a file
 # without one of them is refused whole. 1.2's users.csv carries no role nor orgs: roles.csv does.
@@ -62,11 +64,26 @@ REQUIRED = {
     "courses": ("sourcedId",),
     "classes": ("sourcedId", "title", "classType", "schoolSourcedId"),
     "roles": ("userSourcedId", "roleType", "role", "orgSourcedId"),
-    "users": ("sourcedId", "givenName", "familyName"),
-    "users@1.1": ("sourcedId", "role", "orgSourcedIds", "givenName", "familyName"),
+    "users": ("sourcedId", "givenName", "familyName", "grades"),
+    "users@1.1": ("sourcedId", "role", "orgSourcedIds", "givenName", "familyName", "grades"),
     "enrollments": ("sourcedId", "classSourcedId", "userSourcedId", "role"),
     "demographics": ("sourcedId",),
     "userProfiles": (),
+}
+# The columns the reader reads in each file: a header with a near miss of one of them (and
+# without it) is refused whole, since every row would be read without it.
+READ_BY_FILE = {
+    "orgs": {"sourcedId", "status", "name", "type", "identifier", "parentSourcedId"},
+    "academicSessions": {"sourcedId", "status", "title", "type", "startDate", "endDate", "parentSourcedId"},
+    "courses": {"sourcedId", "status", "title", "orgSourcedId"},
+    "classes": {"sourcedId", "status", "title", "classCode", "classType", "schoolSourcedId", "termSourcedIds",
+                "courseSourcedId", "periods"},
+    "users": {"sourcedId", "status", "orgSourcedIds", "role", "givenName", "familyName", "identifier", "email",
+              "grades", "primaryOrgSourcedId"},
+    "roles": {"userSourcedId", "roleType", "role", "orgSourcedId", "beginDate", "endDate"},
+    "enrollments": {"sourcedId", "status", "classSourcedId", "schoolSourcedId", "userSourcedId", "role", "primary",
+                    "beginDate", "endDate"},
+    "demographics": {"sourcedId", "status", "birthDate"},
 }
 # Every column of the two bindings, so a header in another letter case is read as the standard one.
 KNOWN_COLUMNS = {
@@ -77,6 +94,10 @@ KNOWN_COLUMNS = {
     "agentSourcedIds", "password", "classSourcedId", "userSourcedId", "primary", "beginDate", "birthDate", "sex",
     "roleType", "userProfileSourcedId", "primaryOrgSourcedId", "userMasterIdentifier", "preferredGivenName",
     "preferredMiddleName", "preferredFamilyName", "pronouns", "resourceSourcedIds", "gradeLevel",
+    "schoolYearSourcedId", "americanIndianOrAlaskaNative", "asian", "blackOrAfricanAmerican",
+    "nativeHawaiianOrOtherPacificIslander", "white", "demographicRaceTwoOrMoreRaces", "hispanicOrLatinoEthnicity",
+    "countryOfBirthCode", "stateOfBirthAbbreviation", "cityOfBirth", "publicSchoolResidenceStatus", "profileType",
+    "vendorId", "applicationId", "description", "credentialType", "resourceSourcedId", "courseCode",
 }
 _CANONICAL = {c.casefold(): c for c in KNOWN_COLUMNS}
 
@@ -111,9 +132,9 @@ class Package:
     file. Opening it checks everything that can be checked without reading rows: the
     archive, the manifest, the declared files and each file's header."""
 
-    def __init__(self, path: Path, limits: Limits = Limits()) -> None:
+    def __init__(self, path: Path, limits: Limits = Limits(), name: str | None = None) -> None:
         self.path = Path(path)
-        self.name = self.path.name
+        self.name = name or self.path.name  # how messages name it
         self._zip: zipfile.ZipFile | None = None
         self._members: dict[str, str] = {}
         self._headers: dict[str, list[str]] = {}
@@ -220,6 +241,10 @@ class Package:
             raise PackageRejected(f"{file} is empty: it has no header row") from None
         if len(set(header)) != len(header):
             raise PackageRejected(f"{file} repeats a column in its header")
+        for written, meant in _misspelt(entity, header):
+            raise PackageRejected(
+                f"{file} has a column {written} where OneRoster names one {meant}: rename it and send the file again "
+                f"(read as it is, every row's {meant} would be empty)")
         key = f"{entity}@1.1" if entity == "users" and self.version != "1.2" else entity
         missing = [c for c in REQUIRED[key] if c not in header]
         if missing:
@@ -319,6 +344,34 @@ def _open_safe_zip(path: Path, limits: Limits) -> zipfile.ZipFile:
         archive.close()
         raise PackageRejected(f"the archive unpacks to {total:,} bytes; the limit is {limits.max_unpacked_bytes:,}")
     return archive
+
+
+def _misspelt(entity: str, header: list[str]) -> list[tuple[str, str]]:
+    """(written, meant) for each column that is no OneRoster column but nearly one the
+    reader reads in this file and the header lacks ("grade" for grades, "emial" for
+    email): read as it is, that column would be read empty in every row. Extension
+    columns (metadata.*) are left."""
+    absent = READ_BY_FILE.get(entity, set()) - set(header)
+    out = []
+    for column in header:
+        if column in KNOWN_COLUMNS or column.casefold().startswith("metadata."):
+            continue
+        meant = difflib.get_close_matches(column, absent, n=1, cutoff=0.8) or difflib.get_close_matches(
+            column.casefold(), {c.casefold(): c for c in absent}, n=1, cutoff=0.8)
+        if meant:
+            out.append((column, {c.casefold(): c for c in absent}.get(meant[0], meant[0])))
+    return out
+
+
+# What a rejected row said, named as an accepted row's is (the reconcile view compares them).
+_SAID_AS = {  # entity -> file column -> (name, is a list)
+    "user": {"grades": ("grade", False), "orgSourcedIds": ("school_ids", True)},
+    "class": {"schoolSourcedId": ("school_id", False), "classType": ("class_type", False), "grades": ("grades", True)},
+}
+
+
+def _again(first_line: int) -> str:
+    return f"duplicate sourcedId: already on line {first_line} (this row is skipped)"
 
 
 # --------------------------------------------------------------------- validated records
@@ -512,7 +565,7 @@ class Reader:
                         self._problem(file, line, "sourcedId", sid, "has no role: roles.csv is not in this package "
                                       "and the roster does not hold this user", sid=sid)
             else:
-                raw_role = self._choice(file, line, row, "role", USER_ROLES_11 + USER_ROLES_12, sid)
+                raw_role = self._choice(file, line, row, "role", _USER_ROLES_ANY, sid)
                 role = ROLE_OF.get(raw_role) if raw_role else None
                 orgs = _list(row.get("orgSourcedIds"))
             if status == "tobedeleted":
@@ -523,7 +576,7 @@ class Reader:
                                       None, None, status, line)
                 elif kept in STAFF_ROLES:
                     yield "staff", (staff_id_for(self.district_id, sid), sid, kept, None, None, None, None, None,
-                                    status)
+                                    status, line)
                 continue
             given = self._required(file, line, row, "givenName", sid)
             family = self._required(file, line, row, "familyName", sid)
@@ -534,7 +587,7 @@ class Reader:
                 self.known.users[sid] = role
                 continue
             if not orgs:
-                self._problem(file, line, "orgSourcedIds", "", "missing required field", sid=sid)
+                self._problem(file, line, "orgSourcedIds", "", "missing required field orgSourcedIds", sid=sid)
                 self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                 continue
             unknown = [o for o in orgs if o not in self.known.schools and not self._is_district_org(o)]
@@ -576,13 +629,13 @@ class Reader:
                                   severity="warning", sid=sid)
                 self.known.users[sid] = role
                 yield "staff", (staff_id_for(self.district_id, sid), sid, role, given, family, email,
-                                _blank(row.get("identifier")), schools, status)
+                                _blank(row.get("identifier")), schools, status, line)
 
     def birth_dates(self) -> Iterator[tuple]:
         """demographics.csv: (sourcedId, birth date, read): a row whose birthDate cannot be
         read keeps the birth date the roster holds (read false); a blank one clears it."""
         file = "demographics"
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # sourcedId -> the line it was first read on
         for line, row in self._rows(file):
             sid = self._sid(file, line, row)
             if sid is None or self._duplicate(file, line, sid, seen):
@@ -609,7 +662,7 @@ class Reader:
         """The largest file (eight million rows for a city): a well-formed row takes the short
         path below; anything unusual goes through the checks that name the problem."""
         file = "enrollments"
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # sourcedId -> the line it was first read on
         homerooms: dict[tuple[str, str], int] = {}
         classes, users, user_schools = self.known.classes, self.known.users, self.known.user_schools
         dates: dict[str, date | None] = {"": None}  # a file has few distinct dates: each is read once
@@ -625,9 +678,9 @@ class Reader:
                 status = self._status(file, line, row, sid)
                 if status == "tobedeleted":
                     if sid in seen:
-                        self._problem(file, line, "sourcedId", sid, "duplicate sourcedId", sid=sid)
+                        self._problem(file, line, "sourcedId", sid, _again(seen[sid]), sid=sid)
                         continue
-                    seen.add(sid)
+                    seen[sid] = line
                     yield (sid, _blank(row.get("classSourcedId")), _blank(row.get("userSourcedId")), None, None,
                            None, None, status)
                     continue
@@ -636,15 +689,15 @@ class Reader:
                 role = self._choice(file, line, row, "role", ENROLLMENT_ROLES, sid)
                 if None in (status, class_sid, user_sid, role):
                     if sid not in seen:
-                        seen.add(sid)
+                        seen[sid] = line
                         self._reject("enrollment", sid, line, row, ())
                     continue
             else:
                 status = "active"
             if sid in seen:
-                self._problem(file, line, "sourcedId", sid, "duplicate sourcedId", sid=sid)
+                self._problem(file, line, "sourcedId", sid, _again(seen[sid]), sid=sid)
                 continue
-            seen.add(sid)
+            seen[sid] = line
             klass = classes.get(class_sid)
             if klass is None:
                 self._problem(file, line, "classSourcedId", class_sid, self._unknown("class", class_sid), sid=sid)
@@ -719,7 +772,7 @@ class Reader:
     def _records(self, entity: str) -> Iterator[tuple[int, dict[str, str], str, str | None]]:
         """(line, row, sourcedId, status) of each row with a sourcedId, once per sourcedId (a
         repeat is reported and skipped); status is None when it cannot be read (reported)."""
-        seen: set[str] = set()
+        seen: dict[str, int] = {}  # sourcedId -> the line it was first read on
         for line, row in self._rows(entity):
             sid = self._sid(entity, line, row)
             status = self._status(entity, line, row, sid)
@@ -756,7 +809,13 @@ class Reader:
         file = f"{_FILE_OF[entity]}.csv"
         self.rows_skipped.setdefault(file, set()).add(line)
         reasons = [p.reason for p in self.problems[-5:] if p.line == line and p.file == file]
-        self.rejected[(entity, sid)] = Rejected(entity, sid, line, {k: row.get(k) for k in keep if k in row}, reasons)
+        named = _SAID_AS.get(entity, {})
+        said = {}
+        for k in keep:
+            if k in row:
+                name, is_list = named.get(k, (k, False))
+                said[name] = _list(row[k]) if is_list else row[k]
+        self.rejected[(entity, sid)] = Rejected(entity, sid, line, said, reasons)
 
     def _sid(self, entity: str, line: int, row: dict[str, str]) -> str | None:
         return self._required(entity, line, row, "sourcedId", None)
@@ -764,7 +823,7 @@ class Reader:
     def _required(self, entity: str, line: int, row: dict[str, str], column: str, sid: str | None) -> str | None:
         value = _blank(row.get(column))
         if value is None:
-            self._problem(entity, line, column, "", "missing required field", sid=sid)
+            self._problem(entity, line, column, "", f"missing required field {column}", sid=sid)
         return value
 
     def _choice(self, entity: str, line: int, row: dict[str, str], column: str, allowed: tuple[str, ...],
@@ -772,7 +831,7 @@ class Reader:
         raw = row.get(column)
         value = _blank(raw)
         if value is None:
-            self._problem(entity, line, column, "", "missing required field", sid=sid)
+            self._problem(entity, line, column, "", f"missing required field {column}", sid=sid)
             return None
         read = normalise_choice(value, allowed)
         if read is None:
@@ -819,7 +878,7 @@ class Reader:
         raw = _blank(row.get(column))
         if raw is None:
             if required:
-                self._problem(entity, line, column, "", "missing required field", sid=sid)
+                self._problem(entity, line, column, "", f"missing required field {column}", sid=sid)
                 return False
             return None
         read = parse_file_date(raw)
@@ -856,11 +915,11 @@ class Reader:
             return f"refers to {entity} {sid}, whose row in {_FILE_OF[entity]}.csv was rejected (line {rejected.line})"
         return f"refers to an unknown {entity}"
 
-    def _duplicate(self, entity: str, line: int, source_id: str, seen: set[str]) -> bool:
+    def _duplicate(self, entity: str, line: int, source_id: str, seen: dict[str, int]) -> bool:
         if source_id in seen:
-            self._problem(entity, line, "sourcedId", source_id, "duplicate sourcedId", sid=source_id)
+            self._problem(entity, line, "sourcedId", source_id, _again(seen[source_id]), sid=source_id)
             return True
-        seen.add(source_id)
+        seen[source_id] = line
         return False
 
     def _is_district_org(self, org: str) -> bool:

@@ -70,7 +70,7 @@ async def test_a_district_admin_uploads_a_package_and_reads_its_report(roster, t
 
         problems = (await client.get(report["problems"], headers=admin())).json()["items"]
         assert any(p["file"] == "users.csv" and p["line"] == 20 and p["source_id"] == "stu-0020"
-                   and p["column"] == "familyName" and p["reason"] == "missing required field" for p in problems)
+                   and p["column"] == "familyName" and p["reason"] == "missing required field familyName" for p in problems)
         as_csv = await client.get(report["problems"] + "?format=csv", headers=admin())
         rows = list(csv.DictReader(io.StringIO(as_csv.text)))
         assert as_csv.headers["content-type"].startswith("text/csv") and len(rows) == 11
@@ -191,7 +191,7 @@ async def test_reconciliation_shows_what_the_file_said_beside_what_is_held(roste
 @pytest.mark.parametrize(("name", "said"), [
     ("not_a_zip", "neither a folder nor a zip archive"),
     ("no_manifest", "no manifest.csv"),
-    ("semicolons", "users.csv has no column sourcedId, role, orgSourcedIds, givenName, familyName; its header looks "
+    ("semicolons", "users.csv has no column sourcedId, role, orgSourcedIds, givenName, familyName, grades; its header looks "
                    "`;`-separated"),
 ])
 async def test_an_upload_that_is_not_a_readable_package_is_refused_at_once(roster, tmp_path, name, said):
@@ -239,6 +239,34 @@ async def test_a_package_the_drop_folder_held_is_applied_from_held_when_confirme
         location = f"/v1/imports/{report['import_id']}"
         assert (await client.post(location + "/confirm", headers=admin())).status_code == 202
         await eventually(lambda: _status_is(client, location, "applied"), what="the confirmed import")
+    # Filed with the district's other applied packages, its report saying applied; nothing left in held/.
+    processed = roster.drop / DISTRICT / "processed"
+    await eventually(lambda: _exists(processed / "tuesday.report.json"), what="tuesday, filed in processed/")
+    assert json.loads((processed / "tuesday.report.json").read_text())["status"] == "applied"
+    assert (processed / "tuesday.zip").exists() and not any(held.iterdir())
+
+
+async def test_confirming_an_import_the_command_line_held_leaves_the_districts_own_package_alone(
+        roster, system: Stack, tmp_path):
+    """The README trial of issue 8: confirming over HTTP an import held from the command line
+    deleted the district's own file (and failed on a folder)."""
+    from services.kit import db
+    from services.roster.importer import run_import
+
+    pool = await db.create_pool(system.database_url("roster"), min_size=1, max_size=3)
+    await run_import(pool, district_id=DISTRICT, path=FIXTURES / "bulk_small", kafka=system.kafka_settings)
+    mine = tmp_path / "my_export"
+    shutil.copytree(FIXTURES / "bulk_small", mine)
+    lines = (mine / "users.csv").read_text(encoding="utf-8-sig").splitlines(keepends=True)
+    (mine / "users.csv").write_text("".join(lines[:3]))
+    held = await run_import(pool, district_id=DISTRICT, path=mine, kafka=system.kafka_settings)
+    assert held.status == "held" and f"POST /v1/imports/{held.import_id}/confirm" in held.message
+    async with httpx.AsyncClient(base_url=roster.url) as client:
+        location = f"/v1/imports/{held.import_id}"
+        assert (await client.post(location + "/confirm", headers=admin())).status_code == 202
+        await eventually(lambda: _status_is(client, location, "applied"), what="the confirmed import")
+    assert (mine / "users.csv").exists(), "the district's own package is theirs to keep"
+    await pool.close()
 
 
 async def test_a_rejected_row_shows_in_the_reconcile_view_and_a_second_school_sees_its_student(roster, tmp_path):
@@ -255,7 +283,7 @@ async def test_a_rejected_row_shows_in_the_reconcile_view_and_a_second_school_se
         second = await upload(client, package, tmp_path / "b.zip")
         assert (await finished(client, second.headers["Location"]))["status"] == "applied"
         view = (await client.get("/v1/reconcile/students/stu-0001", headers=admin())).json()
-        assert view["last_file"]["accepted"] is False and view["last_file"]["problems"] == ["missing required field"]
+        assert view["last_file"]["accepted"] is False and view["last_file"]["problems"] == ["missing required field familyName"]
         assert view["held"]["status"] == "active"
 
         hs_admin = {"Authorization": f"Bearer {token(DISTRICT, ['school_admin'], ['sch-02M475'])}"}

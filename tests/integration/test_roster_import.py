@@ -382,11 +382,12 @@ async def test_every_kind_of_bad_row_is_reported_where_it_is(service_db):
     assert result.status == "applied"
     found = {(p.severity, p.file, p.line, p.column, p.value) : p.reason for p in result.problems}
     expected = [
-        ("error", "users.csv", 20, "familyName", "", "missing required field"),
+        ("error", "users.csv", 20, "familyName", "", "missing required field familyName"),
         ("error", "classes.csv", 15, "classType", "lab", "bad value"),
         ("error", "users.csv", 21, "role", "janitor", "bad value"),
         ("error", "demographics.csv", 9, "birthDate", "2014-02-30", "is not a date"),
-        ("error", "users.csv", 22, "sourcedId", "stu-0007", "duplicate sourcedId"),
+        ("error", "users.csv", 22, "sourcedId", "stu-0007",
+         "duplicate sourcedId: already on line 14 (this row is skipped)"),
         ("error", "users.csv", 23, "orgSourcedIds", "sch-99X999", "refers to an unknown org"),
         ("error", "enrollments.csv", 35, "classSourcedId", "cls-02M475-PHYS-01", "refers to an unknown class"),
         ("error", "classes.csv", 14, "courseSourcedId", "crs-02M475-BIO", "refers to an unknown course"),

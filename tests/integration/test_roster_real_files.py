@@ -516,7 +516,7 @@ async def test_the_reconcile_view_shows_the_latest_row_also_when_it_was_rejected
     await imported(base, Edited("bulk_small", tmp_path / "p").edit("users.csv", "stu-0001", familyName="").path)
     async with base.acquire() as conn:
         said, held = await store.reconciliation(conn, district_id=D, entity="student", source_id="stu-0001")
-    assert said["accepted"] is False and said["reasons"] == ["missing required field"]
+    assert said["accepted"] is False and said["reasons"] == ["missing required field familyName"]
     assert held["status"] == "active"
 
 
@@ -546,3 +546,43 @@ async def test_staff_of_every_kind_enrolled_in_a_class_are_members_not_unknown_u
     assert members[("cls-02M475-ALG1-01", "stf-1006")] == ("teacher", False)  # an administrator who teaches
     notes = {p.source_id: p.reason for p in result.problems if p.file == "demographics.csv"}
     assert "not students are not kept" in notes["stf-1006"] and "not in users.csv" in notes["stu-9999"]
+
+
+async def test_the_reconcile_view_covers_staff_says_when_the_latest_file_left_a_record_out_and_names_alike(
+        base, tmp_path):
+    """The README trial of issue 8: staff always showed no file row; a student the latest
+    file left out showed an older file's row as if current; a rejected row's keys were the
+    file's columns (grades, orgSourcedIds) while an accepted one's were grade, school_ids."""
+    from services.roster import store
+
+    async with base.acquire() as conn:
+        staff_said, _ = await store.reconciliation(conn, district_id=D, entity="staff", source_id="stf-1001")
+    assert staff_said is not None and staff_said["accepted"] is True and staff_said["file"] == "users.csv"
+    assert staff_said["row_data"]["role"] == "teacher" and staff_said["row_data"]["school_ids"]
+
+    await imported(base, Edited("bulk_small", tmp_path / "p").remove("users.csv", "stu-0002")
+                   .edit("users.csv", "stu-0001", grades="").path, confirm=True)
+    async with base.acquire() as conn:
+        left_out, held = await store.reconciliation(conn, district_id=D, entity="student", source_id="stu-0002")
+        rejected, _ = await store.reconciliation(conn, district_id=D, entity="student", source_id="stu-0001")
+        accepted, _ = await store.reconciliation(conn, district_id=D, entity="student", source_id="stu-0003")
+    assert left_out is None and held["status"] == "withdrawn"
+    assert rejected["accepted"] is False and set(rejected["row_data"]) == set(accepted["row_data"])
+    assert isinstance(rejected["row_data"]["school_ids"], list)
+
+
+@pytest.mark.parametrize(("file", "column", "written", "meant"), [
+    ("users.csv", "grades", "grade", "grades"),
+    ("users.csv", "email", "emial", "email"),
+    ("enrollments.csv", "beginDate", "beginDat", "beginDate"),
+    ("classes.csv", "termSourcedIds", "termSourceIds", "termSourcedIds"),
+])
+async def test_a_misspelt_column_refuses_the_file_instead_of_reading_every_row_without_it(
+        base, tmp_path, file, column, written, meant):
+    """The README trial of issue 8: users.csv with `grade` for `grades` rejected every
+    student row by row ("a student needs exactly one grade"), and a misspelt optional
+    column (email) would have been read as empty in every row, changing what is held."""
+    result = await imported(base, Edited("bulk_small", tmp_path / "p").rename_column(file, column, written).path)
+    assert result.status == "rejected"
+    assert f"{file} has a column {written} where OneRoster names one {meant}" in result.message
+    assert await change_events(base) == []
