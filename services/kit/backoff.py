@@ -31,13 +31,14 @@ import aiokafka.client
 from services.kit.settings import KafkaSettings
 
 _WAITING_POLL = 0.1  # how often a caller waiting on another's attempt looks again
+_ATTEMPT_AT_MOST = 60.0  # an attempt never seen to end (its event loop closed) stops holding others back
 
 
 @dataclass
 class _Address:
     failures: int = 0
     next_attempt: float = 0.0  # time.monotonic()
-    attempting: bool = False
+    attempt_started: float | None = None  # time.monotonic() of the attempt in flight
 
 
 class ConnectBackoff:
@@ -62,11 +63,13 @@ class ConnectBackoff:
     async def connect(self, open_connection, host, port, **kwargs):
         address = self._addresses.setdefault((host, port), _Address())
         while True:
-            wait = address.next_attempt - time.monotonic()
-            if wait <= 0 and not address.attempting:
+            now = time.monotonic()
+            wait = address.next_attempt - now
+            in_flight = address.attempt_started is not None and now - address.attempt_started < _ATTEMPT_AT_MOST
+            if wait <= 0 and not in_flight:
                 break
             await asyncio.sleep(max(wait, 0.0) or _WAITING_POLL)
-        address.attempting = True
+        address.attempt_started = time.monotonic()
         try:
             conn = await open_connection(host, port, **kwargs)
         except asyncio.CancelledError:
@@ -76,7 +79,7 @@ class ConnectBackoff:
             address.next_attempt = time.monotonic() + self.delay(address.failures)
             raise
         finally:
-            address.attempting = False
+            address.attempt_started = None
         address.failures = 0
         address.next_attempt = 0.0
         return conn
