@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,43 @@ def redact_processor(_logger: Any, _method: str, event_dict: dict) -> dict:
     return {k: (v if k in ("timestamp", "level", "logger") else redact(v, k)) for k, v in event_dict.items()}
 
 
-def configure(service: str, level: str = "INFO", stream=None) -> None:
+class RepeatLimit(logging.Filter):
+    """Let through one record per logger and message kind every `seconds`; the next one
+    after that says how many were held back (`suppressed`). For the Kafka clients' own
+    loggers (aiokafka, faststream's broker loggers), which log every failed connect and
+    request: with the broker away that is a line per retry, per client.
+
+    A kind is the message's template (aiokafka logs "Unable connect to node with id %s: %s",
+    whatever the node and error), so a new kind of failure shows at once."""
+
+    def __init__(self, seconds: float, prefixes: tuple[str, ...] = ("aiokafka", "faststream"),
+                 suffixes: tuple[str, ...] = (".broker",)) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._prefixes = prefixes
+        self._suffixes = suffixes
+        self._kinds: dict[tuple[str, str], list] = {}  # kind -> [last let through at, held back since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = record.name
+        if record.levelno < logging.WARNING or not (name.startswith(self._prefixes) or name.endswith(self._suffixes)):
+            return True
+        message = record.msg.get("event", "") if isinstance(record.msg, dict) else record.msg
+        kind = (name, str(message))
+        now = time.monotonic()
+        seen = self._kinds.get(kind)
+        if seen is not None and now - seen[0] < self.seconds:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.suppressed = seen[1]  # shown beside the message (structlog's ExtraAdder)
+        if len(self._kinds) > 1000:  # kinds are templates, a few dozen; never let it grow unbounded
+            self._kinds.clear()
+        self._kinds[kind] = [now, 0]
+        return True
+
+
+def configure(service: str, level: str = "INFO", stream=None, *, kafka_log_every: float = 60.0) -> None:
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -70,6 +107,7 @@ def configure(service: str, level: str = "INFO", stream=None) -> None:
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatLimit(kafka_log_every))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

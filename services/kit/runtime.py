@@ -23,7 +23,7 @@ from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLS
 from faststream.specification import AsyncAPI
 
 from contracts.topics import Topic
-from services.kit import db, logs, outbox, settings as settings_module
+from services.kit import backoff, db, logs, outbox, settings as settings_module
 from services.kit.auth import TokenVerifier
 from services.kit.consumer import EventConsumer, Subscription, UnitOfWork
 from services.kit.http import CachedCheck, build_app
@@ -71,6 +71,7 @@ class ServiceRuntime:
 
     async def start(self) -> None:
         s = self.settings
+        backoff.install(s.kafka)  # every Kafka client of the process reconnects with backoff
         conn = await db.connect(s.database_url)
         try:
             applied = await db.migrate(conn, self.migrations)
@@ -228,7 +229,7 @@ def _security(kafka: KafkaSettings) -> BaseSecurity | None:
 
 async def serve(definition: ServiceDefinition, settings: Settings | None = None) -> None:
     settings = settings or settings_module.load(definition.name)
-    logs.configure(definition.name, settings.log_level)
+    logs.configure(definition.name, settings.log_level, kafka_log_every=settings.kafka.log_repeat_seconds)
     runtime = ServiceRuntime(definition, settings)
     await runtime.start()
     server = uvicorn.Server(

@@ -30,6 +30,13 @@ class KafkaSettings(BaseModel):
     # brokers and topics accept (message.max.bytes / max.message.bytes, about 1 MiB by
     # default). An event larger than this is refused when it is emitted.
     max_message_bytes: int = 1_000_000
+    # After a failed connect to a broker address, the next waits this long, doubling up
+    # to the maximum (services/kit/backoff.py); one connect at a time per address.
+    reconnect_backoff_ms: int = 100
+    reconnect_backoff_max_ms: int = 5000
+    # The Kafka clients' own warnings and errors (a failed connect, ...): one line per
+    # kind every this many seconds, then how many were held back (services/kit/logs.py).
+    log_repeat_seconds: float = 60.0
 
     def client_options(self) -> dict:
         """Connection options for aiokafka clients, SASL/TLS passed through."""
@@ -91,6 +98,9 @@ def load(service: str, env: dict[str, str] | None = None) -> Settings:
         session_timeout_ms=int(env.get("KAFKA_SESSION_TIMEOUT_MS", "10000")),
         heartbeat_interval_ms=int(env.get("KAFKA_HEARTBEAT_INTERVAL_MS", "3000")),
         max_message_bytes=int(env.get("KAFKA_MAX_MESSAGE_BYTES", "1000000")),
+        reconnect_backoff_ms=int(env.get("KAFKA_RECONNECT_BACKOFF_MS", "100")),
+        reconnect_backoff_max_ms=int(env.get("KAFKA_RECONNECT_BACKOFF_MAX_MS", "5000")),
+        log_repeat_seconds=float(env.get("KAFKA_LOG_REPEAT_SECONDS", "60")),
     )
     auth = AuthSettings(
         public_key=_read_key(get("JWT_PUBLIC_KEY")),

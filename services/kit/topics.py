@@ -7,6 +7,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from contracts.topics import TOPICS
+from services.kit import backoff
 from services.kit.settings import KafkaSettings
 
 
@@ -20,6 +21,7 @@ def registry_topics(kafka: KafkaSettings, replication_factor: int = 1) -> list[N
 
 async def provision(kafka: KafkaSettings, replication_factor: int = 1) -> list[str]:
     """Create the missing topics; return the names created."""
+    backoff.install(kafka)
     admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
