@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # its reader stopped reading (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:  # noqa: BLE001 - only a connection failure is turned into one line
         line = _unreachable(e)
         if line is None:
@@ -309,11 +312,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _unreachable(e: BaseException) -> str | None:
     """One line for a database or broker that did not answer; None for any other error."""
+    import socket
+
     import asyncpg
     from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
     env = environment()
-    if isinstance(e, (OSError, asyncpg.CannotConnectNowError, asyncpg.InvalidAuthorizationSpecificationError,
+    if isinstance(e, (ConnectionRefusedError, ConnectionResetError, TimeoutError, socket.gaierror,
+                      asyncpg.CannotConnectNowError, asyncpg.InvalidAuthorizationSpecificationError,
                       asyncpg.InvalidCatalogNameError)):
         where = _where(env.get("DATABASE_URL") or "postgresql://localhost:5432/")
         told = "DATABASE_URL" if env.get("DATABASE_URL") else "DATABASE_URL is not set: the default"

@@ -416,8 +416,8 @@ def _summary(elapsed: float, ports: dict[str, int], env: dict[str, str], *, brok
         _say(f"Try it (tokens are signed with the dev secret in {env['CASEFLOW_HOME']}/dev-jwt-secret):")
         if os.environ.get("CASEFLOW_HOME"):
             cli = f"CASEFLOW_HOME={env['CASEFLOW_HOME']} {cli}"
-    _say(f"  TOKEN=$({cli} token --email you@district.org --district demo --role district_admin)")
+    _say(f"  {cli} roster import tests/fixtures/oneroster/bulk_small --district nycdoe   # the sample district")
+    _say(f"  TOKEN=$({cli} token --email admin@schools.example.org --district nycdoe --role district_admin)")
     _say(f'  curl -H "Authorization: Bearer $TOKEN" {roster}/v1/students')
-    _say(f'  curl -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/zip" '
-         f'--data-binary @package.zip {roster}/v1/imports')
+    _say("  (README.md, 'Trying it': a teacher's caseload, a case opened from a published trigger, the dashboard)")
     _say(rule)
