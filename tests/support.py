@@ -165,6 +165,61 @@ class Stack:
         finally:
             await consumer.stop()
 
+    async def caught_up(self, *services: str, timeout: float = 60.0) -> None:
+        """Wait until these services have nothing in flight: each has handled every record now
+        on the topics it reads (each of its consumer groups has committed the end offset of
+        every partition), has published everything it wrote (its outbox is empty), and no
+        record arrived while this was being checked.
+
+        The barrier before asserting that something did not happen, or before reading facts
+        that several events (several keys, topics or services) make: waiting for one of them
+        says nothing of the others. Name every service of a chain (the roster and the
+        caseload service for a roster import seen by caseloads)."""
+        from importlib import import_module
+
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        groups = {self.topic(sub.consumer): self.topic(sub.topic.name)
+                  for service in services for sub in import_module(f"services.{service}.app").definition().subscriptions}
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.backends.kafka, enable_auto_commit=False)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.backends.kafka)
+        conns = {}
+        await consumer.start()
+        await admin.start()
+        try:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - fresh topic metadata
+            partitions = [TopicPartition(topic, p) for topic in set(groups.values())
+                          for p in consumer.partitions_for_topic(topic) or ()]
+            for service in services:
+                conns[service] = await self.db(service)
+            behind: list[str] = []
+
+            async def settled() -> bool:
+                behind.clear()
+                ends = await consumer.end_offsets(partitions) if partitions else {}
+                for group, topic in groups.items():
+                    committed = await admin.list_consumer_group_offsets(group)
+                    for tp in partitions:
+                        done = max(committed[tp].offset, 0) if tp in committed else 0
+                        if tp.topic == topic and done < ends[tp]:
+                            behind.append(f"{group} at {done} of {ends[tp]} on {tp.topic}[{tp.partition}]")
+                for service, conn in conns.items():
+                    if unsent := await conn.fetchval("SELECT count(*) FROM outbox"):
+                        behind.append(f"{service}'s outbox holds {unsent}")
+                if not behind and partitions and await consumer.end_offsets(partitions) != ends:
+                    behind.append("records arrived while checking")
+                return not behind
+
+            try:
+                await eventually(settled, timeout, what=f"{', '.join(services)} caught up")
+            except AssertionError as e:
+                raise AssertionError(f"{e}: {'; '.join(behind)}") from None
+        finally:
+            for conn in conns.values():
+                await conn.close()
+            await admin.close()
+            await consumer.stop()
+
     async def stop(self) -> None:
         for proc in self.processes:
             proc.stop()
