@@ -204,8 +204,12 @@ class Stack:
                         if tp.topic == topic and done < ends[tp]:
                             behind.append(f"{group} at {done} of {ends[tp]} on {tp.topic}[{tp.partition}]")
                 for service, conn in conns.items():
-                    if unsent := await conn.fetchval("SELECT count(*) FROM outbox"):
-                        behind.append(f"{service}'s outbox holds {unsent}")
+                    try:
+                        unsent = await conn.fetchval("SELECT count(*) FROM outbox")
+                    except asyncpg.UndefinedTableError:
+                        unsent = "no outbox yet: not started"
+                    if unsent:
+                        behind.append(f"{service}'s outbox: {unsent}")
                 if not behind and partitions and await consumer.end_offsets(partitions) != ends:
                     behind.append("records arrived while checking")
                 return not behind
