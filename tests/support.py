@@ -330,6 +330,14 @@ async def second_runs_before_first_commits(pool: asyncpg.Pool, first, second, *,
         await tx.start()
         await first[0](uow(a), first[1])
         later = asyncio.create_task(in_transaction(b, second))
-        await asyncio.sleep(0.5)
+        # The second goes as far as it can while the first is open: until it waits for a
+        # lock the first holds, or is done. A pause instead proves neither under load.
+        second_pid = b.get_server_pid()
+        async with pool.acquire() as watcher:
+            async def waits_or_done():
+                return later.done() or await watcher.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", second_pid)
+
+            await eventually(waits_or_done, what="the second transaction to wait for the first, or to finish")
         await tx.commit()
         await later
