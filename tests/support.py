@@ -165,6 +165,65 @@ class Stack:
         finally:
             await consumer.stop()
 
+    async def caught_up(self, *services: str, timeout: float = 60.0) -> None:
+        """Wait until these services have nothing in flight: each has handled every record now
+        on the topics it reads (each of its consumer groups has committed the end offset of
+        every partition), has published everything it wrote (its outbox is empty), and no
+        record arrived while this was being checked.
+
+        The barrier before asserting that something did not happen, or before reading facts
+        that several events (several keys, topics or services) make: waiting for one of them
+        says nothing of the others. Name every service of a chain (the roster and the
+        caseload service for a roster import seen by caseloads)."""
+        from importlib import import_module
+
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        groups = {self.topic(sub.consumer): self.topic(sub.topic.name)
+                  for service in services for sub in import_module(f"services.{service}.app").definition().subscriptions}
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.backends.kafka, enable_auto_commit=False)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.backends.kafka)
+        conns = {}
+        await consumer.start()
+        await admin.start()
+        try:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - fresh topic metadata
+            partitions = [TopicPartition(topic, p) for topic in set(groups.values())
+                          for p in consumer.partitions_for_topic(topic) or ()]
+            for service in services:
+                conns[service] = await self.db(service)
+            behind: list[str] = []
+
+            async def settled() -> bool:
+                behind.clear()
+                ends = await consumer.end_offsets(partitions) if partitions else {}
+                for group, topic in groups.items():
+                    committed = await admin.list_consumer_group_offsets(group)
+                    for tp in partitions:
+                        done = max(committed[tp].offset, 0) if tp in committed else 0
+                        if tp.topic == topic and done < ends[tp]:
+                            behind.append(f"{group} at {done} of {ends[tp]} on {tp.topic}[{tp.partition}]")
+                for service, conn in conns.items():
+                    try:
+                        unsent = await conn.fetchval("SELECT count(*) FROM outbox")
+                    except asyncpg.UndefinedTableError:
+                        unsent = "no outbox yet: not started"
+                    if unsent:
+                        behind.append(f"{service}'s outbox: {unsent}")
+                if not behind and partitions and await consumer.end_offsets(partitions) != ends:
+                    behind.append("records arrived while checking")
+                return not behind
+
+            try:
+                await eventually(settled, timeout, what=f"{', '.join(services)} caught up")
+            except AssertionError as e:
+                raise AssertionError(f"{e}: {'; '.join(behind)}") from None
+        finally:
+            for conn in conns.values():
+                await conn.close()
+            await admin.close()
+            await consumer.stop()
+
     async def stop(self) -> None:
         for proc in self.processes:
             proc.stop()
@@ -271,6 +330,14 @@ async def second_runs_before_first_commits(pool: asyncpg.Pool, first, second, *,
         await tx.start()
         await first[0](uow(a), first[1])
         later = asyncio.create_task(in_transaction(b, second))
-        await asyncio.sleep(0.5)
+        # The second goes as far as it can while the first is open: until it waits for a
+        # lock the first holds, or is done. A pause instead proves neither under load.
+        second_pid = b.get_server_pid()
+        async with pool.acquire() as watcher:
+            async def waits_or_done():
+                return later.done() or await watcher.fetchval(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", second_pid)
+
+            await eventually(waits_or_done, what="the second transaction to wait for the first, or to finish")
         await tx.commit()
         await later

@@ -66,7 +66,11 @@ async def test_a_teachers_caseload_follows_the_districts_files(system: Stack, tm
         return held if {stu1, stu2} <= set(held) else None
 
     # Generous: on a broker started moments ago, the first consumer groups take a while to form.
-    held = await eventually(marias_homeroom, timeout=90, what="Maria's homeroom on her caseload")
+    await eventually(marias_homeroom, timeout=90, what="Maria's homeroom on her caseload")
+    # Every other fact of the file too (the art class, Keisha's sections, other students are
+    # keyed apart and may come later): what is absent below is absent for good.
+    await system.caught_up("roster", "caseload")
+    held = await caseload(caseloads, maria)
     assert held[stu1] == ["homeroom Class 3-401"]  # the art class is not a K-5 caseload rule
     keisha = bearer(KEISHA, ["caseload_viewer"], ["sch-02M475"])
     assert await caseload(caseloads, keisha) == {}  # unmatched teacher: no caseload
@@ -86,7 +90,9 @@ async def test_a_teachers_caseload_follows_the_districts_files(system: Stack, tm
         held = await caseload(caseloads, keisha)
         return held if str(stu10) in held else None
 
-    held = await eventually(keishas_sections, timeout=60, what="Keisha's caseload once she is matched")
+    await eventually(keishas_sections, timeout=60, what="Keisha's caseload once she is matched")
+    await system.caught_up("roster", "caseload")  # each of her sections, and their events published
+    held = await caseload(caseloads, keisha)
     assert any(d.startswith("section ELA9-01") for d in held[str(stu10)])
     admin = bearer("admin@nycdoe.org", ["district_admin"])
     async with httpx.AsyncClient(base_url=caseloads.url) as client:
@@ -120,5 +126,8 @@ async def test_a_caseload_follows_the_calendar_without_a_new_file(system: Stack,
         held = await caseload(caseloads, keisha)
         return held if stu12 not in held and held else None
 
-    held = await eventually(term_over, timeout=60, what="the fall term's end on Keisha's caseload")
-    assert all("CHEM-01" not in d for details in held.values() for d in details)
+    await eventually(term_over, timeout=60, what="the fall term's end on Keisha's caseload")
+    # The step removed CHEM-01's other students in the same transaction, on other partitions.
+    await system.caught_up("roster", "caseload")
+    held = await caseload(caseloads, keisha)
+    assert held and all("CHEM-01" not in d for details in held.values() for d in details)

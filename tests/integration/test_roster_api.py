@@ -93,6 +93,7 @@ async def test_a_district_admin_uploads_a_package_and_reads_its_report(roster, t
         return len(await roster.stack.records("roster.students.v1")) == 12 or None
 
     await eventually(published, what="the 12 StudentEnrolled events on Kafka")
+    await roster.stack.caught_up("roster")  # and the import's other events, on other topics and partitions
     records = await roster.stack.records("roster.students.v1")
     assert {dict(r.headers)["ce_type"] for r in records} == {b"roster.student_enrolled.v1"}
     assert all(json.loads(r.value)["student_id"].encode() == r.key for r in records)
@@ -151,16 +152,15 @@ async def test_a_package_in_the_drop_folder_is_imported_once_and_filed_with_its_
     shutil.copytree(FIXTURES / "no_manifest", inbox / "2026-09-02")  # a folder without a manifest: not a package yet
 
     processed = roster.drop / DISTRICT / "processed"
-    await eventually(lambda: _exists(processed / "2026-09-01.report.json"), what="the processed package")
-    report = json.loads((processed / "2026-09-01.report.json").read_text())
+    report = await eventually(lambda: _filed(processed, "2026-09-01"), what="the processed package")
     assert report["status"] == "applied" and report["counts"]["students_enrolled"] == 12
     assert (processed / "2026-09-01.zip").exists() and (processed / "2026-09-01.problems.csv").exists()
     assert not (inbox / "2026-09-01.zip").exists()
 
     zipped(FIXTURES / "missing_bulk_file", inbox / "2026-09-03.zip")
     failed = roster.drop / DISTRICT / "failed"
-    await eventually(lambda: _exists(failed / "2026-09-03.report.json"), what="the failed package")
-    assert "no users.csv" in json.loads((failed / "2026-09-03.report.json").read_text())["message"]
+    report = await eventually(lambda: _filed(failed, "2026-09-03"), what="the failed package")
+    assert "no users.csv" in report["message"]
     assert (inbox / "2026-09-02").exists()  # left alone
     async with httpx.AsyncClient(base_url=roster.url) as client:
         history = (await client.get("/v1/imports", headers=admin())).json()["items"]
@@ -171,6 +171,18 @@ async def test_a_package_in_the_drop_folder_is_imported_once_and_filed_with_its_
 async def _exists(path: Path) -> bool:
     await asyncio.sleep(0)
     return path.exists()
+
+
+async def _filed(folder: Path, stem: str) -> dict | None:
+    """The report of a package filed in folder, once its report and its problems are both
+    there: the report is written first, then the problems, and a report being written
+    exists before it reads whole."""
+    await asyncio.sleep(0)
+    try:
+        report = json.loads((folder / f"{stem}.report.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return report if (folder / f"{stem}.problems.csv").exists() else None
 
 
 async def test_reconciliation_shows_what_the_file_said_beside_what_is_held(roster, tmp_path):
@@ -232,8 +244,7 @@ async def test_a_package_the_drop_folder_held_is_applied_from_held_when_confirme
     (truncated / "users.csv").write_text("".join(lines[:3]))
     zipped(truncated, inbox / "tuesday.zip")
     held = roster.drop / DISTRICT / "held"
-    await eventually(lambda: _exists(held / "tuesday.report.json"), what="tuesday, held")
-    report = json.loads((held / "tuesday.report.json").read_text())
+    report = await eventually(lambda: _filed(held, "tuesday"), what="tuesday, held")
     assert report["status"] == "held" and any("withdraw" in why for why in report["held_because"])
     async with httpx.AsyncClient(base_url=roster.url) as client:
         location = f"/v1/imports/{report['import_id']}"
