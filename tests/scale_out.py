@@ -197,10 +197,12 @@ def _republished(records: list[dict]) -> int:
 
 
 class CaseloadLoad:
-    """One district: `students` grade-07 students; per round, `sections` sections each with
-    its own teacher; round r enrols student j in section j % sections of round r."""
+    """One district: `students` grade-07 students; per round, `sections` sections (default:
+    one per 30 students, as in a school) each with its own teacher; round r enrols student j
+    in section j % sections of round r."""
 
-    def __init__(self, students: int, rounds: int, sections: int = 8) -> None:
+    def __init__(self, students: int, rounds: int, sections: int | None = None) -> None:
+        sections = sections or max(8, students // 30)
         self.district = f"scale-{uuid.uuid4().hex[:6]}"
         self.students = [(uuid.uuid4(), f"S{j:07d}") for j in range(students)]
         self.sections = [[(uuid.uuid4(), f"R{r}X{k:03d}", uuid.uuid4(), f"R{r}T{k:03d}") for k in range(sections)]
