@@ -39,21 +39,23 @@ async def _kill_the_relay_leader(instances):
 
 
 async def _took_over(group: GroupWatch, before, committed_at_kill: dict[int, int]) -> set[int]:
-    """After the kill: the group settles with the two survivors (the same members as before,
-    less one), they hold every partition, and every partition the killed member held is
-    committed to its end by them. Returns the killed member's partitions."""
+    """After the kill: the group settles with the two survivors, they hold every partition,
+    and every partition the killed member held is committed to its end by them. Returns the
+    killed member's partitions: the member missing after the rebalance held them (survivors
+    keep their member ids; should one have rejoined under a new id, every partition is held
+    to the same check)."""
     after = await eventually(lambda: group.settled_with(2), 90, what="the group to settle with two members")
-    assert set(after.members) < set(before.members), (before.members, after.members)
-    [gone] = set(before.members) - set(after.members)
-    killed_partitions = before.members[gone]
-    assert killed_partitions, before.members
     assert after.assigned == set(range(len(group.partitions)))
+    gone = set(before.members) - set(after.members)
+    killed_partitions = (before.members[gone.pop()] if len(gone) == 1
+                         else set(range(len(group.partitions))))
+    assert killed_partitions, before.members
 
     async def consumed_to_the_end():
         ends, committed = await group.ends(), await group.committed()
         return all(committed[p] == ends[p] for p in ends) and (ends, committed)
 
-    ends, committed = await eventually(consumed_to_the_end, 120, interval=0.5, what="the group to consume everything")
+    ends, committed = await eventually(consumed_to_the_end, 180, interval=0.5, what="the group to consume everything")
     for p in killed_partitions:  # records produced after the kill, consumed by a survivor
         assert ends[p] > committed_at_kill[p], (p, ends[p], committed_at_kill[p])
     return killed_partitions
@@ -62,7 +64,7 @@ async def _took_over(group: GroupWatch, before, committed_at_kill: dict[int, int
 async def test_three_caseload_instances_one_killed_mid_load_lose_nothing_and_apply_each_effect_once(system):
     await system.prepare("caseload")
     kafka = system.kafka_settings
-    load = CaseloadLoad(students=1200, rounds=2)
+    load = CaseloadLoad(students=600, rounds=2)
     instances = await _start(system, "caseload", 3)
     conn = await system.db("caseload")
     try:
@@ -74,15 +76,15 @@ async def test_three_caseload_instances_one_killed_mid_load_lose_nothing_and_app
                 return await conn.fetchval("SELECT count(*) FROM students WHERE district_id = $1",
                                            load.district) == len(load.students) and await group.lag() == 0
 
-            await eventually(students_known, 90, interval=0.5, what="the students and sections")
+            await eventually(students_known, 180, interval=0.5, what="the students and sections")
 
             await produce(kafka, load.enrolments(0))
-            handled = load.setup_enrolments + 200
+            handled = load.setup_enrolments + 100
 
             async def under_way():
                 return await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CASELOAD_GROUP) >= handled
 
-            await eventually(under_way, 90, what="the load to be under way")
+            await eventually(under_way, 180, what="the load to be under way")
             before = await eventually(lambda: group.settled_with(3), 30, what="three members")
             committed_at_kill = await group.committed()
             await _kill_the_relay_leader(instances)
@@ -96,7 +98,7 @@ async def test_three_caseload_instances_one_killed_mid_load_lose_nothing_and_app
             return (await load.holds(conn) >= expected
                     and await conn.fetchval("SELECT count(*) FROM outbox") == 0)
 
-        await eventually(all_published, 120, interval=0.5, what="every membership, published")
+        await eventually(all_published, 180, interval=0.5, what="every membership, published")
         verdict = await load.verdict(conn, kafka, [0, 1])
         assert verdict.exact, str(verdict)
         inbox = await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CASELOAD_GROUP)
@@ -108,7 +110,7 @@ async def test_three_caseload_instances_one_killed_mid_load_lose_nothing_and_app
 async def test_three_cases_instances_one_killed_mid_load_lose_nothing_and_open_each_case_once(system):
     await system.prepare("cases")
     kafka = system.kafka_settings
-    load = CasesLoad(students_per_round=900, rounds=2)
+    load = CasesLoad(students_per_round=500, rounds=2)
     instances = await _start(system, "cases", 3)
     conn = await system.db("cases")
     try:
@@ -116,17 +118,17 @@ async def test_three_cases_instances_one_killed_mid_load_lose_nothing_and_open_e
         await produce(kafka, load.seed(0) + load.seed(1))
 
         async def seeded():
-            return await load.seeded(conn) == 1800
+            return await load.seeded(conn) == 1000
 
-        await eventually(seeded, 90, interval=0.5, what="the students")
+        await eventually(seeded, 180, interval=0.5, what="the students")
         async with GroupWatch(kafka, CASES_GROUP, CASE_TRIGGERS) as group:
             await eventually(lambda: group.settled_with(3), 60, what="three members sharing the partitions")
             await produce(kafka, load.round(0))
 
             async def under_way():
-                return await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CASES_GROUP) >= 150
+                return await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CASES_GROUP) >= 100
 
-            await eventually(under_way, 90, what="the load to be under way")
+            await eventually(under_way, 180, what="the load to be under way")
             before = await eventually(lambda: group.settled_with(3), 30, what="three members")
             committed_at_kill = await group.committed()
             await _kill_the_relay_leader(instances)
@@ -135,9 +137,9 @@ async def test_three_cases_instances_one_killed_mid_load_lose_nothing_and_open_e
             await _took_over(group, before, committed_at_kill)
 
         async def all_published():
-            return await load.holds(conn) >= 1800 and await conn.fetchval("SELECT count(*) FROM outbox") == 0
+            return await load.holds(conn) >= 1000 and await conn.fetchval("SELECT count(*) FROM outbox") == 0
 
-        await eventually(all_published, 120, interval=0.5, what="every case, published")
+        await eventually(all_published, 180, interval=0.5, what="every case, published")
         verdict = await load.verdict(conn, kafka, [0, 1])
         assert verdict.exact, str(verdict)
     finally:
