@@ -90,8 +90,8 @@ class Stack:
             **{f"CASEFLOW_{service.upper()}_DATABASE_URL": self.database_url(service)},
             CASEFLOW_CONSUMER_BATCH_SIZE="500",
             PYTHONPATH=str(ROOT),
-            **extra,
         )
+        env.update(extra)  # may override the defaults above (a bench's batch size)
         return env
 
     async def prepare(self, *services: str) -> None:

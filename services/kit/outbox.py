@@ -50,6 +50,27 @@ log = logs.get("caseflow.outbox")
 
 _RELAY_LOCK = 7_461_002
 
+# The leader's lock lasts as long as its connection. A leader that dies with its machine (a
+# lost node or network, not a killed process, whose socket the kernel closes) sends nothing
+# more: PostgreSQL would keep the lock on the silent connection until the OS's keepalive
+# gives up (over two hours by default), and no standby could lead meanwhile. So the server
+# probes this connection after 10 s of silence and drops it after 3 unanswered probes 5 s
+# apart (~25 s). The leader queries it every poll interval, so a live one is never silent.
+LEADERSHIP_KEEPALIVES = {"tcp_keepalives_idle": 10, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 3}
+
+
+async def leadership_connection(dsn: str) -> asyncpg.Connection:
+    """A dedicated connection for the relay's advisory lock, dropped by the server soon
+    after its client goes silent (set with SET: a proxy may refuse startup parameters)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for name, value in LEADERSHIP_KEEPALIVES.items():
+            await conn.execute(f"SET {name} = {int(value)}")
+    except BaseException:
+        await _quietly(conn.close())
+        raise
+    return conn
+
 # What the broker answers about the records themselves, for good: resending cannot help.
 # A batch refused with one of these is resent a record at a time, to find the refused ones.
 # Every other failure (aiokafka's retriable errors, timeouts, a lost connection, a fenced
@@ -190,7 +211,7 @@ class OutboxRelay:
         while True:
             lock_conn = None
             try:
-                lock_conn = await asyncpg.connect(self._dsn)
+                lock_conn = await leadership_connection(self._dsn)
                 while not await lock_conn.fetchval("SELECT pg_try_advisory_lock($1)", _RELAY_LOCK):
                     self._on_pass()
                     await asyncio.sleep(2.0)  # another instance leads; stand by

@@ -237,3 +237,17 @@ async def test_metrics_show_how_long_the_oldest_unsent_event_has_waited_while_th
         assert len(await system.records(STUDENTS, key=key)) == 1
     finally:
         await other_instance.close()
+
+
+async def test_the_relay_leaders_lock_connection_is_dropped_by_the_server_soon_after_its_client_goes_silent(
+        postgres_url: str):
+    """A leader lost with its machine closes no socket: PostgreSQL must find its connection
+    dead by itself (TCP keepalives, ~25 s) to free the lock for a standby, not in the OS's
+    two hours. Checked on the server's side of the connection the relay leads with."""
+    conn = await outbox.leadership_connection(postgres_url)
+    try:
+        for name, value in outbox.LEADERSHIP_KEEPALIVES.items():
+            assert int(await conn.fetchval(f"SHOW {name}")) == value, name
+        assert await conn.fetchval("SELECT inet_server_addr() IS NOT NULL")  # over TCP, where keepalives apply
+    finally:
+        await conn.close()
