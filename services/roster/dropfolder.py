@@ -167,9 +167,15 @@ def _write_report(package: Path, result: ImportResult) -> None:
         "warnings": result.warning_count, "held_because": result.holds if result.status == "held" else [],
     }
     stem = package.name.removesuffix(".zip")
-    (package.parent / f"{stem}.report.json").write_text(json.dumps(report, indent=2) + "\n")
-    with open(package.parent / f"{stem}.problems.csv", "w", newline="") as f:
+    # Each written beside as a hidden file, then renamed into place: whoever watches the
+    # folder sees the problems and then the report, each whole. The report comes last.
+    problems = package.parent / f".{stem}.problems.csv.part"
+    with open(problems, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["severity", "file", "line", "sourcedId", "column", "value", "reason"])
         for p in result.problems:
             w.writerow([p.severity, p.file, p.line, p.source_id, p.column, p.value, p.reason])
+    problems.replace(package.parent / f"{stem}.problems.csv")
+    written = package.parent / f".{stem}.report.json.part"
+    written.write_text(json.dumps(report, indent=2) + "\n")
+    written.replace(package.parent / f"{stem}.report.json")
