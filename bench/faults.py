@@ -712,7 +712,7 @@ class Oracle:
     async def judge(self, options: Options, faults: list[Fault], settled: bool, seconds: float) -> Report:
         w = self.world
         checks = []
-        roster, caseload, cases = (await self.stack.db(s) for s in CONSUMING)
+        roster, caseload, cases = [await self.stack.db(s) for s in CONSUMING]
         try:
             # Every good event reached its consumer's inbox, once.
             inboxes = {}
