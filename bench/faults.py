@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import random
 import shutil
@@ -384,6 +385,7 @@ class Postgres:
 class Fault:
     kind: str  # "kill <service>", "broker restart", "postgres restart"
     injected_at: float = 0.0
+    back_after: float = 0.0  # seconds until the process, broker or server was started again
     recovery: float | None = None  # seconds; None: did not recover in time
 
 
@@ -579,6 +581,7 @@ class Run:
             service.proc.kill()  # SIGKILL
             service.proc.wait()
             service.start()
+            fault.back_after = time.monotonic() - fault.injected_at
         elif fault.kind == "broker restart":
             touched = list(SERVICES)
             async with self.publishing:  # an outside producer waits for the broker
@@ -586,6 +589,7 @@ class Run:
                 fault.injected_at = time.monotonic()
                 await asyncio.to_thread(self.broker.stop)
                 await asyncio.to_thread(self.broker.start)
+                fault.back_after = time.monotonic() - fault.injected_at
         else:
             touched = list(SERVICES)
             before = await self._committed(CONSUMING)
@@ -593,6 +597,7 @@ class Run:
             await asyncio.to_thread(self.postgres.stop)
             await asyncio.sleep(self.rng.uniform(0.5, 2.0))  # down a moment, as a failover would be
             await asyncio.to_thread(self.postgres.start)
+            fault.back_after = time.monotonic() - fault.injected_at
         fault.recovery = await self._recovered(touched, before, fault.injected_at)
 
     async def _recovered(self, touched: list[str], before: dict, since: float) -> float | None:
@@ -847,7 +852,8 @@ def table(report: Report) -> str:
              f"  roster file             {w.file_rows['students']:>8,}  students, {w.file_rows['teachers']} homeroom "
              "teachers, one package",
              "",
-             f"  {'fault':<28}{'injected':>9}{'recovered':>10}{'p50 s':>8}{'max s':>8}"]
+             f"  {'fault':<28}{'injected':>9}{'recovered':>10}{'p50 s':>8}{'max s':>8}"
+             f"{'  (of which restarting it: p50':>32}{'max)':>6}"]
     kinds = defaultdict(list)
     for f in report.faults:
         kinds[f.kind].append(f)
@@ -855,7 +861,9 @@ def table(report: Report) -> str:
         times = [f.recovery for f in kinds[kind] if f.recovery is not None]
         p50 = f"{statistics.median(times):.1f}" if times else "-"
         top = f"{max(times):.1f}" if times else "-"
-        lines.append(f"  {kind:<28}{len(kinds[kind]):>9}{len(times):>10}{p50:>8}{top:>8}")
+        back = [f.back_after for f in kinds[kind]]
+        lines.append(f"  {kind:<28}{len(kinds[kind]):>9}{len(times):>10}{p50:>8}{top:>8}"
+                     f"{statistics.median(back):>32.1f}{max(back):>6.1f}")
     every = [f.recovery for f in report.faults if f.recovery is not None]
     if every:
         lines.append(f"  {'every fault':<28}{len(report.faults):>9}{len(every):>10}"
@@ -909,6 +917,7 @@ def main() -> None:
     parser.add_argument("--log-level", default=d.log_level, help="the services' log level")
     args = parser.parse_args()
     options = Options(**{k: v for k, v in vars(args).items()})
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the driver's own reconnects during a restart
     report = asyncio.run(run(options))
     print(table(report))
     ok = report.lost == 0 and report.duplicated == 0 and report.unexpected == 0 and report.dead_letters_match \
