@@ -575,7 +575,7 @@ class Run:
         if fault.kind.startswith("kill "):
             name = fault.kind.removeprefix("kill ")
             touched = [name]
-            before = await self._committed([name])
+            before = await self._committed_before([name])
             service = self.services[name]
             fault.injected_at = time.monotonic()
             service.proc.kill()  # SIGKILL
@@ -585,14 +585,14 @@ class Run:
         elif fault.kind == "broker restart":
             touched = list(SERVICES)
             async with self.publishing:  # an outside producer waits for the broker
-                before = await self._committed(CONSUMING)
+                before = await self._committed_before(CONSUMING)
                 fault.injected_at = time.monotonic()
                 await asyncio.to_thread(self.broker.stop)
                 await asyncio.to_thread(self.broker.start)
                 fault.back_after = time.monotonic() - fault.injected_at
         else:
             touched = list(SERVICES)
-            before = await self._committed(CONSUMING)
+            before = await self._committed_before(CONSUMING)
             fault.injected_at = time.monotonic()
             await asyncio.to_thread(self.postgres.stop)
             await asyncio.sleep(self.rng.uniform(0.5, 2.0))  # down a moment, as a failover would be
@@ -624,6 +624,15 @@ class Run:
                 except httpx.HTTPError:
                     return False
         return True
+
+    async def _committed_before(self, names) -> dict[str, dict]:
+        """The groups' offsets as a fault begins; the broker may be slow to answer just then."""
+        for _ in range(60):
+            try:
+                return await self._committed(names)
+            except Exception:  # noqa: BLE001 - e.g. no group coordinator yet: ask again
+                await asyncio.sleep(1.0)
+        return await self._committed(names)
 
     async def _committed(self, names) -> dict[str, dict]:
         """Each consumer group of these services: {group: {partition: committed offset}}."""
