@@ -25,6 +25,7 @@ from services.kit.consumer import UnitOfWork
 
 
 async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | StudentUpdated | StudentWithdrawn]) -> None:
+    await store.lock_sources(uow.conn, {(e.district_id, e.source_id) for e in events if e.source_id})
     held = await store.held_students(uow.conn, (e.student_id for e in events))
     latest = domain.latest_students(events, held)
     await store.project_students(uow.conn, latest)
@@ -79,11 +80,13 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
+    await store.lock_sources(uow.conn, {(e.district_id, e.student_source_id) for e in events})
     await store.record_mandates(uow.conn, events)
     await _refresh_by_source(uow, events, apply_waiting=True)
 
 
 async def on_mandates_ended(uow: UnitOfWork, events: list[MandateEnded]) -> None:
+    await store.lock_sources(uow.conn, {(e.district_id, e.student_source_id) for e in events})
     await store.end_mandates(uow.conn, events)
     await _refresh_by_source(uow, events)
 
@@ -97,6 +100,7 @@ async def on_first_attendances(uow: UnitOfWork, events: list[FirstAttendanceReco
     events = [e.model_copy(update={"provider_email": domain.login_email(e.provider_email)}) for e in events]
     if any(e.provider_email is None for e in events):
         raise ValueError("a first attendance names no provider: its provider_email is blank")
+    await store.lock_sources(uow.conn, {(e.district_id, e.student_source_id) for e in events})
     await store.record_first_attendances(uow.conn, events)
     await _refresh_by_source(uow, events, apply_waiting=True)
 

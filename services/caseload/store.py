@@ -134,7 +134,18 @@ async def students_taught_by(conn: asyncpg.Connection, staff_ids: Iterable[UUID]
     return {r[0] for r in rows}
 
 
-_STUDENT_LOCKS, _CLASS_LIST_LOCKS = 1, 2  # advisory lock namespaces of this service
+_STUDENT_LOCKS, _CLASS_LIST_LOCKS, _SOURCE_LOCKS = 1, 2, 3  # advisory lock namespaces of this service
+
+
+async def lock_sources(conn: asyncpg.Connection, students: Iterable[tuple[str, str]]) -> None:
+    """A first attendance waits for its student, its mandate and its provider's
+    authorisation, which arrive on two topics handled concurrently: a first attendance (or
+    a mandate) and the student's enrolment committing at once, unseen by each other, would
+    each leave the first attendance pending for good. So every path that records a
+    student, a mandate or a first attendance takes turns per (district, SIS id), which all
+    of them know (the student's id is unknown until the roster's event): whoever commits
+    second sees the first. 1,024 locks, taken in one order (a deadlock is retried)."""
+    await db.lock_until_commit(conn, _SOURCE_LOCKS, students, buckets=1024)
 
 
 async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID]) -> None:
