@@ -32,9 +32,19 @@ SECRET = "test-secret-" + "x" * 32
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, below Linux's ephemeral range (32768-60999): a port the
+    kernel handed out could be taken by any client's connection before a service binds it."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port between 20000 and 32000")
 
 
 def token(district: str, roles: list[str], schools: list[str] | None = None, ttl: int = 600, secret: str = SECRET) -> str:
