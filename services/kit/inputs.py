@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
 from contracts.envelope import out_of_range, unstorable
 
@@ -30,6 +30,19 @@ def _in_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _iso_8601(value: Any) -> Any:
+    """A time is written as ISO 8601 text, never a number of seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a time is written as ISO 8601 text with its UTC offset, e.g. 2026-09-01T08:00:00-04:00")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not a time: write it as ISO 8601 with its UTC offset, e.g. 2026-09-01T08:00:00-04:00") \
+            from None
+
+
 def text(max_length: int, *, min_length: int = 0, pattern: str | None = None, description: str | None = None) -> Any:
     """A text of at most `max_length` characters that PostgreSQL can store."""
     return Annotated[str, Field(min_length=min_length, max_length=max_length, pattern=pattern,
@@ -47,7 +60,7 @@ Email = text(320, min_length=3, pattern=r"^[^@\s]+@[^@\s]+$")
 
 # A time with its UTC offset (08:00 where?), read as UTC; 422 when it names no offset or
 # falls outside the calendar once in UTC.
-Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+Moment = Annotated[AwareDatetime, BeforeValidator(_iso_8601), AfterValidator(_in_utc)]
 
 
 def cursor(*, minimum: int = 0, maximum: int = INT8, description: str = "the last item's position, "
