@@ -198,7 +198,7 @@ async def caseloads_with_student(request: Request, caller: Caller, student_id: U
 class PointPersonTypeIn(BaseModel):
     type: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
     label: text(80, min_length=1)
-    levels: list[text(3, min_length=1)] = Field(min_length=1, max_length=4,
+    levels: list[text(40, min_length=1)] = Field(min_length=1, max_length=10,
                                                 description="School levels: ES, MS, HS (EMS = ES and MS)")
 
 
