@@ -49,9 +49,7 @@ EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 8}
 async def services(system: Stack):
     names = ("roster", "caseload", "cases", "transfers", "notify")
     await system.prepare(*names)
-    running = {name: system.service(name).start() for name in names}
-    for service in running.values():
-        await service.ready()
+    running = {name: await system.service(name).start().ready() for name in names}  # one after the other
     await system.publish(SisStudentEnrolled(district_id=DISTRICT, source_id="S-1", school_id=SCHOOL, grade="10",
                                             given_name="Ana", family_name="Reyes"))
 
