@@ -12,6 +12,40 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def unstorable(text: str) -> str | None:
+    """Why a text cannot be stored or sent as UTF-8 text (PostgreSQL's text refuses NUL; a
+    lone surrogate is no Unicode character), or None when it can."""
+    if "\x00" in text:
+        return "holds a NUL character (\\u0000), which cannot be stored"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "holds a lone surrogate (\\ud800-\\udfff), which is no character"
+    return None
+
+
+def out_of_range(moment: datetime) -> str | None:
+    """Why a time cannot be stored (its UTC time falls outside years 1 to 9999), or None."""
+    try:
+        moment.astimezone(UTC) if moment.tzinfo is not None else moment
+    except OverflowError:
+        return "is out of range: in UTC it falls before year 1 or after year 9999"
+    return None
+
+
+def _refusal(value) -> str | None:
+    if isinstance(value, str):
+        return unstorable(value)
+    if isinstance(value, datetime):
+        return out_of_range(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return next((r for r in map(_refusal, value) if r), None)
+    if isinstance(value, dict):
+        return next((r for r in map(_refusal, [*value.keys(), *value.values()]) if r), None)
+    return None
+
+
 class Event(BaseModel):
     """Base of every event.
 
@@ -31,7 +65,20 @@ class Event(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
+        if problem := out_of_range(value):
+            raise ValueError(problem)
         return value.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _storable(self):
+        """Every event's text and times are what its consumers can store: no NUL, no lone
+        surrogate, no time outside the calendar once in UTC. An event that breaks this is
+        refused where it is made (an HTTP request answers 422) or dead-lettered where it
+        arrives, never accepted and then lost in a consumer's database."""
+        for name, value in self.__dict__.items():
+            if problem := _refusal(value):
+                raise ValueError(f"{name} {problem}")
+        return self
 
 
 class FromOutside(Event):

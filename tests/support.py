@@ -286,8 +286,10 @@ class ServiceProcess:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
                 async with httpx.AsyncClient() as client:
-                    return (await client.get(self.url + "/readyz", timeout=2)).status_code == 200
-            except httpx.HTTPError:
+                    answer = await client.get(self.url + "/readyz", timeout=2)
+                    # This very process: another one answering on a reused port is not it.
+                    return answer.status_code == 200 and answer.json().get("pid") == self.proc.pid
+            except (httpx.HTTPError, ValueError):
                 return False
 
         await eventually(check, timeout, what=f"{self.name} ready")

@@ -9,22 +9,35 @@ when a student breaks a rule (a batch lists every student refused and applies no
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from services.caseload import actions, domain, handlers, store
 from services.caseload.domain import Refused
 from services.kit.auth import Caller, Identity, not_found
+from services.kit.http import correlation_id
+from services.kit.inputs import INT8, Email, EmailText, Key, Moment, text
 
 router = APIRouter(prefix="/v1", tags=["caseload"])
 
 Page = Annotated[int, Query(ge=1, le=500, description="page size")]
-Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
+Service = text(100, min_length=1, description="the mandated service, e.g. speech")
+
+
+def _change_position(value: str) -> tuple[int, int]:
+    """A change feed position, `<transaction>.<sequence>` as `next_after` gave it."""
+    position = tuple(int(p) for p in value.split("."))
+    if any(p > INT8 for p in position):
+        raise ValueError("is not a position the change feed gave: pass next_after back as it came")
+    return position
+
+
+ChangePosition = Annotated[str, Query(pattern=r"^\d{1,20}\.\d{1,20}$", description="next_after of the page before"),
+                           AfterValidator(_change_position)]
 
 # Rules a caller's role breaks (403); the others are about the student (422).
 _ROLE_RULES = {"viewer_cannot_act", "not_on_your_caseload", "not_a_supervisor", "not_a_provider",
@@ -79,7 +92,7 @@ async def _act(request: Request, identity: Identity, action: actions.Action, stu
     caller = _caller(identity)
     try:
         changes = await actions.run(request.app.state.runtime, caller, identity.district_id, action, student_ids,
-                                    correlation_id=request.headers.get("x-request-id") or str(uuid.uuid4()))
+                                    correlation_id=correlation_id(request) or str(uuid.uuid4()))
     except Refused as r:
         raise _refusal(r) from None
     except actions.BatchRefused as refused:
@@ -102,16 +115,16 @@ async def _act(request: Request, identity: Identity, action: actions.Action, stu
 
 
 @router.get("/caseloads/me")
-async def my_caseload(request: Request, caller: Caller, school_id: str | None = None, grade: str | None = None,
-                      reason: str | None = None, after: UUID | None = None, limit: Page = 100) -> Response:
+async def my_caseload(request: Request, caller: Caller, school_id: Key | None = None, grade: Key | None = None,
+                      reason: Key | None = None, after: UUID | None = None, limit: Page = 100) -> Response:
     """The caller's caseload, each student with why they are on it and since when."""
     _may_read(caller)
     return await _caseload(request, caller, _caller(caller).email, school_id, grade, reason, after, limit)
 
 
 @router.get("/caseloads/{owner_email}")
-async def caseload_of(request: Request, caller: Caller, owner_email: str, school_id: str | None = None,
-                      grade: str | None = None, reason: str | None = None, after: UUID | None = None,
+async def caseload_of(request: Request, caller: Caller, owner_email: EmailText, school_id: Key | None = None,
+                      grade: Key | None = None, reason: Key | None = None, after: UUID | None = None,
                       limit: Page = 100) -> Response:
     """Another staff member's caseload (admins, and supervisors for providers: only the
     students of the schools they see)."""
@@ -135,14 +148,14 @@ async def _caseload(request, caller: Identity, owner_email, school_id, grade, re
 
 
 @router.get("/caseload-changes")
-async def caseload_changes(request: Request, caller: Caller, since: datetime | None = None,
-                           after: Annotated[str | None, Query(pattern=r"^\d+\.\d+$")] = None,
+async def caseload_changes(request: Request, caller: Caller, since: Moment | None = None,
+                           after: ChangePosition | None = None,
                            limit: Annotated[int, Query(ge=1, le=5000)] = 1000) -> dict:
     """Membership changes, oldest first: start with `since` (a time), then pass `next_after`
     back as `after` to read on. A district admin reads the district's, a school admin their
     schools', everyone else the changes to their own caseload."""
     _may_read(caller)
-    cursor = tuple(int(p) for p in after.split(".")) if after else (0, 0)
+    cursor = after or (0, 0)
     async with request.app.state.pool.acquire() as conn:
         rows = await store.changes(
             conn, district_id=caller.district_id, after=cursor, since=since,
@@ -150,7 +163,7 @@ async def caseload_changes(request: Request, caller: Caller, since: datetime | N
             schools=None if caller.district_wide or "school_admin" not in caller.roles else sorted(caller.schools),
             limit=limit)
     items = [{k: v for k, v in _jsonable(r).items() if k not in ("xid", "seq")} for r in rows]
-    next_after = f"{rows[-1]['xid']}.{rows[-1]['seq']}" if rows else after
+    next_after = f"{rows[-1]['xid']}.{rows[-1]['seq']}" if rows else (f"{after[0]}.{after[1]}" if after else None)
     return {"items": items, "next_after": next_after}
 
 
@@ -184,8 +197,9 @@ async def caseloads_with_student(request: Request, caller: Caller, student_id: U
 
 class PointPersonTypeIn(BaseModel):
     type: str = Field(min_length=1, max_length=40, pattern=r"^[a-z][a-z0-9_]*$")
-    label: str = Field(min_length=1, max_length=80)
-    levels: list[str] = Field(min_length=1, description="School levels: ES, MS, HS (EMS = ES and MS)")
+    label: text(80, min_length=1)
+    levels: list[text(40, min_length=1)] = Field(min_length=1, max_length=10,
+                                                description="School levels: ES, MS, HS (EMS = ES and MS)")
 
 
 @router.get("/point-person-types")
@@ -237,7 +251,7 @@ async def point_persons(request: Request, caller: Caller, student_id: UUID) -> d
 
 
 @router.put("/students/{student_id}/point-persons/{type}")
-async def assign_point_person(request: Request, caller: Caller, student_id: UUID, type: str,
+async def assign_point_person(request: Request, caller: Caller, student_id: UUID, type: Key,
                               body: PointPersonIn) -> dict:
     """Make a staff member the student's point person of this type, replacing the one before."""
     owner = _named(body.owner_email, "point person", writing=True)
@@ -246,7 +260,7 @@ async def assign_point_person(request: Request, caller: Caller, student_id: UUID
 
 
 @router.delete("/students/{student_id}/point-persons/{type}")
-async def remove_point_person(request: Request, caller: Caller, student_id: UUID, type: str) -> dict:
+async def remove_point_person(request: Request, caller: Caller, student_id: UUID, type: Key) -> dict:
     return await _act(request, caller, actions.AssignPointPerson(type, None), [student_id], single=True)
 
 
@@ -254,13 +268,13 @@ async def remove_point_person(request: Request, caller: Caller, student_id: UUID
 
 
 class SupportIn(BaseModel):
-    school_id: str = Field(min_length=1, max_length=128)
-    name: str = Field(min_length=1, max_length=120)
+    school_id: Key
+    name: text(120, min_length=1)
     lead_email: Email
 
 
 class SupportChange(BaseModel):
-    name: str | None = Field(default=None, min_length=1, max_length=120)
+    name: text(120, min_length=1) | None = None
     lead_email: Email | None = None
 
 
@@ -305,7 +319,7 @@ async def create_support(request: Request, caller: Caller, body: SupportIn) -> d
 
 
 @router.get("/supports")
-async def list_supports(request: Request, caller: Caller, school_id: str | None = None) -> dict:
+async def list_supports(request: Request, caller: Caller, school_id: Key | None = None) -> dict:
     _may_read(caller)
     schools = None if caller.district_wide else sorted(caller.schools)
     if school_id is not None:
@@ -372,11 +386,11 @@ class BatchAction(BaseModel):
     action: Literal["assign_point_person", "remove_point_person", "add_to_support", "remove_from_support",
                     "add_to_provider_caseload", "remove_from_provider_caseload"]
     student_ids: list[UUID] = Field(min_length=1, max_length=5000)
-    type: str | None = Field(default=None, description="point person type")
+    type: Key | None = Field(default=None, description="point person type")
     owner_email: Email | None = Field(default=None, description="the point person")
     support_id: UUID | None = None
     provider_email: Email | None = None
-    service: str | None = Field(default=None, description="the mandated service (when the student has several)")
+    service: Service | None = Field(default=None, description="the mandated service (when the student has several)")
 
 
 @router.post("/batch-actions")
@@ -407,17 +421,17 @@ async def batch_action(request: Request, caller: Caller, body: BatchAction) -> d
 
 
 class ProviderSchools(BaseModel):
-    schools: list[str] = Field(default_factory=list, max_length=2000)
+    schools: list[Key] = Field(default_factory=list, max_length=2000)
     district_wide: bool = False
 
 
 class ProviderStudents(BaseModel):
     student_ids: list[UUID] = Field(min_length=1, max_length=5000)
-    service: str | None = None
+    service: Service | None = None
 
 
 @router.get("/providers/{provider_email}")
-async def get_provider(request: Request, caller: Caller, provider_email: str) -> dict:
+async def get_provider(request: Request, caller: Caller, provider_email: EmailText) -> dict:
     """Where a provider is authorised to serve (admins, supervisors, the provider)."""
     email = _named(provider_email, "provider")
     if email != _caller(caller).email and not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
@@ -428,7 +442,7 @@ async def get_provider(request: Request, caller: Caller, provider_email: str) ->
 
 
 @router.put("/providers/{provider_email}")
-async def authorise_provider(request: Request, caller: Caller, provider_email: str, body: ProviderSchools) -> dict:
+async def authorise_provider(request: Request, caller: Caller, provider_email: EmailText, body: ProviderSchools) -> dict:
     """Set the schools a provider may serve (a district admin; a school admin for their
     schools). Links to students of schools no longer authorised end; first attendances
     waiting for this authorisation apply."""
@@ -453,7 +467,7 @@ async def authorise_provider(request: Request, caller: Caller, provider_email: s
 
 
 @router.post("/providers/{provider_email}/students")
-async def add_to_provider_caseload(request: Request, caller: Caller, provider_email: str,
+async def add_to_provider_caseload(request: Request, caller: Caller, provider_email: EmailText,
                                    body: ProviderStudents) -> dict:
     """Seed 001: a supervisor with access to the students and the provider, or the provider
     themself, adds students with a mandate the provider is authorised to serve."""
@@ -462,7 +476,7 @@ async def add_to_provider_caseload(request: Request, caller: Caller, provider_em
 
 
 @router.delete("/providers/{provider_email}/students/{student_id}")
-async def remove_from_provider_caseload(request: Request, caller: Caller, provider_email: str,
+async def remove_from_provider_caseload(request: Request, caller: Caller, provider_email: EmailText,
                                         student_id: UUID) -> dict:
     action = actions.ProviderCaseload(_named(provider_email, "provider", writing=True), None, add=False)
     return await _act(request, caller, action, [student_id], single=True)

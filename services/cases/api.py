@@ -24,11 +24,12 @@ from contracts.cases import (
 )
 from services.cases import domain, store
 from services.kit.auth import Caller, Identity, not_found
+from services.kit.http import checked_event
+from services.kit.inputs import Email, EmailText, Key, Moment, Name, cursor, text
 
 router = APIRouter(prefix="/v1", tags=["cases"])
 
 Page = Annotated[int, Query(ge=1, le=500, description="page size")]
-Email = Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
 TriggerKind = Literal["submit_form", "create_plan", "assign_task", "schedule_meeting", "conduct_plan_review",
                       "submit_file"]
 
@@ -96,12 +97,12 @@ async def _case(conn, caller: Identity, case_id: UUID, lock: bool = False):
 
 
 @router.get("/cases")
-async def search_cases(request: Request, caller: Caller, case_number: str | None = None,
-                       person: Annotated[str | None, Query(description="person of concern: name or SIS id")] = None,
-                       school_id: str | None = None, team_name: str | None = None, team_leader: str | None = None,
-                       case_manager: str | None = None, status_: Annotated[
-                           Literal["open", "closed"] | None, Query(alias="status")] = None,
-                       after: str | None = None, limit: Page = 50) -> dict:
+async def search_cases(request: Request, caller: Caller, case_number: Key | None = None,
+                       person: text(300, min_length=1, description="person of concern: name or SIS id") | None = None,
+                       school_id: Key | None = None, team_name: text(120) | None = None,
+                       team_leader: EmailText | None = None, case_manager: EmailText | None = None,
+                       status_: Annotated[Literal["open", "closed"] | None, Query(alias="status")] = None,
+                       after: Key | None = None, limit: Page = 50) -> dict:
     """Search cases by case number, person of concern, building, team name, team leader or
     case manager, within the caller's schools (district admins: the district)."""
     schools = None if caller.district_wide else sorted(caller.schools)
@@ -122,7 +123,7 @@ async def get_case(request: Request, caller: Caller, case_id: UUID) -> dict:
 
 
 class CaseTeam(BaseModel):
-    team_name: str | None = Field(default=None, max_length=120)
+    team_name: text(120) | None = None
     team_leader: Email | None = None
     case_manager: Email | None = None
 
@@ -148,7 +149,7 @@ async def edit_case(request: Request, caller: Caller, case_id: UUID, body: CaseT
 
 
 class Closing(BaseModel):
-    reason: str = Field(min_length=1, max_length=500)
+    reason: text(500, min_length=1)
 
 
 async def _managed_case(uow, caller: Identity, case_id: UUID):
@@ -172,9 +173,9 @@ async def close_case(request: Request, caller: Caller, case_id: UUID, body: Clos
         await store.add_timeline(uow.conn, [(caller.district_id, row["student_id"], case_id, at, "case_closed",
                                              f"Case {row['case_number']} closed: {body.reason}", caller.email.lower(),
                                              None)])
-        uow.emit(CaseClosed(district_id=caller.district_id, occurred_at=at, case_id=case_id,
-                            case_number=row["case_number"], student_id=row["student_id"], reason=body.reason,
-                            closed_by=caller.email.lower(), producer="caseflow.cases"))
+        uow.emit(checked_event(CaseClosed, district_id=caller.district_id, occurred_at=at, case_id=case_id,
+                               case_number=row["case_number"], student_id=row["student_id"], reason=body.reason,
+                               closed_by=caller.email.lower(), producer="caseflow.cases"))
     return await get_case(request, caller, case_id)
 
 
@@ -201,7 +202,7 @@ async def reopen_case(request: Request, caller: Caller, case_id: UUID) -> dict:
 
 
 class NoteIn(BaseModel):
-    body: str = Field(min_length=1, max_length=10_000)
+    body: text(10_000, min_length=1)
 
 
 @router.post("/cases/{case_id}/notes", status_code=status.HTTP_201_CREATED)
@@ -232,15 +233,15 @@ async def _note(uow, caller: Identity, student_id: UUID, case_id: UUID | None, t
 
 class TaskIn(BaseModel):
     student_id: UUID
-    title: str = Field(min_length=1, max_length=300)
+    title: Name
     assignee_email: Email
     due_date: date | None = None
 
 
 class MeetingIn(BaseModel):
     student_id: UUID
-    title: str = Field(min_length=1, max_length=300)
-    scheduled_for: datetime
+    title: Name
+    scheduled_for: Moment = Field(description="when the meeting is, with its UTC offset")
 
 
 async def _managed_student(uow, caller: Identity, student_id: UUID):
@@ -262,10 +263,10 @@ async def assign_task(request: Request, caller: Caller, body: TaskIn) -> dict:
         open_case = (await store.open_cases(uow.conn, [s["student_id"]])).get(s["student_id"])
         await store.upsert_tasks(uow.conn, [(task_id, caller.district_id, s["student_id"], open_case, body.title,
                                              body.assignee_email.lower(), body.due_date, caller.email.lower(), at)])
-        uow.emit(TaskAssigned(district_id=caller.district_id, occurred_at=at, student_source_id=s["source_id"],
-                              actor_email=caller.email.lower(), task_id=task_id, title=body.title,
-                              assignee_email=body.assignee_email.lower(), due_date=body.due_date,
-                              producer="caseflow.cases"))
+        uow.emit(checked_event(TaskAssigned, district_id=caller.district_id, occurred_at=at,
+                               student_source_id=s["source_id"], actor_email=caller.email.lower(), task_id=task_id,
+                               title=body.title, assignee_email=body.assignee_email.lower(), due_date=body.due_date,
+                               producer="caseflow.cases"))
     return {"task_id": str(task_id), "case_id": str(open_case) if open_case else None}
 
 
@@ -335,10 +336,10 @@ async def schedule_meeting(request: Request, caller: Caller, body: MeetingIn) ->
     at, meeting_id = _now(), uuid.uuid4()
     async with request.app.state.runtime.unit_of_work() as uow:
         s = await _managed_student(uow, caller, body.student_id)
-        uow.emit(StudentMeetingScheduled(district_id=caller.district_id, occurred_at=at,
-                                         student_source_id=s["source_id"], actor_email=caller.email.lower(),
-                                         meeting_id=str(meeting_id), title=body.title,
-                                         scheduled_for=body.scheduled_for, producer="caseflow.cases"))
+        uow.emit(checked_event(StudentMeetingScheduled, district_id=caller.district_id, occurred_at=at,
+                               student_source_id=s["source_id"], actor_email=caller.email.lower(),
+                               meeting_id=str(meeting_id), title=body.title, scheduled_for=body.scheduled_for,
+                               producer="caseflow.cases"))
     return {"meeting_id": str(meeting_id)}
 
 
@@ -346,7 +347,7 @@ async def schedule_meeting(request: Request, caller: Caller, body: MeetingIn) ->
 
 
 @router.get("/students/{student_id}/timeline")
-async def student_timeline(request: Request, caller: Caller, student_id: UUID, after: int = 0,
+async def student_timeline(request: Request, caller: Caller, student_id: UUID, after: cursor() = 0,
                            limit: Page = 200) -> dict:
     """Every trigger, task event, note, meeting and status change for the student, in order."""
     async with request.app.state.pool.acquire() as conn:
@@ -361,7 +362,7 @@ async def student_timeline(request: Request, caller: Caller, student_id: UUID, a
 
 
 @router.get("/dashboard")
-async def dashboard(request: Request, caller: Caller, school_id: str | None = None) -> dict:
+async def dashboard(request: Request, caller: Caller, school_id: Key | None = None) -> dict:
     """Open cases by school, team, team leader and case manager; overdue tasks; cases
     opened by trigger kind and week."""
     schools = None if caller.district_wide else sorted(caller.schools)

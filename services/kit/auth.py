@@ -11,6 +11,7 @@ from typing import Annotated
 import jwt
 from fastapi import Depends, HTTPException, Request, status
 
+from contracts.envelope import unstorable
 from services.kit.settings import AuthSettings
 
 ROLES = frozenset(
@@ -60,12 +61,27 @@ class TokenVerifier:
         unknown = roles - ROLES
         if unknown:
             raise jwt.InvalidTokenError(f"unknown roles: {sorted(unknown)}")
-        return Identity(
-            email=claims.get("email") or claims["sub"],
+        identity = Identity(
+            email=str(claims.get("email") or claims["sub"]),
             district_id=str(claims["district_id"]),
             schools=frozenset(str(s) for s in claims.get("schools", [])),
             roles=roles,
         )
+        _check_claims(identity)
+        return identity
+
+
+def _check_claims(identity: Identity) -> None:
+    """Claims are stored and sent in events like any input: text a database holds, of the
+    lengths the events allow (a district id of 1 to 64 characters, an email up to 320, a
+    school id of 1 to 128)."""
+    claims = [("district_id", identity.district_id, 64), ("email", identity.email, 320)]
+    claims += [("schools", school, 128) for school in identity.schools]
+    for name, value, longest in claims:
+        if not value or len(value) > longest:
+            raise jwt.InvalidTokenError(f"the {name} claim must have 1 to {longest} characters")
+        if problem := unstorable(value):
+            raise jwt.InvalidTokenError(f"the {name} claim {problem}")
 
 
 def mint(secret: str, *, email: str, district_id: str, schools: list[str], roles: list[str],

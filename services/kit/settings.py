@@ -73,6 +73,9 @@ class Settings(BaseModel):
     auth: AuthSettings
     http_host: str = "127.0.0.1"
     http_port: int
+    # The largest request body a route takes (JSON): larger answers 413. Uploads (the
+    # roster's packages) have their own limit.
+    http_max_body_bytes: int = 1_048_576
     consumer_batch_size: int = 2000
     inbox_retention_days: int = 14
     log_level: str = "INFO"
@@ -115,6 +118,7 @@ def load(service: str, env: dict[str, str] | None = None) -> Settings:
         auth=auth,
         http_host=get("HTTP_HOST", "127.0.0.1"),
         http_port=int(get("HTTP_PORT", str(DEFAULT_PORTS[service]))),
+        http_max_body_bytes=int(get("HTTP_MAX_BODY_BYTES", "1048576")),
         consumer_batch_size=int(get("CONSUMER_BATCH_SIZE", "2000")),
         inbox_retention_days=int(get("INBOX_RETENTION_DAYS", "14")),
         log_level=get("LOG_LEVEL", "INFO"),

@@ -8,7 +8,7 @@ import csv
 import io
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse, Response
 
 from services.kit import logs
 from services.kit.auth import Caller, Identity, not_found
+from services.kit.http import allow_body
+from services.kit.inputs import INT4, Key, cursor
 from services.roster import dropfolder, store
 from services.roster.importer import ImportOptions, check_package, district_org_refusal, run_import
 from services.roster.oneroster import PackageRejected
@@ -25,6 +27,7 @@ log = logs.get("caseflow.roster.api")
 
 READERS = {"district_admin", "school_admin"}
 Page = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Entity = Literal["students", "staff", "classes"]
 
 
 def _reader_scope(caller: Identity) -> list[str] | None:
@@ -52,7 +55,7 @@ def _jsonable(row) -> dict:
 
 
 @router.get("/students")
-async def list_students(request: Request, caller: Caller, school_id: str | None = None,
+async def list_students(request: Request, caller: Caller, school_id: Key | None = None,
                         include_withdrawn: bool = False, after: UUID | None = None, limit: Page = 100) -> dict:
     """Students of the caller's district (or their schools), by student id, a page at a time."""
     schools = _reader_scope(caller)
@@ -73,7 +76,7 @@ async def get_student(request: Request, caller: Caller, student_id: UUID) -> dic
 
 
 @router.get("/staff")
-async def list_staff(request: Request, caller: Caller, school_id: str | None = None, after: UUID | None = None,
+async def list_staff(request: Request, caller: Caller, school_id: Key | None = None, after: UUID | None = None,
                      limit: Page = 100) -> dict:
     schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
@@ -83,7 +86,7 @@ async def list_staff(request: Request, caller: Caller, school_id: str | None = N
 
 
 @router.get("/classes")
-async def list_classes(request: Request, caller: Caller, school_id: str | None = None, after: UUID | None = None,
+async def list_classes(request: Request, caller: Caller, school_id: Key | None = None, after: UUID | None = None,
                        limit: Page = 100) -> dict:
     schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
@@ -93,9 +96,9 @@ async def list_classes(request: Request, caller: Caller, school_id: str | None =
 
 
 @router.get("/enrollments")
-async def list_enrollments(request: Request, caller: Caller, school_id: str | None = None,
-                           class_source_id: str | None = None, user_source_id: str | None = None,
-                           after: str | None = None, limit: Page = 100) -> dict:
+async def list_enrollments(request: Request, caller: Caller, school_id: Key | None = None,
+                           class_source_id: Key | None = None, user_source_id: Key | None = None,
+                           after: Key | None = None, limit: Page = 100) -> dict:
     """Enrolment records by sourcedId (students and staff in classes), with the dates each
     counts and whether it counts today; `after` is the last item's `cursor`."""
     schools = _reader_scope(caller)
@@ -108,13 +111,11 @@ async def list_enrollments(request: Request, caller: Caller, school_id: str | No
 
 
 @router.get("/reconcile/{entity}/{source_id}")
-async def reconcile(request: Request, caller: Caller, entity: str, source_id: str) -> dict:
+async def reconcile(request: Request, caller: Caller, entity: Entity, source_id: Key) -> dict:
     """What the latest file said about a student, staff member or class (also when the row
     was rejected, with why), beside what the roster holds, so "the file is right but the
     system is wrong" is settled in a minute."""
     kinds = {"students": "student", "staff": "staff", "classes": "class"}
-    if entity not in kinds:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "reconciliation covers students, staff and classes")
     schools = _reader_scope(caller)
     async with request.app.state.pool.acquire() as conn:
         file_row, held = await store.reconciliation(conn, district_id=caller.district_id, entity=kinds[entity],
@@ -148,7 +149,9 @@ def _same(said, held) -> bool:
 # ---------------------------------------------------------------------------- imports
 
 
-@router.post("/imports", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/imports", status_code=status.HTTP_202_ACCEPTED, openapi_extra={"requestBody": {
+    "required": True, "description": "The OneRoster package: a .zip of its CSV files, manifest.csv among them.",
+    "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload_import(request: Request, caller: Caller, dry_run: bool = False,
                         confirm_district: bool = False) -> JSONResponse:
     """Upload a OneRoster package as a .zip (body: application/zip). A package that cannot
@@ -162,15 +165,18 @@ async def upload_import(request: Request, caller: Caller, dry_run: bool = False,
     path = options.packages / caller.district_id / f"{import_id}.zip"
     path.parent.mkdir(parents=True, exist_ok=True)
     size = 0
-    with open(path, "wb") as f:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > options.max_upload_bytes:
-                f.close()
-                path.unlink(missing_ok=True)
-                raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-                                    f"the package is larger than {options.max_upload_bytes:,} bytes")
-            f.write(chunk)
+    allow_body(request, options.max_upload_bytes)
+    try:
+        with open(path, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > options.max_upload_bytes:
+                    raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                                        f"the package is larger than {options.max_upload_bytes:,} bytes")
+                f.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     if size == 0:
         path.unlink(missing_ok=True)
         raise HTTPException(status.HTTP_400_BAD_REQUEST, "empty body: send the package as a .zip (application/zip)")
@@ -210,8 +216,9 @@ async def get_import(request: Request, caller: Caller, import_id: UUID) -> dict:
 
 
 @router.get("/imports/{import_id}/problems", response_model=None)
-async def import_problems(request: Request, caller: Caller, import_id: UUID, format: str = "json",
-                          after: int = -1, limit: Annotated[int, Query(ge=1, le=100_000)] = 1000):
+async def import_problems(request: Request, caller: Caller, import_id: UUID, format: Literal["json", "csv"] = "json",
+                          after: cursor(minimum=-1, maximum=INT4) = -1,
+                          limit: Annotated[int, Query(ge=1, le=100_000)] = 1000):
     """The import's row problems: file, line, sourcedId, column, value, reason (JSON, or format=csv)."""
     _require_district_admin(caller)
     async with request.app.state.pool.acquire() as conn:

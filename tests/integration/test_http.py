@@ -3,6 +3,8 @@ and schools; another district's student answers 404."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -106,6 +108,22 @@ async def test_health_readiness_metrics_and_asyncapi_are_served(roster):
     assert {service.stack.topic("sis.students.v1"), service.stack.topic("roster.students.v1")} <= channels
     payloads = [m["payload"] for m in spec["components"]["messages"].values()]
     assert any("source_id" in str(p) for p in payloads)
+
+
+async def test_the_api_docs_work_offline_and_document_the_package_upload(roster):
+    """Issue 10: /docs loaded Swagger UI from a CDN (blank without internet), and
+    POST /v1/imports showed no request body."""
+    service, _ = roster
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        for page in ("/docs", "/redoc"):
+            html = (await client.get(page)).text
+            scripts = re.findall(r'src="([^"]+)"', html)
+            assert scripts and all(src.startswith("/docs-assets/") for src in scripts), scripts
+            for src in scripts:
+                asset = await client.get(src)
+                assert asset.status_code == 200 and len(asset.content) > 100_000
+        upload = (await client.get("/openapi.json")).json()["paths"]["/v1/imports"]["post"]["requestBody"]
+    assert upload["required"] and upload["content"]["application/zip"]["schema"]["format"] == "binary"
 
 
 async def test_no_student_name_reaches_the_logs(roster):
