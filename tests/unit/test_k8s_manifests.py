@@ -25,7 +25,7 @@ from contracts.topics import TOPICS
 from services import cli
 from services.kit import settings
 from services.kit.http import build_app
-from services.kit.settings import SERVICES
+from services.kit.settings import SERVICES, load
 from services.kit.topics import registry_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -333,7 +333,8 @@ def test_each_service_listens_on_its_port_on_all_interfaces(service):
 
 def routes(service: str) -> set[str]:
     """The paths a service's HTTP app serves, built as the runtime builds it (not started)."""
-    runtime = SimpleNamespace(name=service, verifier=None, pool=None)
+    runtime = SimpleNamespace(name=service, verifier=None, pool=None,
+                              settings=load(service, {"CASEFLOW_JWT_SECRET": "x" * 40}))
     app = build_app(runtime, definition(service).routers)
     return {route.path for route in app.routes if hasattr(route, "path")}
 
