@@ -69,7 +69,6 @@ from collections import Counter, defaultdict, deque
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -79,6 +78,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from backends import backends as shared_backends, dsn_for  # noqa: E402
 
 from roster_import import packages, publish_all  # noqa: E402
 
@@ -113,24 +113,8 @@ QUERY_TEACHER = "q150.teacher@bench.example.org"
 
 
 def backends(stack: ExitStack) -> tuple[str, str]:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka:
-        out = subprocess.run([ROOT / "deploy/local/kafka.sh", "start"], capture_output=True, text=True, check=True)
-        kafka = out.stdout.strip().splitlines()[-1]
-    pg = os.environ.get("DATABASE_URL")
-    if not pg:
-        from deploy.local.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(ROOT / ".caseflow" / "bench-caseload-postgres",
-                                  settings={"shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "256MB",
-                                            "maintenance_work_mem": "1GB"})
-        pg = server.start()
-        stack.callback(server.stop)
-    return kafka, pg
-
-
-def dsn_for(server: str, name: str) -> str:
-    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    return shared_backends(stack, "bench-caseload-postgres",
+                           {"shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "256MB", "maintenance_work_mem": "1GB"})
 
 
 def free_port() -> int:

@@ -84,6 +84,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from backends import backends as shared_backends, dsn_for  # noqa: E402
 
 from contracts.cases import (  # noqa: E402
     FileSubmitted,
@@ -119,24 +120,8 @@ ROSTER_GROUP = next(s.consumer for s in cases_definition().subscriptions if s.to
 
 
 def backends(stack: ExitStack) -> tuple[str, str]:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka:
-        out = subprocess.run([ROOT / "deploy/local/kafka.sh", "start"], capture_output=True, text=True, check=True)
-        kafka = out.stdout.strip().splitlines()[-1]
-    pg = os.environ.get("DATABASE_URL")
-    if not pg:
-        from deploy.local.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(ROOT / ".caseflow" / "bench-cases-postgres",
-                                  settings={"shared_buffers": "1GB", "max_wal_size": "8GB",
-                                            "maintenance_work_mem": "1GB"})
-        pg = server.start()
-        stack.callback(server.stop)
-    return kafka, pg
-
-
-def dsn_for(server: str, name: str) -> str:
-    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    return shared_backends(stack, "bench-cases-postgres",
+                           {"shared_buffers": "1GB", "max_wal_size": "8GB", "maintenance_work_mem": "1GB"})
 
 
 def free_port() -> int:

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+from backends import backends as shared_backends  # noqa: E402
 
 from oneroster_generator import generate  # noqa: E402
 
@@ -52,20 +53,8 @@ def peak_rss_mb() -> float:
 
 
 def backends(stack: ExitStack) -> tuple[str, str]:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka:
-        out = subprocess.run([ROOT / "deploy/local/kafka.sh", "start"], capture_output=True, text=True, check=True)
-        kafka = out.stdout.strip().splitlines()[-1]
-    pg = os.environ.get("DATABASE_URL")
-    if not pg:
-        from deploy.local.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(ROOT / ".caseflow" / "bench-postgres",
-                                  settings={"shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "256MB",
-                                            "maintenance_work_mem": "1GB"})
-        pg = server.start()
-        stack.callback(server.stop)
-    return kafka, pg
+    return shared_backends(stack, "bench-postgres",
+                           {"shared_buffers": "1GB", "max_wal_size": "8GB", "work_mem": "256MB", "maintenance_work_mem": "1GB"})
 
 
 def packages(scale: float) -> tuple[Path, Path]:

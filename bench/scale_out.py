@@ -63,6 +63,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from backends import backends as shared_backends  # noqa: E402
 
 import asyncpg  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
@@ -85,18 +87,8 @@ ROUNDS = 3
 
 
 def backends(stack: ExitStack) -> Backends:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka:
-        out = subprocess.run([ROOT / "deploy/local/kafka.sh", "start"], capture_output=True, text=True, check=True)
-        kafka = out.stdout.strip().splitlines()[-1]
-    pg = os.environ.get("DATABASE_URL")
-    if not pg:
-        from deploy.local.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(ROOT / ".caseflow" / "bench-scale-postgres",
-                                  settings={"shared_buffers": "512MB", "max_wal_size": "4GB"})
-        pg = server.start()
-        stack.callback(server.stop)
+    kafka, pg = shared_backends(stack, "bench-scale-postgres",
+                           {"shared_buffers": "512MB", "max_wal_size": "4GB"})
     return Backends(kafka=kafka, postgres=pg)
 
 

@@ -27,7 +27,6 @@ import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -35,6 +34,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from backends import backends as shared_backends, dsn_for  # noqa: E402
 
 from contracts import cloudevents  # noqa: E402
 from contracts.sis import SisStudentEnrolled  # noqa: E402
@@ -47,22 +48,7 @@ BATCH = 2000
 
 
 def backends(stack: ExitStack) -> tuple[str, str]:
-    kafka = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not kafka:
-        out = subprocess.run([ROOT / "deploy/local/kafka.sh", "start"], capture_output=True, text=True, check=True)
-        kafka = out.stdout.strip().splitlines()[-1]
-    pg = os.environ.get("DATABASE_URL")
-    if not pg:
-        from deploy.local.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres(ROOT / ".caseflow" / "bench-postgres")
-        pg = server.start()
-        stack.callback(server.stop)
-    return kafka, pg
-
-
-def dsn_for(server: str, name: str) -> str:
-    return urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
+    return shared_backends(stack, "bench-postgres")
 
 
 async def produce(kafka: str, topic: str, n: int) -> float:
