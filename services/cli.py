@@ -151,7 +151,7 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
             print(f"  {result.message}")
         for kind, n in result.counts.items():
             examples = result.examples.get(kind)
-            print(f"  {kind:22s} {n:>10,}" + (f"   e.g. {', '.join(examples)}" if examples else ""))
+            print(f"  {kind:28s} {n:>10,}" + (f"   e.g. {', '.join(examples)}" if examples else ""))
         if result.problems:
             print(f"problems ({result.error_count:,} rows skipped, {result.warning_count:,} warnings):")
             print("  file,line,sourcedId,column,value,reason")

@@ -417,7 +417,8 @@ def _summary(elapsed: float, ports: dict[str, int], env: dict[str, str], *, brok
         if os.environ.get("CASEFLOW_HOME"):
             cli = f"CASEFLOW_HOME={env['CASEFLOW_HOME']} {cli}"
     _say(f"  {cli} roster import tests/fixtures/oneroster/bulk_small --district nycdoe   # the sample district")
-    _say(f"  TOKEN=$({cli} token --email admin@schools.example.org --district nycdoe --role district_admin)")
+    _say(f"  TOKEN=$({cli} token --email admin@schools.example.org --district nycdoe --role district_admin "
+         f"--role manage_cases)")
     _say(f'  curl -H "Authorization: Bearer $TOKEN" {roster}/v1/students')
     _say("  (README.md, 'Trying it': a teacher's caseload, a case opened from a published trigger, the dashboard)")
     _say(rule)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import jwt
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from contracts.envelope import unstorable
 from services.kit.settings import AuthSettings
@@ -95,7 +96,14 @@ def mint(secret: str, *, email: str, district_id: str, schools: list[str], roles
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
-def current_identity(request: Request) -> Identity:
+# Declared in each route's OpenAPI entry (Swagger UI's Authorize button); the header is read
+# and checked below, with Caseflow's own messages.
+_BEARER = HTTPBearer(auto_error=False, bearerFormat="JWT",
+                     description="A signed token: `caseflow token` mints a development one.")
+
+
+def current_identity(request: Request,
+                     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:

@@ -81,6 +81,12 @@ class RepeatLimit(logging.Filter):
         return True
 
 
+def _drop_color_message(_logger, _method, event: dict) -> dict:
+    """uvicorn adds its message again with terminal colours: not for JSON lines."""
+    event.pop("color_message", None)
+    return event
+
+
 def configure(service: str, level: str = "INFO", stream=None, *, kafka_log_every: float = 60.0) -> None:
     shared = [
         structlog.contextvars.merge_contextvars,
@@ -100,6 +106,7 @@ def configure(service: str, level: str = "INFO", stream=None, *, kafka_log_every
         foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _drop_color_message,
             _stamp(service),
             redact_processor,
             structlog.processors.JSONRenderer(),

@@ -122,8 +122,14 @@ async def test_the_api_docs_work_offline_and_document_the_package_upload(roster)
             for src in scripts:
                 asset = await client.get(src)
                 assert asset.status_code == 200 and len(asset.content) > 100_000
-        upload = (await client.get("/openapi.json")).json()["paths"]["/v1/imports"]["post"]["requestBody"]
-    assert upload["required"] and upload["content"]["application/zip"]["schema"]["format"] == "binary"
+        document = (await client.get("/openapi.json")).json()
+    upload = document["paths"]["/v1/imports"]["post"]
+    assert upload["requestBody"]["required"]
+    assert upload["requestBody"]["content"]["application/zip"]["schema"]["format"] == "binary"
+    # Every route says it takes a bearer token, so Swagger UI offers "Authorize".
+    (scheme,) = document["components"]["securitySchemes"].values()
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    assert all(op.get("security") for path in document["paths"].values() for op in path.values())
 
 
 async def test_no_student_name_reaches_the_logs(roster):
