@@ -17,7 +17,7 @@ from contracts.cases import (
     DictionaryChanged,
     TaskCompleted,
 )
-from contracts.caseload import CaseloadMembershipAdded, CaseloadMembershipRemoved
+from contracts.caseload import AccessGranted, AccessRevoked, CaseloadMembershipAdded, CaseloadMembershipRemoved
 from contracts.envelope import Event
 from contracts.roster import (
     ClassRemoved,
@@ -123,6 +123,16 @@ CASELOAD_MEMBERSHIPS = Topic(
     description="Students added to and removed from staff members' caseloads, with the reason; keyed by student.",
 )
 
+CASELOAD_ACCESS = Topic(
+    name="caseload.access.v1",
+    key_field="staff_email",
+    partitions=6,
+    events=(AccessGranted, AccessRevoked),
+    description="Access levels granted to and revoked from staff members, per school or district-wide (seeds 000 "
+                "and 003); keyed by the staff member's login email. Every service authorises from its own "
+                "projection of this topic.",
+)
+
 SPED_MANDATES = Topic(
     name="sped.mandates.v1",
     key_field="student_source_id",
@@ -160,7 +170,7 @@ CASE_DICTIONARY = Topic(
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (SIS_STUDENTS, SIS_STAFF, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS,
-              CASELOAD_MEMBERSHIPS, SPED_MANDATES, CASE_TRIGGERS, CASES, CASE_DICTIONARY)
+              CASELOAD_MEMBERSHIPS, CASELOAD_ACCESS, SPED_MANDATES, CASE_TRIGGERS, CASES, CASE_DICTIONARY)
 }
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}

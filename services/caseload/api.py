@@ -8,6 +8,8 @@ when a student breaks a rule (a batch lists every student refused and applies no
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import uuid
 from typing import Annotated, Literal
 from uuid import UUID
@@ -48,7 +50,7 @@ def _caller(identity: Identity) -> domain.Caller:
     email = domain.login_email(identity.email)
     if email is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the token names no login email")
-    return domain.Caller(email=email, roles=identity.roles, schools=identity.schools)
+    return replace(identity, email=email)
 
 
 def _named(email: str, what: str, *, writing: bool = False) -> str:
@@ -139,7 +141,7 @@ async def caseload_of(request: Request, caller: Caller, owner_email: EmailText, 
 
 async def _caseload(request, caller: Identity, owner_email, school_id, grade, reason, after, limit) -> Response:
     # An admin reading another's caseload sees only the students of their own schools.
-    schools = None if caller.district_wide or owner_email == _caller(caller).email else sorted(caller.schools)
+    schools = None if owner_email == _caller(caller).email else caller.scope("school_admin", "supervisor")
     async with request.app.state.pool.acquire() as conn:
         page = await store.caseload_page(conn, district_id=caller.district_id, owner_email=owner_email,
                                          school_id=school_id, grade=grade, reason=reason, after=after, limit=limit,
@@ -160,7 +162,7 @@ async def caseload_changes(request: Request, caller: Caller, since: Moment | Non
         rows = await store.changes(
             conn, district_id=caller.district_id, after=cursor, since=since,
             owner_email=None if caller.roles & domain.ADMIN_ROLES else _caller(caller).email,
-            schools=None if caller.district_wide or "school_admin" not in caller.roles else sorted(caller.schools),
+            schools=caller.scope("school_admin") if caller.has("school_admin") else None,
             limit=limit)
     items = [{k: v for k, v in _jsonable(r).items() if k not in ("xid", "seq")} for r in rows]
     next_after = f"{rows[-1]['xid']}.{rows[-1]['seq']}" if rows else (f"{after[0]}.{after[1]}" if after else None)
@@ -284,7 +286,7 @@ class Students(BaseModel):
 
 def _may_manage_supports(caller: Identity, school_id: str) -> None:
     c = _caller(caller)
-    if c.district_wide or (c.roles & {"school_admin", "caseload_editor"} and school_id in c.schools):
+    if c.district_wide or c.holds_any(("school_admin", "caseload_editor"), school_id):
         return
     if not c.roles & domain.ACT_ROLES:
         raise _refusal(Refused("viewer_cannot_act", "a caseload viewer may see students, not act on them"))
@@ -293,7 +295,7 @@ def _may_manage_supports(caller: Identity, school_id: str) -> None:
 
 async def _support(conn, caller: Identity, support_id: UUID):
     row = await store.support(conn, caller.district_id, support_id)
-    if row is None or not (caller.district_wide or row["school_id"] in caller.schools):
+    if row is None or not caller.may_see_school(row["school_id"]):
         raise not_found("support not found")
     return row
 
@@ -321,7 +323,7 @@ async def create_support(request: Request, caller: Caller, body: SupportIn) -> d
 @router.get("/supports")
 async def list_supports(request: Request, caller: Caller, school_id: Key | None = None) -> dict:
     _may_read(caller)
-    schools = None if caller.district_wide else sorted(caller.schools)
+    schools = caller.scope()
     if school_id is not None:
         schools = [school_id] if schools is None or school_id in schools else []
     async with request.app.state.pool.acquire() as conn:
@@ -450,14 +452,15 @@ async def authorise_provider(request: Request, caller: Caller, provider_email: E
         raise HTTPException(status.HTTP_403_FORBIDDEN, "authorising providers needs district_admin or school_admin")
     if body.district_wide and not caller.district_wide:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only a district admin authorises a provider district-wide")
-    outside = set(body.schools) - caller.schools
-    if outside and not caller.district_wide:
+    within = caller.schools_for("school_admin")  # None: the district
+    outside = set(body.schools) - within if within is not None else set()
+    if outside:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "not your schools: " + ", ".join(sorted(outside)))
     email, me = _named(provider_email, "provider", writing=True), _caller(caller).email
     schools = ["*"] if body.district_wide else sorted(set(body.schools))
     async with request.app.state.runtime.unit_of_work() as uow:
         await store.authorise_provider(uow.conn, caller.district_id, email, schools, me,
-                                       within=None if caller.district_wide else caller.schools)
+                                       within=within)
         ended = await store.end_unauthorised_links(uow.conn, caller.district_id, email, me)
         applied = await store.apply_first_attendances(uow.conn, caller.district_id, provider_email=email)
         touched = ended | await store.student_ids_for(
@@ -506,5 +509,5 @@ async def first_attendances(request: Request, caller: Caller, status_: Annotated
         raise HTTPException(status.HTTP_403_FORBIDDEN, "needs district_admin or school_admin")
     async with request.app.state.pool.acquire() as conn:
         rows = await store.first_attendances(conn, district_id=caller.district_id, status=status_, limit=limit,
-                                             schools=None if caller.district_wide else sorted(caller.schools))
+                                             schools=caller.scope("school_admin"))
     return {"items": [_jsonable(r) for r in rows]}

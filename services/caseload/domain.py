@@ -34,6 +34,7 @@ from datetime import datetime
 from uuid import UUID
 
 from contracts.roster import StudentEnrolled, StudentUpdated, StudentWithdrawn
+from services.kit.identity import Identity
 
 ELEMENTARY_GRADES = ("IT", "PR", "PK", "TK", "KG", "01", "02", "03", "04", "05")
 SECONDARY_GRADES = ("06", "07", "08", "09", "10", "11", "12", "13")
@@ -152,37 +153,29 @@ READ_ROLES = ADMIN_ROLES | {"caseload_viewer", "caseload_editor", "provider", "s
 ACT_ROLES = ADMIN_ROLES | {"caseload_editor"}
 
 
-@dataclass(frozen=True)
-class Caller:
-    """What the caseload rules need to know of the person calling."""
+# The person calling: their email (read with login_email), district, and the access levels
+# they hold per school, from their token and from the grants below (services/kit/identity.py).
+Caller = Identity
 
-    email: str
-    roles: frozenset[str]
-    schools: frozenset[str]
 
-    @property
-    def district_wide(self) -> bool:
-        return "district_admin" in self.roles
-
-    def sees_school(self, school_id: str) -> bool:
-        """Sees every student of the school (admins; a supervisor, for their schools)."""
-        return self.district_wide or (bool(self.roles & {"school_admin", "supervisor"}) and school_id in self.schools)
-
-    def sees_student_of(self, schools: Iterable[str]) -> bool:
-        """Sees a student enrolled in these schools: one of them is enough."""
-        return any(self.sees_school(s) for s in schools)
+def sees_school(caller: Caller, school_id: str) -> bool:
+    """Sees every student of the school: a district admin; a school admin or supervisor
+    holding that level at the school (or district-wide)."""
+    return caller.district_wide or caller.holds_any(("school_admin", "supervisor"), school_id)
 
 
 def may_see(caller: Caller, *, schools: Iterable[str], on_own_caseload: bool) -> bool:
-    """schools: every school the student is enrolled in (student_schools)."""
-    return caller.sees_student_of(schools) or (bool(caller.roles & READ_ROLES) and on_own_caseload)
+    """schools: every school the student is enrolled in (student_schools); one is enough.
+    A caseload level held anywhere reaches the caller's own caseload: the caseload is its
+    scope (seed 000: a viewer "sees their own caseload")."""
+    return any(sees_school(caller, s) for s in schools) or (bool(caller.roles & READ_ROLES) and on_own_caseload)
 
 
 def check_may_act(caller: Caller, *, schools: Iterable[str], on_own_caseload: bool) -> None:
     """Point persons, supports and batch actions: an editor on their own caseload, an admin
-    in their scope (one of the student's schools). Raises Refused; the caller has already
-    been shown the student."""
-    if caller.district_wide or ("school_admin" in caller.roles and caller.schools & set(schools)):
+    in their scope (school_admin at one of the student's schools). Raises Refused; the
+    caller has already been shown the student."""
+    if caller.district_wide or any(caller.holds("school_admin", s) for s in schools):
         return
     if "caseload_editor" in caller.roles and on_own_caseload:
         return
@@ -229,7 +222,8 @@ def check_may_change_provider_caseload(caller: Caller, provider_email: str, prov
     if "supervisor" not in caller.roles and not caller.district_wide and "school_admin" not in caller.roles:
         raise Refused("not_a_supervisor", "only a supervisor (or an admin) adds students to another "
                                           "provider's caseload; a provider adds to their own")
-    if not caller.district_wide and not ("*" in provider_schools or provider_schools & caller.schools):
+    reach = caller.schools_for("supervisor", "school_admin")
+    if reach is not None and not ("*" in provider_schools or provider_schools & reach):
         raise Refused("no_access_to_provider", "the supervisor needs access to the provider: the provider "
                                                "is not authorised in any of the supervisor's schools")
 

@@ -105,7 +105,7 @@ async def search_cases(request: Request, caller: Caller, case_number: Key | None
                        after: Key | None = None, limit: Page = 50) -> dict:
     """Search cases by case number, person of concern, building, team name, team leader or
     case manager, within the caller's schools (district admins: the district)."""
-    schools = None if caller.district_wide else sorted(caller.schools)
+    schools = caller.scope()
     async with request.app.state.pool.acquire() as conn:
         rows = await store.search(conn, district_id=caller.district_id, schools=schools, status=status_,
                                   case_number=case_number, person=person, school_id=school_id, team_name=team_name,
@@ -365,7 +365,7 @@ async def student_timeline(request: Request, caller: Caller, student_id: UUID, a
 async def dashboard(request: Request, caller: Caller, school_id: Key | None = None) -> dict:
     """Open cases by school, team, team leader and case manager; overdue tasks; cases
     opened by trigger kind and week."""
-    schools = None if caller.district_wide else sorted(caller.schools)
+    schools = caller.scope()
     if school_id is not None:
         schools = [school_id] if schools is None or school_id in schools else []
     async with request.app.state.pool.acquire() as conn:

@@ -9,6 +9,7 @@ from contracts.cases import TRIGGERS
 from contracts.roster import StudentEnrolled, StudentUpdated, StudentWithdrawn
 from contracts.topics import CASE_DICTIONARY, CASE_TRIGGERS, CASES, ROSTER_STUDENTS
 from services.cases import api, handlers
+from services.kit import access
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
 
@@ -32,6 +33,7 @@ def definition() -> ServiceDefinition:
                 handlers={cls: handlers.on_triggers for cls in TRIGGERS},
                 description="Forms, plans, tasks, meetings, plan reviews and files that may open a case.",
             ),
+            access.subscription("cases"),
         ],
         routers=[api.router],
         publishes=[CASES, CASE_DICTIONARY, CASE_TRIGGERS],

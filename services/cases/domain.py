@@ -108,9 +108,10 @@ def overdue(due_date: date | None, status: str, today: date) -> bool:
 
 
 def manages_school(caller: Identity, school_id: str) -> bool:
-    """Opening, closing, assigning and editing need manage_cases, in one's schools; other
-    staff read the cases of their schools (Identity.may_see_school)."""
-    return "manage_cases" in caller.roles and caller.may_see_school(school_id)
+    """Opening, closing, assigning and editing need manage_cases at the case's school (seed
+    003: "must have Manage Cases Permissions"); other staff read the cases of the schools
+    where they hold any access level (Identity.may_see_school)."""
+    return caller.holds("manage_cases", school_id)
 
 
 def student_schools(school_id: str, school_ids: Iterable[str] | None) -> tuple[str, ...]:

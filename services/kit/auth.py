@@ -1,11 +1,17 @@
-"""Who is calling: a signed bearer token (JWT) with the user's email, district, schools
-and roles. Development signs with a local secret (HS256); production verifies against
-the identity provider's public key (RS256/ES256). Missing, expired or tampered: 401."""
+"""Who is calling: a signed bearer token (JWT) naming the user (email) and district, and
+optionally their roles and schools. Development signs with a local secret (HS256);
+production verifies against the identity provider's public key (RS256/ES256). Missing,
+expired or tampered: 401.
+
+What the caller may do is the union of the token's roles (each at the token's schools)
+and the access levels the caseload service granted them (services/kit/access.py), read
+per request from this service's own projection: an identity-only token (Google,
+Microsoft, Clever SSO) works once an admin or the district's roster default gave access."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Annotated
 
 import jwt
@@ -13,29 +19,11 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from contracts.envelope import unstorable
+from services.kit import access
+from services.kit.identity import ROLES, Identity, from_token
 from services.kit.settings import AuthSettings
 
-ROLES = frozenset(
-    {"caseload_viewer", "caseload_editor", "manage_cases", "district_admin", "school_admin", "provider", "supervisor"}
-)
-
-
-@dataclass(frozen=True)
-class Identity:
-    email: str
-    district_id: str
-    schools: frozenset[str]
-    roles: frozenset[str]
-
-    def has(self, role: str) -> bool:
-        return role in self.roles
-
-    @property
-    def district_wide(self) -> bool:
-        return "district_admin" in self.roles
-
-    def may_see_school(self, school_id: str) -> bool:
-        return self.district_wide or school_id in self.schools
+__all__ = ["ROLES", "Caller", "Identity", "TokenVerifier", "current_identity", "mint", "not_found"]
 
 
 class TokenVerifier:
@@ -62,22 +50,18 @@ class TokenVerifier:
         unknown = roles - ROLES
         if unknown:
             raise jwt.InvalidTokenError(f"unknown roles: {sorted(unknown)}")
-        identity = Identity(
-            email=str(claims.get("email") or claims["sub"]),
-            district_id=str(claims["district_id"]),
-            schools=frozenset(str(s) for s in claims.get("schools", [])),
-            roles=roles,
-        )
-        _check_claims(identity)
-        return identity
+        email, district_id = str(claims.get("email") or claims["sub"]), str(claims["district_id"])
+        schools = [str(s) for s in claims.get("schools", [])]
+        _check_claims(email, district_id, schools)
+        return Identity(email=email, district_id=district_id, holdings=from_token(roles, schools))
 
 
-def _check_claims(identity: Identity) -> None:
+def _check_claims(email: str, district_id: str, schools: list[str]) -> None:
     """Claims are stored and sent in events like any input: text a database holds, of the
     lengths the events allow (a district id of 1 to 64 characters, an email up to 320, a
     school id of 1 to 128)."""
-    claims = [("district_id", identity.district_id, 64), ("email", identity.email, 320)]
-    claims += [("schools", school, 128) for school in identity.schools]
+    claims = [("district_id", district_id, 64), ("email", email, 320)]
+    claims += [("schools", school, 128) for school in schools]
     for name, value, longest in claims:
         if not value or len(value) > longest:
             raise jwt.InvalidTokenError(f"the {name} claim must have 1 to {longest} characters")
@@ -85,14 +69,18 @@ def _check_claims(identity: Identity) -> None:
             raise jwt.InvalidTokenError(f"the {name} claim {problem}")
 
 
-def mint(secret: str, *, email: str, district_id: str, schools: list[str], roles: list[str],
-         ttl_seconds: int = 8 * 3600, issuer: str = "caseflow", audience: str = "caseflow") -> str:
-    """A development token signed with the local secret (`caseflow token`)."""
+def mint(secret: str, *, email: str, district_id: str, schools: list[str] | None = None,
+         roles: list[str] | None = None, ttl_seconds: int = 8 * 3600, issuer: str = "caseflow",
+         audience: str = "caseflow") -> str:
+    """A development token signed with the local secret (`caseflow token`). Without roles
+    and schools it names only the person and district, as an SSO identity provider does."""
     now = int(time.time())
-    claims = {
-        "sub": email, "email": email, "district_id": district_id, "schools": schools, "roles": roles,
-        "iat": now, "exp": now + ttl_seconds, "iss": issuer, "aud": audience,
-    }
+    claims = {"sub": email, "email": email, "district_id": district_id,
+              "iat": now, "exp": now + ttl_seconds, "iss": issuer, "aud": audience}
+    if schools:
+        claims["schools"] = schools
+    if roles:
+        claims["roles"] = roles
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -102,18 +90,21 @@ _BEARER = HTTPBearer(auto_error=False, bearerFormat="JWT",
                      description="A signed token: `caseflow token` mints a development one.")
 
 
-def current_identity(request: Request,
-                     _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None) -> Identity:
+async def current_identity(request: Request,
+                           _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
+                           ) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        return request.app.state.verifier.verify(token)
+        identity = request.app.state.verifier.verify(token)
     except jwt.ExpiredSignatureError:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token expired", headers={"WWW-Authenticate": "Bearer"}) from None
     except jwt.InvalidTokenError as e:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"invalid token: {e}", headers={"WWW-Authenticate": "Bearer"}) from None
+    granted = await access.held_by(request.app.state.pool, identity.district_id, identity.email)
+    return replace(identity, holdings=identity.holdings + granted) if granted else identity
 
 
 Caller = Annotated[Identity, Depends(current_identity)]

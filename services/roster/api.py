@@ -34,7 +34,7 @@ def _reader_scope(caller: Identity) -> list[str] | None:
     """None: the whole district; else the schools the caller may see."""
     if not caller.roles & READERS:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "reading the roster needs the district_admin or school_admin role")
-    return None if caller.district_wide else sorted(caller.schools)
+    return caller.scope("school_admin")
 
 
 def _require_district_admin(caller: Identity) -> None:

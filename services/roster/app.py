@@ -15,6 +15,7 @@ from contracts.topics import (
     SIS_STAFF,
     SIS_STUDENTS,
 )
+from services.kit import access
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
 from services.roster import api, class_members, dropfolder, handlers
@@ -43,6 +44,7 @@ def definition() -> ServiceDefinition:
                 handlers={SisStaffUpserted: handlers.on_sis_staff_upserted},
                 description="Staff facts from districts' SIS systems.",
             ),
+            access.subscription("roster"),
         ],
         routers=[api.router],
         publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],

@@ -5,7 +5,6 @@ import pytest
 
 from services.caseload.domain import (
     DEFAULT_POINT_PERSON_TYPES,
-    Caller,
     Refused,
     check_may_act,
     check_point_person,
@@ -17,7 +16,14 @@ from services.caseload.domain import (
     student_levels,
 )
 
+from services.kit.identity import Identity, from_token
+
 TYPES = {t.type: t for t in DEFAULT_POINT_PERSON_TYPES}
+
+
+def staff(email: str, roles: set[str], schools) -> Identity:
+    """A caller holding these roles at these schools (as a token's claims give them)."""
+    return Identity(email, "d1", from_token(roles, schools))
 
 # School levels come from the grades a school serves.
 SCHOOLS = {
@@ -74,9 +80,9 @@ def test_districts_write_levels_as_the_seed_does():
         parse_levels(["college"])
 
 
-VIEWER = Caller("v@s.org", frozenset({"caseload_viewer"}), frozenset({"A"}))
-EDITOR = Caller("e@s.org", frozenset({"caseload_editor"}), frozenset({"A"}))
-SCHOOL_ADMIN = Caller("sa@s.org", frozenset({"school_admin"}), frozenset({"A"}))
+VIEWER = staff("v@s.org", {"caseload_viewer"}, {"A"})
+EDITOR = staff("e@s.org", {"caseload_editor"}, {"A"})
+SCHOOL_ADMIN = staff("sa@s.org", {"school_admin"}, {"A"})
 
 
 def test_a_viewer_sees_their_caseload_and_may_not_act_on_it():
@@ -100,8 +106,8 @@ def test_a_school_admin_sees_and_acts_in_their_schools():
     assert not may_see(SCHOOL_ADMIN, schools=("B",), on_own_caseload=False)
 
 
-SUPERVISOR = Caller("sup@s.org", frozenset({"supervisor"}), frozenset({"A"}))
-PROVIDER = Caller("speech@s.org", frozenset({"provider"}), frozenset())
+SUPERVISOR = staff("sup@s.org", {"supervisor"}, {"A"})
+PROVIDER = staff("speech@s.org", {"provider"}, ())
 SPEECH = [("m-1", "speech")]
 
 
@@ -131,7 +137,7 @@ def test_each_refusal_says_which_rule_failed():
     assert refused_rule(school="B", provider_schools=frozenset({"A"})) == "provider_not_authorised"
     assert refused_rule(provider_schools=frozenset({"C"})) == "no_access_to_provider"
     assert refused_rule(caller=EDITOR) == "not_a_supervisor"
-    assert refused_rule(caller=Caller("speech@s.org", frozenset({"caseload_editor"}), frozenset())) == "not_a_provider"
+    assert refused_rule(caller=staff("speech@s.org", {"caseload_editor"}, ())) == "not_a_provider"
     assert refused_rule(service="OT") == "no_mandate"
     assert refused_rule(mandates=[("m-1", "speech"), ("m-2", "OT")]) == "service_needed"
 
@@ -144,9 +150,9 @@ def test_a_provider_authorised_district_wide_serves_every_school():
 # Dual enrolment: a student belongs to every school they are enrolled in (home school first
 # or not: the order never matters).
 DUAL = ("A", "B")
-SUPERVISOR_B = Caller("supb@s.org", frozenset({"supervisor"}), frozenset({"B"}))
-SCHOOL_ADMIN_B = Caller("sab@s.org", frozenset({"school_admin"}), frozenset({"B"}))
-SCHOOL_ADMIN_C = Caller("sac@s.org", frozenset({"school_admin"}), frozenset({"C"}))
+SUPERVISOR_B = staff("supb@s.org", {"supervisor"}, {"B"})
+SCHOOL_ADMIN_B = staff("sab@s.org", {"school_admin"}, {"B"})
+SCHOOL_ADMIN_C = staff("sac@s.org", {"school_admin"}, {"C"})
 
 
 def test_staff_of_each_of_a_students_schools_see_and_act_on_them():
@@ -163,7 +169,7 @@ def test_staff_of_each_of_a_students_schools_see_and_act_on_them():
 def test_a_provider_authorised_at_any_of_the_students_schools_serves_them():
     assert link(provider_schools=frozenset({"B"}), schools=DUAL, caller=SUPERVISOR_B) == "m-1"
     assert refused_rule(provider_schools=frozenset({"C"}), schools=DUAL,
-                        caller=Caller("sup@s.org", frozenset({"supervisor"}), frozenset({"C"}))) == \
+                        caller=staff("sup@s.org", {"supervisor"}, {"C"})) == \
         "provider_not_authorised"
 
 

@@ -2,11 +2,11 @@
 read their timeline; manage_cases in any of those schools works on the student."""
 
 from services.cases.domain import manages_student, sees_student, student_schools
-from services.kit.auth import Identity
+from services.kit.identity import Identity, from_token
 
 
 def staff(roles: set[str], schools: set[str]) -> Identity:
-    return Identity(email="s@d.org", district_id="d1", schools=frozenset(schools), roles=frozenset(roles))
+    return Identity(email="s@d.org", district_id="d1", holdings=from_token(roles, schools))
 
 
 def test_a_students_schools_are_a_set_with_the_home_school_in_it():

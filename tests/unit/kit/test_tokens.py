@@ -19,8 +19,16 @@ def test_a_dev_token_carries_email_district_schools_and_roles():
     identity = verifier().verify(mint(SECRET, email="c@s.org", district_id="d1", schools=["02M001"],
                                       roles=["caseload_viewer"]))
     assert identity.email == "c@s.org" and identity.district_id == "d1"
-    assert identity.schools == {"02M001"} and identity.roles == {"caseload_viewer"}
+    assert identity.schools_for() == {"02M001"} and identity.roles == {"caseload_viewer"}
     assert identity.may_see_school("02M001") and not identity.may_see_school("02M002")
+
+
+def test_an_identity_only_token_names_the_person_and_district_and_holds_nothing():
+    token = mint(SECRET, email="Rivera@D.example.org", district_id="d1")
+    assert set(jwt.decode(token, options={"verify_signature": False})) >= {"sub", "email", "district_id"}
+    assert not {"roles", "schools"} & set(jwt.decode(token, options={"verify_signature": False}))
+    identity = verifier().verify(token)
+    assert identity.district_id == "d1" and identity.roles == frozenset() and identity.schools_for() == frozenset()
 
 
 def test_an_expired_token_is_refused():

@@ -1,0 +1,51 @@
+"""Every service's projection of the access levels the caseload service grants
+(caseload.access.v1), and the read that adds them to a caller's token.
+
+A service authorises from its own copy, never from the caseload service's tables: the
+runtime subscribes each service with HTTP routes to the topic (`subscription`), the
+handler keeps access_held (kit migration 003), and auth.current_identity reads the
+caller's rows per request, so a revoke takes effect as soon as this service has read it.
+"""
+
+from __future__ import annotations
+
+import asyncpg
+
+from contracts.caseload import AccessGranted, AccessRevoked
+from contracts.topics import CASELOAD_ACCESS
+from services.kit.consumer import Subscription, UnitOfWork
+from services.kit.identity import Holding
+
+
+def subscription(service: str) -> Subscription:
+    return Subscription(
+        topic=CASELOAD_ACCESS,
+        consumer=f"caseflow.{service}.access",
+        handlers={AccessGranted: on_access, AccessRevoked: on_access},
+        description="Access levels granted and revoked: who may do what, per school (this service's own copy).",
+    )
+
+
+async def on_access(uow: UnitOfWork, events: list[AccessGranted | AccessRevoked]) -> None:
+    """Newest fact per grant wins (a grant's events share a key, so they arrive in order;
+    an older one read again changes nothing)."""
+    last = {e.grant_id: e for e in events}
+    rows = [(e.grant_id, e.district_id, e.staff_email.strip().lower(), e.level, e.school_id, e.basis,
+             getattr(e, "granted_by", None), isinstance(e, AccessGranted), e.occurred_at) for e in last.values()]
+    await uow.conn.execute(
+        """INSERT INTO access_held (grant_id, district_id, staff_email, level, school_id, basis, granted_by, held, as_of)
+           SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                $8::bool[], $9::timestamptz[])
+           ON CONFLICT (grant_id) DO UPDATE SET held = EXCLUDED.held, as_of = EXCLUDED.as_of,
+               granted_by = CASE WHEN EXCLUDED.held THEN EXCLUDED.granted_by ELSE access_held.granted_by END
+           WHERE access_held.as_of <= EXCLUDED.as_of""",
+        *(list(c) for c in zip(*rows, strict=True)),
+    )
+
+
+async def held_by(conn: asyncpg.Connection | asyncpg.Pool, district_id: str, email: str) -> tuple[Holding, ...]:
+    """What this service knows `email` holds in the district (from caseload.access.v1)."""
+    rows = await conn.fetch(
+        """SELECT level, school_id, basis, granted_by, as_of FROM access_held
+           WHERE district_id = $1 AND staff_email = $2 AND held""", district_id, email.strip().lower())
+    return tuple(Holding(r["level"], r["school_id"], r["basis"], r["granted_by"], r["as_of"]) for r in rows)
