@@ -281,18 +281,24 @@ class ServiceProcess:
         return self
 
     async def ready(self, timeout: float = 60.0) -> ServiceProcess:
+        last = {"readyz": None}
+
         async def check():
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
                 async with httpx.AsyncClient() as client:
                     answer = await client.get(self.url + "/readyz", timeout=2)
+                    last["readyz"] = answer.text
                     # This very process: another one answering on a reused port is not it.
                     return answer.status_code == 200 and answer.json().get("pid") == self.proc.pid
             except (httpx.HTTPError, ValueError):
                 return False
 
-        await eventually(check, timeout, what=f"{self.name} ready")
+        try:
+            await eventually(check, timeout, what=f"{self.name} ready")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n/readyz: {last['readyz']}\nlog:\n{self.log()[-3000:]}") from None
         return self
 
     async def exited(self, timeout: float = 60.0) -> int:

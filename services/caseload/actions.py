@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -210,3 +211,117 @@ class ProviderCaseload(Action):
                                            source_ids=[s["source_id"] for s in students],
                                            provider_email=self.provider_email, ended_by=ctx.caller.email,
                                            why=f"taken off by {via}")
+
+
+# ---------------------------------------------------------------------------- access levels (seeds 000, 003)
+
+
+@dataclass(frozen=True)
+class AccessRefused:
+    index: int  # the change's place in the request, from 0
+    rule: str
+    message: str
+
+
+class AccessChangesRefused(Exception):
+    """Nothing was applied: these changes broke a rule."""
+
+    def __init__(self, refusals: list[AccessRefused]) -> None:
+        super().__init__(f"{len(refusals)} access change(s) refused")
+        self.refusals = refusals
+
+
+async def change_access(runtime, caller: Caller, changes: list[domain.AccessChange],
+                        correlation_id: str | None = None) -> list[str]:
+    """Grant or revoke access levels, in order, all or nothing: each change's outcome
+    (granted, revoked, unchanged), or AccessChangesRefused listing every change a rule
+    refuses (domain.check_may_assign, check_grantee, check_revoke)."""
+    district_id = caller.district_id
+    refused = []
+    for i, change in enumerate(changes):
+        try:
+            domain.check_may_assign(caller, change)
+        except Refused as r:
+            refused.append(AccessRefused(i, r.rule, r.message))
+    if len(refused) == len(changes):
+        raise AccessChangesRefused(refused)
+    async with runtime.unit_of_work() as uow:
+        await store.lock_access(uow.conn, [district_id])
+        staff = await store.active_staff_emails(uow.conn, district_id, [c.staff_email for c in changes if c.grant])
+        held = await store.held_access(uow.conn, district_id, [(c.staff_email, c.level, c.school_id) for c in changes])
+        admins = await store.district_admins(uow.conn, district_id)
+        now, outcomes, rows = datetime.now(UTC), [], []
+        not_theirs = {r.index for r in refused}
+        for i, change in enumerate(changes):
+            if i in not_theirs:
+                outcomes.append("refused")
+                continue
+            place = (change.staff_email, change.level, change.school_id)
+            bases = held.setdefault(place, {})
+            try:
+                if change.grant:
+                    domain.check_grantee(change, active_staff=change.staff_email in staff)
+                else:
+                    domain.check_revoke(change, set(bases), len(admins))
+            except Refused as r:
+                refused.append(AccessRefused(i, r.rule, r.message))
+                outcomes.append("refused")
+                continue
+            if change.grant == ("granted" in bases):
+                outcomes.append("unchanged")
+                continue
+            row = handlers.access_row(grant=change.grant, district_id=district_id, staff_email=change.staff_email,
+                                      level=change.level, school_id=change.school_id, basis="granted",
+                                      changed_by=caller.email, reason="granted by an admin" if change.grant
+                                      else "revoked by an admin", at=now)
+            rows.append(row)
+            outcomes.append("granted" if change.grant else "revoked")
+            if change.grant:
+                bases["granted"] = row["grant_id"]
+            else:
+                del bases["granted"]
+            if change.level == "district_admin":
+                holds_admin = any(b for (email, level, _), b in held.items()
+                                  if email == change.staff_email and level == "district_admin")
+                (admins.add if holds_admin else admins.discard)(change.staff_email)
+        if refused:  # rolls the transaction back: nothing applied
+            raise AccessChangesRefused(sorted(refused, key=lambda r: r.index))
+        await handlers.record_access(uow, rows, correlation_id)
+    return outcomes
+
+
+async def set_access_defaults(runtime, caller: Caller, defaults: dict[str, list[str]],
+                              correlation_id: str | None = None) -> list[dict]:
+    """A district admin sets the levels a roster role gives at the staff member's schools;
+    every staff record of the district is brought in line (grants and revokes published).
+    Returns the changes."""
+    if not caller.district_wide:
+        raise Refused("needs_district_admin", "only a district admin sets the district's roster defaults")
+    domain.check_defaults(defaults)
+    async with runtime.unit_of_work() as uow:
+        await store.lock_access(uow.conn, [caller.district_id])
+        await store.set_access_defaults(uow.conn, caller.district_id, defaults, caller.email, datetime.now(UTC))
+        return await handlers.refresh_roster_defaults(uow, await store.staff_ids_of(uow.conn, caller.district_id),
+                                                      correlation_id)
+
+
+async def grant_configured_admins(uow, configured: list[tuple[str, str]]) -> list[dict]:
+    """The district admins configuration names (CASEFLOW_DISTRICT_ADMINS: district=email),
+    each district's first: granted on the basis `configuration`; one no longer named is
+    revoked. Returns the changes."""
+    configured = sorted({(d, e) for d, e in ((d, domain.login_email(e)) for d, e in configured) if e})
+    held = await store.configured_grants(uow.conn)
+    await store.lock_access(uow.conn, {d for d, _ in configured} | {h["district_id"] for h in held})
+    held = {h["grant_id"]: h for h in await store.configured_grants(uow.conn)}
+    now = datetime.now(UTC)
+    wanted = {row["grant_id"]: row for row in (
+        handlers.access_row(grant=True, district_id=d, staff_email=e, level="district_admin", school_id=None,
+                            basis="configuration", changed_by=None, reason="named in CASEFLOW_DISTRICT_ADMINS",
+                            at=now) for d, e in configured)}
+    rows = [row for gid, row in wanted.items() if gid not in held]
+    rows += [handlers.access_row(grant=False, district_id=h["district_id"], staff_email=h["staff_email"],
+                                 level=h["level"], school_id=h["school_id"], basis="configuration", changed_by=None,
+                                 reason="no longer named in CASEFLOW_DISTRICT_ADMINS", at=now, grant_id=gid)
+             for gid, h in held.items() if gid not in wanted]
+    await handlers.record_access(uow, rows)
+    return rows

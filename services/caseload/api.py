@@ -511,3 +511,170 @@ async def first_attendances(request: Request, caller: Caller, status_: Annotated
         rows = await store.first_attendances(conn, district_id=caller.district_id, status=status_, limit=limit,
                                              schools=caller.scope("school_admin"))
     return {"items": [_jsonable(r) for r in rows]}
+
+
+# ---------------------------------------------------------------------------- access levels (seeds 000, 003)
+
+AccessLevel = Literal["caseload_viewer", "caseload_editor", "manage_cases", "provider", "supervisor", "school_admin",
+                      "district_admin"]
+# Rules about who the caller is (403); the others are about the change (422).
+_ACCESS_ROLE_RULES = {"not_an_admin", "needs_district_admin", "outside_your_schools"}
+
+
+class AccessAt(BaseModel):
+    """A level for a staff member at these schools, or district-wide."""
+
+    staff_email: Email
+    level: AccessLevel
+    schools: list[Key] = Field(default_factory=list, max_length=2000, description="SIS org ids")
+    district_wide: bool = Field(default=False, description="the whole district instead of schools")
+
+
+class AccessChangeIn(BaseModel):
+    action: Literal["grant", "revoke"]
+    staff_email: Email
+    level: AccessLevel
+    school_id: Key | None = Field(default=None, description="SIS org id; absent: district-wide")
+
+
+class AccessChanges(BaseModel):
+    changes: list[AccessChangeIn] = Field(min_length=1, max_length=5000)
+
+
+def _places(body: AccessAt, grant: bool) -> list[domain.AccessChange]:
+    if body.district_wide == bool(body.schools):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY,
+                            "name the schools, or set district_wide to true (one or the other)")
+    email = _named(body.staff_email, "staff member", writing=True)
+    places = [None] if body.district_wide else sorted(set(body.schools))
+    return [domain.AccessChange(grant, email, body.level, school) for school in places]
+
+
+async def _change_access(request: Request, identity: Identity, changes: list[domain.AccessChange]) -> dict:
+    try:
+        outcomes = await actions.change_access(request.app.state.runtime, _caller(identity), changes,
+                                               correlation_id=correlation_id(request) or str(uuid.uuid4()))
+    except actions.AccessChangesRefused as refused:
+        code = status.HTTP_403_FORBIDDEN if all(r.rule in _ACCESS_ROLE_RULES for r in refused.refusals) \
+            else status.HTTP_422_UNPROCESSABLE_ENTITY
+        return JSONResponse(
+            {"detail": f"nothing was applied: {len(refused.refusals)} of {len(changes)} changes refused",
+             "errors": [{"index": r.index, "staff_email": changes[r.index].staff_email,
+                         "level": changes[r.index].level, "school_id": changes[r.index].school_id,
+                         "rule": r.rule, "message": r.message} for r in refused.refusals]},
+            status_code=code)
+    return {"changes": [{"staff_email": c.staff_email, "level": c.level, "school_id": c.school_id,
+                         "outcome": outcome} for c, outcome in zip(changes, outcomes, strict=True)]}
+
+
+@router.post("/access/grants")
+async def grant_access(request: Request, caller: Caller, body: AccessAt) -> dict:
+    """Grant a staff member a level at schools or district-wide (a district admin; a school
+    admin the caseload, case and provider levels at their own schools). Granting what is
+    already granted changes nothing ("unchanged"). Refusals name the rule (403 for the
+    caller's own access, else 422); nothing is applied if any is refused."""
+    return await _change_access(request, caller, _places(body, grant=True))
+
+
+@router.post("/access/revocations")
+async def revoke_access(request: Request, caller: Caller, body: AccessAt) -> dict:
+    """End an admin's grant of a level at schools or district-wide. Access held by the
+    roster default or configuration is refused with the rule that says where to change it;
+    the district's last district admin stays."""
+    return await _change_access(request, caller, _places(body, grant=False))
+
+
+@router.post("/access/batch")
+async def change_access_batch(request: Request, caller: Caller, body: AccessChanges) -> dict:
+    """Grants and revokes applied in order, all or nothing (up to 5,000)."""
+    changes = [domain.AccessChange(c.action == "grant", _named(c.staff_email, "staff member", writing=True),
+                                   c.level, c.school_id) for c in body.changes]
+    return await _change_access(request, caller, changes)
+
+
+def _access_reader(caller: Identity) -> list[str] | None:
+    if not caller.roles & domain.ADMIN_ROLES:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "reading who holds access needs district_admin or school_admin")
+    return caller.scope("school_admin")
+
+
+@router.get("/access")
+async def who_holds_access(request: Request, caller: Caller, school: Key | None = None,
+                           level: AccessLevel | None = None, staff_email: EmailText | None = None,
+                           after: text(460, min_length=3) | None = None, limit: Page = 500) -> dict:
+    """Who holds what: every grant held now, by staff email (district admins: the district;
+    school admins: their schools and the district-wide grants). Pass `next_after` back as
+    `after` for the next page."""
+    schools = _access_reader(caller)
+    cursor = None
+    if after is not None:
+        email, _, gid = after.rpartition("/")
+        try:
+            cursor = (email, UUID(gid))
+        except ValueError:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "after: pass back a next_after") from None
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.access_holders(conn, district_id=caller.district_id, schools=schools, school_id=school,
+                                          level=level, staff_email=domain.login_email(staff_email or ""),
+                                          after=cursor, limit=limit)
+    return {"items": [_jsonable(r) for r in rows],
+            "next_after": f"{rows[-1]['staff_email']}/{rows[-1]['grant_id']}" if len(rows) == limit else None}
+
+
+@router.get("/access/me")
+async def my_access(caller: Caller) -> dict:
+    """What I may do, and why: each level, where (a school, or district_wide; a token's role
+    without schools is at no school in particular: it reaches one's own caseload), and its
+    basis: token (my token's claims), granted (by an admin: by whom, since when),
+    roster_default (the district's default for my roster role) or configuration."""
+    return {"email": caller.email.strip().lower(), "district_id": caller.district_id,
+            "district_wide": caller.district_wide,
+            "levels": [{"level": h.level, "school_id": h.school_id or None, "district_wide": h.district_wide,
+                        "basis": h.basis, "granted_by": h.granted_by,
+                        "since": h.since.isoformat() if h.since else None}
+                       for h in sorted(caller.holdings, key=lambda h: (h.level, h.school_id or "", h.basis))]}
+
+
+@router.get("/access/history")
+async def access_history(request: Request, caller: Caller, staff_email: EmailText | None = None,
+                         before: Annotated[int | None, Query(ge=1, le=INT8)] = None, limit: Page = 100) -> dict:
+    """Who granted or revoked what, when, newest first; pass `next_before` back as `before`."""
+    schools = _access_reader(caller)
+    async with request.app.state.pool.acquire() as conn:
+        rows = await store.access_history(conn, district_id=caller.district_id, schools=schools,
+                                          staff_email=domain.login_email(staff_email or ""), before=before,
+                                          limit=limit)
+    return {"items": [_jsonable(r) for r in rows], "next_before": rows[-1]["id"] if len(rows) == limit else None}
+
+
+@router.get("/access/defaults")
+async def get_access_defaults(request: Request, caller: Caller) -> dict:
+    """The levels each roster role gives at the staff member's schools, as the district set
+    them or by default (a teacher: caseload_viewer)."""
+    _access_reader(caller)
+    async with request.app.state.pool.acquire() as conn:
+        set_by = (await store.access_defaults(conn, [caller.district_id])).get(caller.district_id, {})
+    defaults = domain.district_defaults(set_by)
+    return {"defaults": {role: list(defaults.get(role, ())) for role in domain.ROSTER_ROLES},
+            "set_by_district": sorted(set_by)}
+
+
+@router.put("/access/defaults")
+async def set_access_defaults(request: Request, caller: Caller,
+                              body: dict[Literal["teacher", "aide", "administrator", "counselor"],
+                                         Annotated[list[AccessLevel], Field(max_length=7)]]) -> dict:
+    """Set the levels roster roles give (a district admin): e.g. {"teacher":
+    ["caseload_editor"], "counselor": ["caseload_viewer", "manage_cases"]}; roles left out
+    keep theirs. Every staff member of the district is brought in line at once, each grant
+    and revoke published."""
+    try:
+        changes = await actions.set_access_defaults(request.app.state.runtime, _caller(caller),
+                                                    {k: list(v) for k, v in body.items()},
+                                                    correlation_id=correlation_id(request) or str(uuid.uuid4()))
+    except Refused as r:
+        code = status.HTTP_403_FORBIDDEN if r.rule in _ACCESS_ROLE_RULES else status.HTTP_422_UNPROCESSABLE_ENTITY
+        raise HTTPException(code, {"rule": r.rule, "message": r.message}) from None
+    result = await get_access_defaults(request, caller)
+    result["granted"] = sum(c["held"] for c in changes)
+    result["revoked"] = sum(not c["held"] for c in changes)
+    return result

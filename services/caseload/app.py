@@ -17,6 +17,7 @@ from contracts.roster import (
 )
 from contracts.special_education import FirstAttendanceRecorded, MandateEnded, MandateRecorded
 from contracts.topics import (
+    CASELOAD_ACCESS,
     CASELOAD_MEMBERSHIPS,
     ROSTER_CLASSES,
     ROSTER_ENROLLMENTS,
@@ -25,7 +26,13 @@ from contracts.topics import (
     SPED_MANDATES,
 )
 from services.caseload import api, handlers
-from services.caseload.upkeep import CaseloadOptions, drop_blank_owners, keep_change_feed_bounded
+from services.caseload.upkeep import (
+    CaseloadOptions,
+    bring_roster_defaults_in_line,
+    drop_blank_owners,
+    grant_configured_admins,
+    keep_change_feed_bounded,
+)
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
 
@@ -74,7 +81,7 @@ def definition() -> ServiceDefinition:
             ),
         ],
         routers=[api.router],
-        publishes=[CASELOAD_MEMBERSHIPS],
-        background=[keep_change_feed_bounded, drop_blank_owners],
+        publishes=[CASELOAD_MEMBERSHIPS, CASELOAD_ACCESS],
+        background=[keep_change_feed_bounded, drop_blank_owners, grant_configured_admins, bring_roster_defaults_in_line],
         options=CaseloadOptions.from_env(),
     )

@@ -28,6 +28,7 @@ projection, so a test can check that the two always agree.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -360,3 +361,125 @@ def manual_memberships(students: dict[UUID, tuple[str, str]], point_persons: dic
     out |= {Membership(support_leads[support], student, "support", str(support))
             for support, student in support_members if student in active and support in support_leads}
     return out
+
+
+# -------------------------------------------------------------------- access levels (seeds 000, 003)
+
+ACCESS_LEVELS = ("caseload_viewer", "caseload_editor", "manage_cases", "provider", "supervisor", "school_admin",
+                 "district_admin")
+# What a school admin may grant at their own schools; school_admin and district_admin, and
+# anything district-wide, take a district admin.
+SCHOOL_ADMIN_GRANTS = frozenset({"caseload_viewer", "caseload_editor", "manage_cases", "provider", "supervisor"})
+ROSTER_ROLES = ("teacher", "aide", "administrator", "counselor")  # roster.staff_upserted.v1's roles
+# Without a district setting, a teacher matched to an email gets caseload_viewer at their
+# schools (seed 000: school-based staff "can be assigned an access level of Caseload
+# Viewer or Caseload Editor"; viewing is the least of them), so the nightly roster file is
+# enough for a new teacher to log in and see their caseload. Other roles get nothing.
+DEFAULT_ACCESS_BY_ROSTER_ROLE: dict[str, tuple[str, ...]] = {"teacher": ("caseload_viewer",)}
+
+_GRANTS = uuid.UUID("5b0e6a0c-3c51-4d8e-9d7e-6a0b1c2d3e4f")
+
+
+@dataclass(frozen=True)
+class AccessChange:
+    """One level at one place for one staff member: grant or revoke. school_id None: the
+    whole district."""
+
+    grant: bool
+    staff_email: str
+    level: str
+    school_id: str | None
+
+
+def grant_id(district_id: str, staff_email: str, level: str, school_id: str | None, basis: str,
+             staff_id: UUID | None = None) -> UUID:
+    """The same for the same grant, so a level granted again is the same grant (and a
+    replayed event changes nothing). A roster default belongs to the staff record that gives
+    it (two records with one email give two grants, each withdrawn with its record)."""
+    holder = f"{staff_id}/{staff_email}" if basis == "roster_default" else staff_email
+    return uuid.uuid5(_GRANTS, "\x1f".join((district_id, basis, holder, level, school_id or "*")))
+
+
+def check_may_assign(caller: Caller, change: AccessChange) -> None:
+    """May `caller` grant or revoke this level here? A district admin anything in the
+    district; a school admin the caseload, case and provider levels at their own schools.
+    Raises Refused naming the rule."""
+    if change.level not in ACCESS_LEVELS:
+        raise Refused("unknown_level", f"no access level {change.level!r}: use " + ", ".join(ACCESS_LEVELS))
+    if change.level == "district_admin" and change.school_id is not None:
+        raise Refused("district_admin_is_district_wide", "district_admin is held district-wide: leave school_id out")
+    if change.level == "school_admin" and change.school_id is None:
+        raise Refused("school_admin_is_per_school", "school_admin is held at schools: name them "
+                                                    "(district-wide, that is district_admin)")
+    if caller.district_wide:
+        return
+    if not caller.has("school_admin"):
+        raise Refused("not_an_admin", "assigning access levels needs district_admin, or school_admin for one's "
+                                      "own schools")
+    if change.school_id is None or change.level not in SCHOOL_ADMIN_GRANTS:
+        raise Refused("needs_district_admin", f"only a district admin assigns {change.level}"
+                      + (" district-wide" if change.school_id is None else ""))
+    if not caller.holds("school_admin", change.school_id):
+        raise Refused("outside_your_schools", f"a school admin assigns access at their own schools; "
+                                              f"{change.school_id} is not one of them")
+
+
+def check_grantee(change: AccessChange, *, active_staff: bool) -> None:
+    """Levels go to active staff of the district with that login email; a district admin
+    (the district's IT, often not in the roster) may be anyone the district names."""
+    if change.grant and change.level != "district_admin" and not active_staff:
+        raise Refused("unknown_staff_member", "access is granted to an active staff member of the district, "
+                                              "named by their login email; the roster has none with this email")
+
+
+def check_revoke(change: AccessChange, held_bases: set[str], district_admins_left: int) -> None:
+    """A revoke ends an admin's grant. Access held only by the roster default is changed in
+    the roster or the district's defaults; access from configuration, in configuration. The
+    district's last district admin stays (someone must be able to assign access)."""
+    if "granted" not in held_bases:
+        if "roster_default" in held_bases:
+            raise Refused("roster_default", f"{change.staff_email} holds {change.level} by the district's roster "
+                                            "default for their role: change the default (PUT /v1/access/defaults) "
+                                            "or the roster")
+        if "configuration" in held_bases:
+            raise Refused("configuration", f"{change.staff_email} holds {change.level} by the service's "
+                                           "configuration (CASEFLOW_DISTRICT_ADMINS): change it there")
+        return  # not held: nothing to revoke
+    if change.level == "district_admin" and district_admins_left <= 1:
+        raise Refused("last_district_admin", "this is the district's last district admin: grant another first")
+
+
+def roster_default_access(*, role: str, email: str | None, active: bool, school_ids: Iterable[str],
+                          defaults: dict[str, tuple[str, ...]]) -> set[tuple[str, str]]:
+    """The (level, school) a staff member holds by the district's default for their roster
+    role: none without a login email or once they left the roster (a deactivated staff
+    member loses what the default gave them; an admin's grants stay until revoked)."""
+    if not active or login_email(email) is None:
+        return set()
+    return {(level, school) for level in defaults.get(role, ()) for school in school_ids if school}
+
+
+def district_defaults(set_by_district: dict[str, list[str]]) -> dict[str, tuple[str, ...]]:
+    """The district's default levels per roster role: its own setting where it made one,
+    else DEFAULT_ACCESS_BY_ROSTER_ROLE."""
+    return {**DEFAULT_ACCESS_BY_ROSTER_ROLE, **{role: tuple(levels) for role, levels in set_by_district.items()}}
+
+
+def check_defaults(defaults: dict[str, list[str]]) -> None:
+    """A district's defaults: roster roles to levels held at the staff member's schools
+    (no district_admin: that is never a default)."""
+    for role, levels in defaults.items():
+        if role not in ROSTER_ROLES:
+            raise Refused("unknown_roster_role", f"no roster role {role!r}: use " + ", ".join(ROSTER_ROLES))
+        for level in levels:
+            if level not in ACCESS_LEVELS or level == "district_admin":
+                raise Refused("not_a_default_level", f"{level!r} cannot be a roster default: use "
+                              + ", ".join(lv for lv in ACCESS_LEVELS if lv != "district_admin"))
+
+
+def default_withdrawn_because(*, active: bool, email: str | None) -> str:
+    if not active:
+        return "left the roster"
+    if login_email(email) is None:
+        return "has no login email in the roster"
+    return "no longer at the school in the roster, or the district's default for their role changed"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
-from contracts.caseload import CaseloadMembershipAdded, CaseloadMembershipRemoved
+from contracts.caseload import AccessGranted, AccessRevoked, CaseloadMembershipAdded, CaseloadMembershipRemoved
 from contracts.roster import (
     ClassRemoved,
     ClassUpserted,
@@ -51,6 +51,7 @@ async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDea
     rows = [r if r[5] else (*r[:3], roles.get(r[0], r[3]), *r[4:]) for r in rows]
     await store.project_staff(uow.conn, rows)
     await refresh(uow, await store.students_taught_by(uow.conn, (e.staff_id for e in events)), events[-1])
+    await refresh_roster_defaults(uow, last, events[-1].correlation_id)
 
 
 async def on_roster_classes(uow: UnitOfWork, events: list[ClassUpserted | ClassRemoved]) -> None:
@@ -143,3 +144,63 @@ def emit_changes(uow: UnitOfWork, rows, *, cause=None, cause_of: dict | None = N
             producer="caseflow.caseload",
         )
         uow.emit(CaseloadMembershipAdded(**fields) if row["change"] == "added" else CaseloadMembershipRemoved(**fields))
+
+
+# ---------------------------------------------------------------------------- access levels
+
+
+def access_row(*, grant: bool, district_id: str, staff_email: str, level: str, school_id: str | None, basis: str,
+               changed_by: str | None, reason: str, at: datetime, staff_id: UUID | None = None,
+               grant_id: UUID | None = None) -> dict:
+    return dict(grant_id=grant_id or domain.grant_id(district_id, staff_email, level, school_id, basis, staff_id),
+                district_id=district_id, staff_email=staff_email, level=level, school_id=school_id, basis=basis,
+                held=grant, changed_by=changed_by, reason=reason, at=at, staff_id=staff_id)
+
+
+async def record_access(uow: UnitOfWork, rows: list[dict], correlation_id: str | None = None) -> None:
+    """Write these grants and revokes with their history and publish each
+    (caseload.access.v1), in the caller's transaction."""
+    await store.write_access(uow.conn, rows)
+    for r in rows:
+        fields = dict(district_id=r["district_id"], occurred_at=r["at"], grant_id=r["grant_id"],
+                      staff_email=r["staff_email"], level=r["level"], school_id=r["school_id"], basis=r["basis"],
+                      correlation_id=correlation_id, producer="caseflow.caseload")
+        uow.emit(AccessGranted(**fields, granted_by=r["changed_by"]) if r["held"]
+                 else AccessRevoked(**fields, revoked_by=r["changed_by"], reason=r["reason"]))
+
+
+async def refresh_roster_defaults(uow: UnitOfWork, staff_ids, correlation_id: str | None = None) -> list[dict]:
+    """Bring the access these staff records hold by their district's roster defaults in line
+    with the roster (domain.roster_default_access): grant what is now due, revoke what no
+    longer is (left the roster, no email, another school, a changed default). An admin's
+    grants are not touched."""
+    staff_ids = list(set(staff_ids))
+    if not staff_ids:
+        return []
+    staff = await store.staff_for_defaults(uow.conn, staff_ids)
+    held = await store.held_defaults(uow.conn, staff_ids)
+    districts = {s["district_id"] for s in staff} | {h["district_id"] for h in held}
+    await store.lock_access(uow.conn, districts)
+    held = {h["grant_id"]: h for h in await store.held_defaults(uow.conn, staff_ids)}  # as of the lock
+    set_by = await store.access_defaults(uow.conn, districts)
+    now = datetime.now(UTC)
+    wanted: dict[UUID, dict] = {}
+    why_not: dict[UUID, str] = {}
+    for s in staff:
+        email = domain.login_email(s["email"])
+        why_not[s["staff_id"]] = domain.default_withdrawn_because(active=s["active"], email=email)
+        due = domain.roster_default_access(role=s["role"], email=email, active=s["active"], school_ids=s["school_ids"],
+                                           defaults=domain.district_defaults(set_by.get(s["district_id"], {})))
+        for level, school in due:
+            row = access_row(grant=True, district_id=s["district_id"], staff_email=email, level=level,
+                             school_id=school, basis="roster_default", changed_by=None,
+                             reason=f"the district's default for {s['role']}s", at=now, staff_id=s["staff_id"])
+            wanted[row["grant_id"]] = row
+    rows = [row for gid, row in wanted.items() if gid not in held]
+    rows += [access_row(grant=False, district_id=h["district_id"], staff_email=h["staff_email"], level=h["level"],
+                        school_id=h["school_id"], basis="roster_default", changed_by=None,
+                        reason=why_not.get(h["staff_id"], "left the roster"), at=now, staff_id=h["staff_id"],
+                        grant_id=gid)
+             for gid, h in held.items() if gid not in wanted]
+    await record_access(uow, rows, correlation_id)
+    return rows

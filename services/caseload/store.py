@@ -695,3 +695,142 @@ async def changes(conn: asyncpg.Connection, *, district_id: str, after: tuple[in
            ORDER BY xid, seq LIMIT $7""",
         district_id, str(after[0]), after[1], since, owner_email, schools, limit,
     )
+
+
+# ---------------------------------------------------------------------------- access levels (seeds 000, 003)
+
+_ACCESS_LOCKS = 4
+
+
+async def lock_access(conn: asyncpg.Connection, districts: Iterable[str]) -> None:
+    """One writer of a district's access at a time (an admin's change, a roster default, a
+    change of defaults): the checks (the last district admin, what is held) see what the
+    writer before committed."""
+    await db.lock_until_commit(conn, _ACCESS_LOCKS, districts, buckets=4096)
+
+
+async def held_access(conn: asyncpg.Connection, district_id: str,
+                      places: Iterable[tuple[str, str, str | None]]) -> dict[tuple, dict[str, UUID]]:
+    """(staff_email, level, school_id) -> {basis: grant_id} held there now."""
+    places = list(set(places))
+    if not places:
+        return {}
+    emails, levels, schools = (list(c) for c in zip(*places, strict=True))
+    rows = await conn.fetch(
+        """SELECT h.staff_email, h.level, h.school_id, h.basis, h.grant_id
+           FROM unnest($2::text[], $3::text[], $4::text[]) AS p(email, level, school_id)
+           JOIN access_held h ON h.district_id = $1 AND h.held AND h.staff_email = p.email AND h.level = p.level
+                             AND h.school_id IS NOT DISTINCT FROM p.school_id""",
+        district_id, emails, levels, schools)
+    out: dict[tuple, dict[str, UUID]] = {}
+    for r in rows:
+        out.setdefault((r["staff_email"], r["level"], r["school_id"]), {})[r["basis"]] = r["grant_id"]
+    return out
+
+
+async def district_admins(conn: asyncpg.Connection, district_id: str) -> set[str]:
+    rows = await conn.fetch("""SELECT DISTINCT staff_email FROM access_held
+                               WHERE district_id = $1 AND level = 'district_admin' AND held""", district_id)
+    return {r[0] for r in rows}
+
+
+async def write_access(conn: asyncpg.Connection, rows: list[dict]) -> None:
+    """rows: grant_id, district_id, staff_email, level, school_id, basis, held, changed_by,
+    reason, at, staff_id. The grant as it now stands, and a line of history each."""
+    if not rows:
+        return
+    cols = ("grant_id", "district_id", "staff_email", "level", "school_id", "basis", "held", "changed_by", "reason",
+            "at", "staff_id")
+    args = [[r[c] for r in rows] for c in cols]
+    last = list({r["grant_id"]: r for r in rows}.values())  # granted and revoked in one go: as it ends
+    await conn.execute(
+        """INSERT INTO access_held (grant_id, district_id, staff_email, level, school_id, basis, granted_by, held, as_of,
+                                    staff_id)
+           SELECT grant_id, district_id, staff_email, level, school_id, basis, changed_by, held, at, staff_id
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bool[],
+                       $8::text[], $9::text[], $10::timestamptz[], $11::uuid[])
+                AS r(grant_id, district_id, staff_email, level, school_id, basis, held, changed_by, reason, at, staff_id)
+           ON CONFLICT (grant_id) DO UPDATE SET held = EXCLUDED.held, as_of = EXCLUDED.as_of,
+               granted_by = CASE WHEN EXCLUDED.held THEN EXCLUDED.granted_by ELSE access_held.granted_by END,
+               staff_id = EXCLUDED.staff_id""", *([r[c] for r in last] for c in cols))
+    await conn.execute(
+        """INSERT INTO access_history (district_id, staff_email, level, school_id, basis, change, changed_by, reason, at)
+           SELECT district_id, staff_email, level, school_id, basis,
+                  CASE WHEN held THEN 'granted' ELSE 'revoked' END, changed_by, reason, at
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[], $7::text[], $8::text[],
+                       $9::timestamptz[])
+                AS r(district_id, staff_email, level, school_id, basis, held, changed_by, reason, at)""",
+        *args[1:10])
+
+
+async def access_holders(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None,
+                         school_id: str | None, level: str | None, staff_email: str | None,
+                         after: tuple[str, UUID] | None, limit: int) -> list[asyncpg.Record]:
+    """Who holds what, by staff email. schools: the caller's reach (None: the district);
+    a school admin sees the grants at their schools and the district-wide ones."""
+    return await conn.fetch(
+        """SELECT grant_id, staff_email, level, school_id, basis, granted_by, as_of AS since FROM access_held
+           WHERE district_id = $1 AND held
+             AND ($2::text[] IS NULL OR school_id IS NULL OR school_id = ANY($2::text[]))
+             AND ($3::text IS NULL OR school_id = $3) AND ($4::text IS NULL OR level = $4)
+             AND ($5::text IS NULL OR staff_email = $5)
+             AND ($6::text IS NULL OR (staff_email, grant_id) > ($6, $7::uuid))
+           ORDER BY staff_email, grant_id LIMIT $8""",
+        district_id, schools, school_id, level, staff_email, after[0] if after else None,
+        after[1] if after else None, limit)
+
+
+async def access_history(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None,
+                         staff_email: str | None, before: int | None, limit: int) -> list[asyncpg.Record]:
+    """Newest first."""
+    return await conn.fetch(
+        """SELECT id, staff_email, level, school_id, basis, change, changed_by, reason, at FROM access_history
+           WHERE district_id = $1 AND ($2::text[] IS NULL OR school_id IS NULL OR school_id = ANY($2::text[]))
+             AND ($3::text IS NULL OR staff_email = $3) AND ($4::bigint IS NULL OR id < $4)
+           ORDER BY id DESC LIMIT $5""", district_id, schools, staff_email, before, limit)
+
+
+async def access_defaults(conn: asyncpg.Connection, districts: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """What each district set, per roster role (the built-in default is the domain's)."""
+    rows = await conn.fetch("SELECT district_id, roster_role, levels FROM access_defaults WHERE district_id = ANY($1)",
+                            sorted(set(districts)))
+    out: dict[str, dict[str, list[str]]] = {}
+    for r in rows:
+        out.setdefault(r["district_id"], {})[r["roster_role"]] = list(r["levels"])
+    return out
+
+
+async def set_access_defaults(conn: asyncpg.Connection, district_id: str, defaults: dict[str, list[str]],
+                              changed_by: str, at) -> None:
+    await conn.executemany(
+        """INSERT INTO access_defaults (district_id, roster_role, levels, changed_by, changed_at)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (district_id, roster_role) DO UPDATE SET levels = EXCLUDED.levels,
+               changed_by = EXCLUDED.changed_by, changed_at = EXCLUDED.changed_at""",
+        [(district_id, role, sorted(set(levels)), changed_by, at) for role, levels in defaults.items()])
+
+
+async def staff_for_defaults(conn: asyncpg.Connection, staff_ids: Iterable[UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT staff_id, district_id, role, email, active, school_ids FROM staff WHERE staff_id = ANY($1::uuid[])""",
+        list(set(staff_ids)))
+
+
+async def staff_ids_of(conn: asyncpg.Connection, district_id: str) -> list[UUID]:
+    """Every staff record the district's defaults may touch: in the roster now, or holding a default."""
+    rows = await conn.fetch(
+        """SELECT staff_id FROM staff WHERE district_id = $1 AND active
+           UNION SELECT staff_id FROM access_held
+           WHERE district_id = $1 AND held AND basis = 'roster_default' AND staff_id IS NOT NULL""", district_id)
+    return [r[0] for r in rows]
+
+
+async def held_defaults(conn: asyncpg.Connection, staff_ids: Iterable[UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT grant_id, district_id, staff_email, level, school_id, staff_id FROM access_held
+           WHERE staff_id = ANY($1::uuid[]) AND held AND basis = 'roster_default'""", list(set(staff_ids)))
+
+
+async def configured_grants(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("""SELECT grant_id, district_id, staff_email, level, school_id FROM access_held
+                               WHERE held AND basis = 'configuration'""")

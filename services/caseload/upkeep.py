@@ -7,7 +7,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from services.caseload import handlers, store
+from services.caseload import actions, handlers, store
 from services.kit import logs
 
 log = logs.get("caseflow.caseload.upkeep")
@@ -19,6 +19,9 @@ class CaseloadOptions:
 
     changes_retention_days: int = 90  # how far back a tool may catch up from the change feed
     upkeep_interval_seconds: float = 3600.0
+    # Each district's first district admin(s), from CASEFLOW_DISTRICT_ADMINS: comma-separated
+    # district=email pairs, e.g. "nycdoe=it.admin@schools.nyc.gov,d2=it@d2.org".
+    district_admins: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> CaseloadOptions:
@@ -26,7 +29,22 @@ class CaseloadOptions:
         return cls(
             changes_retention_days=int(env.get("CASEFLOW_CASELOAD_CHANGES_RETENTION_DAYS", 90)),
             upkeep_interval_seconds=float(env.get("CASEFLOW_CASELOAD_UPKEEP_INTERVAL_SECONDS", 3600)),
+            district_admins=parse_district_admins(env.get("CASEFLOW_DISTRICT_ADMINS", "")),
         )
+
+
+def parse_district_admins(text: str) -> tuple[tuple[str, str], ...]:
+    """"d1=a@d1.org, d2=b@d2.org" -> (("d1", "a@d1.org"), ("d2", "b@d2.org")); raises
+    ValueError naming the pair that is not district=email."""
+    pairs = []
+    for item in (p.strip() for p in text.split(",")):
+        if not item:
+            continue
+        district, _, email = (x.strip() for x in item.partition("="))
+        if not district or "@" not in email:
+            raise ValueError(f"CASEFLOW_DISTRICT_ADMINS: {item!r} is not district=email")
+        pairs.append((district, email))
+    return tuple(pairs)
 
 
 async def forget_old_changes(pool, retention_days: int, batch: int = 50_000) -> int:
@@ -68,3 +86,28 @@ async def drop_blank_owners(runtime) -> None:
         changes = await handlers.refresh(uow, students)
     if changes:
         log.info("memberships of blank emails removed", students=len(students), changes=len(changes))
+
+
+async def grant_configured_admins(runtime) -> None:
+    """Once as the service starts: the district admins CASEFLOW_DISTRICT_ADMINS names hold
+    district_admin (a district's first admin, who then grants the rest); one no longer
+    named loses what configuration gave (an admin's grant to them stays). A one-shot job."""
+    options: CaseloadOptions = runtime.definition.options
+    async with runtime.unit_of_work() as uow:
+        changes = await actions.grant_configured_admins(uow, list(options.district_admins))
+    if changes:
+        log.info("configured district admins", granted=sum(r["held"] for r in changes),
+                 revoked=sum(not r["held"] for r in changes))
+
+
+async def bring_roster_defaults_in_line(runtime) -> None:
+    """Once as the service starts: every district's staff hold what its roster defaults give
+    them (staff projected before access levels existed get theirs; nothing changes, and
+    nothing is published, for a district already in line). One district per transaction."""
+    async with runtime.pool.acquire() as conn:
+        districts = [r[0] for r in await conn.fetch("SELECT DISTINCT district_id FROM staff")]
+    for district_id in districts:
+        async with runtime.unit_of_work() as uow:
+            changes = await handlers.refresh_roster_defaults(uow, await store.staff_ids_of(uow.conn, district_id))
+        if changes:
+            log.info("roster defaults brought in line", district_id=district_id, changes=len(changes))
