@@ -165,6 +165,32 @@ def cmd_roster_import(args: argparse.Namespace) -> int:
     return asyncio.run(go())
 
 
+def cmd_access(args: argparse.Namespace) -> int:
+    """A district's first district admin, written to the caseload service's database with
+    its AccessGranted event (the service's outbox relay publishes it): for a district that
+    has none yet, without restarting the service with CASEFLOW_DISTRICT_ADMINS."""
+    from services.caseload import actions
+    from services.kit import db, outbox
+    from services.kit.consumer import UnitOfWork
+
+    async def go() -> int:
+        s = _settings("caseload")
+        conn = await db.connect(s.database_url)
+        try:
+            await db.migrate(conn, db.migrations_for("caseload", _definition("caseload").directory))
+            async with conn.transaction():
+                uow = UnitOfWork(conn, source="caseflow.cli", settings=s)
+                outcome = await actions.grant_district_admin(uow, args.district, args.email,
+                                                             by=f"command line ({os.environ.get('USER', 'unknown')})")
+                await outbox.write(conn, uow.outgoing)
+        finally:
+            await conn.close()
+        print(f"{args.email.strip().lower()} district_admin of {args.district}: {outcome}")
+        return 0
+
+    return asyncio.run(go())
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Publish one event, checked against its contract, with its CloudEvents headers."""
     import uuid
@@ -257,9 +283,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--district", required=True)
     p.add_argument("--school", action="append", help="repeat for several schools")
     p.add_argument("--role", action="append", help="repeat: caseload_viewer, caseload_editor, manage_cases, "
-                   "district_admin, school_admin, provider, supervisor")
+                   "district_admin, school_admin, provider, supervisor. Without --role and --school the token "
+                   "names only the person and district (as an SSO sign-in does): access then comes from grants")
     p.add_argument("--ttl", type=int, default=8 * 3600, help="seconds")
     p.set_defaults(func=cmd_token)
+
+    access = sub.add_parser("access", help="access levels").add_subparsers(dest="access_command", required=True)
+    p = access.add_parser("grant-district-admin",
+                          help="make someone a district's district admin (its first one, who grants the rest)")
+    p.add_argument("--district", required=True)
+    p.add_argument("--email", required=True, help="their login email (what their sign-in token names)")
+    p.set_defaults(func=cmd_access)
 
     p = sub.add_parser("contracts", help="the events' JSON Schemas in contracts/schemas/ and contracts/baselines/")
     p.add_argument("action", choices=("export", "check", "baseline"),

@@ -150,6 +150,8 @@ def _service_env(base: dict[str, str], *, home: Path, bootstrap: str, dsn: str,
         CASEFLOW_SMTP_HOST="127.0.0.1",
         CASEFLOW_SMTP_PORT=str(smtp_port),
         CASEFLOW_ROSTER_DROP_FOLDER=base.get("CASEFLOW_ROSTER_DROP_FOLDER") or str(home / "drop"),
+        # The sample district's first district admin (README, "Trying it").
+        CASEFLOW_DISTRICT_ADMINS=base.get("CASEFLOW_DISTRICT_ADMINS") or "nycdoe=admin@schools.example.org",
     )
     if not env.get("CASEFLOW_JWT_SECRET"):
         env["CASEFLOW_JWT_SECRET"] = dev_secret()
@@ -417,8 +419,8 @@ def _summary(elapsed: float, ports: dict[str, int], env: dict[str, str], *, brok
         if os.environ.get("CASEFLOW_HOME"):
             cli = f"CASEFLOW_HOME={env['CASEFLOW_HOME']} {cli}"
     _say(f"  {cli} roster import tests/fixtures/oneroster/bulk_small --district nycdoe   # the sample district")
-    _say(f"  TOKEN=$({cli} token --email admin@schools.example.org --district nycdoe --role district_admin "
-         f"--role manage_cases)")
+    _say(f"  TOKEN=$({cli} token --email admin@schools.example.org --district nycdoe)   "
+         f"# nycdoe's district admin (CASEFLOW_DISTRICT_ADMINS)")
     _say(f'  curl -H "Authorization: Bearer $TOKEN" {roster}/v1/students')
     _say("  (README.md, 'Trying it': a teacher's caseload, a case opened from a published trigger, the dashboard)")
     _say(rule)

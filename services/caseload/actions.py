@@ -325,3 +325,19 @@ async def grant_configured_admins(uow, configured: list[tuple[str, str]]) -> lis
              for gid, h in held.items() if gid not in wanted]
     await handlers.record_access(uow, rows)
     return rows
+
+
+async def grant_district_admin(uow, district_id: str, email: str, *, by: str) -> str:
+    """Make `email` a district admin of the district (`caseflow access grant-district-admin`):
+    granted, or unchanged if they already were by a grant."""
+    email = domain.login_email(email)
+    if not email or "@" not in email:
+        raise ValueError("a district admin is named by their login email")
+    await store.lock_access(uow.conn, [district_id])
+    held = await store.held_access(uow.conn, district_id, [(email, "district_admin", None)])
+    if "granted" in held.get((email, "district_admin", None), {}):
+        return "unchanged"
+    await handlers.record_access(uow, [handlers.access_row(
+        grant=True, district_id=district_id, staff_email=email, level="district_admin", school_id=None,
+        basis="granted", changed_by=by, reason="granted from the command line", at=datetime.now(UTC))])
+    return "granted"

@@ -97,10 +97,13 @@ def test_the_readme_walk_works_as_written(stack):
     assert done.returncode == 0, done.stdout + done.stderr
     answers = {int(n): json.loads(body) for n, body in
                re.findall(r"### curl (\d+)\n(.*?)\n### end", done.stdout, re.S)}
-    students, caseload, dictionary, dashboard = (answers[n] for n in (1, 2, 3, 4))
+    students, caseload, access, dictionary, dashboard = (answers[n] for n in (1, 2, 3, 4, 5))
     assert len(students["items"]) == 12  # the sample district's students
     assert {s["given_name"] for s in caseload["items"]} >= {"Sofia"}  # Maria Santos's homeroom 3-401
     assert all(w["reason"] == "homeroom" for s in caseload["items"] for w in s["why"])
+    # Her token names only her: the roster's default for teachers gave her access.
+    assert {(lv["level"], lv["school_id"], lv["basis"]) for lv in access["levels"]} == \
+        {("caseload_viewer", "sch-02M001", "roster_default")}
     assert {i["trigger_kind"]: i["enabled"] for i in dictionary["items"]}["submit_form"] is True
     assert dashboard["by_school"] == [{"key": "sch-02M001", "open_cases": 1}]  # stu-0001's school
     assert re.search(r"^[0-9a-f-]{36}$", done.stdout, re.M), "caseflow publish prints the event id"

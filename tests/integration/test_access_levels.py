@@ -242,3 +242,27 @@ async def test_another_districts_admin_neither_sees_nor_changes_a_districts_assi
                                json={"staff_email": TEACHER, "level": "caseload_editor", "schools": ["E1"]})
     assert answer.status_code == 422 and answer.json()["errors"][0]["rule"] == "unknown_staff_member"
     assert (TEACHER, "caseload_viewer", "E1", "roster_default") in await holders(client)
+
+
+async def test_the_command_line_makes_a_districts_first_admin_who_then_grants(caseload, system: Stack, monkeypatch,
+                                                                              capsys):
+    import asyncio
+
+    from services import cli
+
+    newcomer, district = "it@new-district.example.org", "d-access-new"
+    monkeypatch.setattr(cli, "_ENV", None)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", system.backends.kafka)
+    monkeypatch.setenv("CASEFLOW_TOPIC_PREFIX", system.prefix)
+    monkeypatch.setenv("CASEFLOW_CASELOAD_DATABASE_URL", system.database_url("caseload"))
+    argv = ["access", "grant-district-admin", "--district", district, "--email", newcomer.upper()]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    assert capsys.readouterr().out.strip() == f"{newcomer} district_admin of {district}: granted"
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    assert capsys.readouterr().out.strip().endswith(": unchanged")
+    me = (await caseload.client.get("/v1/access/me", headers=who(newcomer, district))).json()
+    assert [(lv["level"], lv["basis"], lv["granted_by"].startswith("command line")) for lv in me["levels"]] == \
+        [("district_admin", "granted", True)]
+    # Published through the service's outbox like any grant (one event: the second run changed nothing).
+    await eventually(lambda: published(system, newcomer), what="the grant published")
+    assert [r["event_type"] for r in await published(system, newcomer)] == [GRANTED]
