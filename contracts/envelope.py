@@ -43,6 +43,8 @@ def _refusal(value) -> str | None:
         return next((r for r in map(_refusal, value) if r), None)
     if isinstance(value, dict):
         return next((r for r in map(_refusal, [*value.keys(), *value.values()]) if r), None)
+    if isinstance(value, BaseModel):  # a nested part of an event (a case's history)
+        return _refusal(value.__dict__)
     return None
 
 

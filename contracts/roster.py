@@ -148,3 +148,14 @@ class RosterImportCompleted(Event):
     import_id: UUID = Field(description="The import.")
     counts: dict[str, int] = Field(description="Changes by kind, e.g. students_enrolled, enrollments_removed.")
     rejected_rows: int = Field(description="Rows skipped for errors (see the import's error report).")
+
+
+class DistrictUpserted(Event):
+    """The district as its roster names it (the OneRoster org of type district): new, or
+    renamed. The transfer portal lists destination districts by this name (seed 003)."""
+
+    event_type: Literal["roster.district_upserted.v1"] = Field(default="roster.district_upserted.v1", description="Event type and major version.")
+    name: str = Field(min_length=1, max_length=300, description="The district's name, e.g. 'New York City Department "
+                      "of Education'.")
+    source_id: str | None = Field(default=None, max_length=128, description="The district org's sourcedId in the "
+                                  "district's files, when it came from one.")

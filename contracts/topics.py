@@ -21,6 +21,7 @@ from contracts.caseload import AccessGranted, AccessRevoked, CaseloadMembershipA
 from contracts.envelope import Event
 from contracts.roster import (
     ClassRemoved,
+    DistrictUpserted,
     ClassUpserted,
     EnrollmentAdded,
     EnrollmentRemoved,
@@ -32,6 +33,18 @@ from contracts.roster import (
     StudentWithdrawn,
 )
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
+from contracts.transfers import (
+    CaseDelivered,
+    CaseHistoryExported,
+    CaseHistoryUnavailable,
+    TransferAccepted,
+    TransferCancelled,
+    TransferExpired,
+    TransferLocked,
+    TransferRejected,
+    TransferRequested,
+    TransfersActivationChanged,
+)
 from contracts.special_education import FirstAttendanceRecorded, MandateEnded, MandateRecorded
 
 
@@ -167,10 +180,55 @@ CASE_DICTIONARY = Topic(
     description="Changes to districts' Case Management Dictionaries, keyed by district.",
 )
 
+ROSTER_DISTRICTS = Topic(
+    name="roster.districts.v1",
+    key_field="district_id",
+    partitions=3,
+    events=(DistrictUpserted,),
+    description="Districts as their rosters name them (the district org), keyed by district.",
+)
+
+TRANSFERS_ACTIVATION = Topic(
+    name="transfers.districts.v1",
+    key_field="district_id",
+    partitions=3,
+    events=(TransfersActivationChanged,),
+    description="Each district's \"Activate Case Transfers Between Districts\" turned on or off (seed 003), keyed by "
+                "district.",
+)
+
+TRANSFER_REQUESTS = Topic(
+    name="transfers.requests.v1",
+    key_field="request_id",
+    partitions=6,
+    events=(TransferRequested, TransferAccepted, TransferRejected, TransferCancelled, TransferLocked,
+            TransferExpired),
+    description="District transfer requests and how each ended (seed 003), keyed by request. Never the "
+                "authentication code, never a student's name.",
+)
+
+CASE_HISTORIES = Topic(
+    name="cases.histories.v1",
+    key_field="request_id",
+    partitions=6,
+    events=(CaseHistoryExported, CaseHistoryUnavailable),
+    description="Case histories the sending district's cases service exports for a transfer request, in parts, "
+                "keyed by request; read by the transfers service only.",
+)
+
+TRANSFER_DELIVERIES = Topic(
+    name="transfers.deliveries.v1",
+    key_field="request_id",
+    partitions=6,
+    events=(CaseDelivered,),
+    description="Accepted cases' histories, part by part, for the destination's cases service; keyed by request.",
+)
+
 TOPICS: dict[str, Topic] = {
     t.name: t
     for t in (SIS_STUDENTS, SIS_STAFF, ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS,
-              CASELOAD_MEMBERSHIPS, CASELOAD_ACCESS, SPED_MANDATES, CASE_TRIGGERS, CASES, CASE_DICTIONARY)
+              CASELOAD_MEMBERSHIPS, CASELOAD_ACCESS, SPED_MANDATES, CASE_TRIGGERS, CASES, CASE_DICTIONARY,
+              ROSTER_DISTRICTS, TRANSFERS_ACTIVATION, TRANSFER_REQUESTS, CASE_HISTORIES, TRANSFER_DELIVERIES)
 }
 
 EVENT_TYPES: dict[str, type[Event]] = {event_type_of(cls): cls for t in TOPICS.values() for cls in t.events}
