@@ -156,6 +156,36 @@ class CaseNoteAdded(Event):
     author_email: str = Field(description="Who wrote it.")
 
 
+class CaseTransferredIn(Event):
+    """A case arrived from another district through the transfer portal (seed 003), with its
+    whole history, under a case number of this district. district_id: the destination."""
+
+    event_type: Literal["cases.case_transferred_in.v1"] = Field(default="cases.case_transferred_in.v1", description="Event type and major version.")
+    case_id: UUID = Field(description="The case's id here.")
+    case_number: str = Field(description="Its case number in this district.")
+    school_id: str | None = Field(default=None, description="The linked student's school here (SIS org id); null for "
+                                  "a person made from the transfer's information.")
+    student_id: UUID = Field(description="The person of concern here: a roster student, or the person made from the "
+                             "transfer's information.")
+    status: Literal["open", "closed"] = Field(description="As it stood in the sending district.")
+    source_district_id: str = Field(description="The district it came from.")
+    source_case_id: UUID = Field(description="Its id in the sending district.")
+    request_id: UUID = Field(description="The transfer request.")
+    accepted_by: str = Field(description="Who accepted it (login email).")
+
+
+class CaseTransferredOut(Event):
+    """A case went to another district through the transfer portal: here it is kept,
+    read-only, never deleted. district_id: the sending district."""
+
+    event_type: Literal["cases.case_transferred_out.v1"] = Field(default="cases.case_transferred_out.v1", description="Event type and major version.")
+    case_id: UUID = Field(description="The case.")
+    case_number: str = Field(description="The case number.")
+    student_id: UUID = Field(description="The person of concern.")
+    destination_district_id: str = Field(description="The district it went to.")
+    request_id: UUID = Field(description="The transfer request.")
+
+
 class DictionaryChanged(Event):
     """A district admin enabled or disabled a trigger in the Case Management Dictionary."""
 

@@ -14,6 +14,8 @@ from contracts.cases import (
     CaseNoteAdded,
     CaseOpened,
     CaseReopened,
+    CaseTransferredIn,
+    CaseTransferredOut,
     DictionaryChanged,
     TaskCompleted,
 )
@@ -168,8 +170,10 @@ CASES = Topic(
     name="cases.v1",
     key_field="student_id",
     partitions=12,
-    events=(CaseOpened, CaseClosed, CaseReopened, TaskCompleted, CaseNoteAdded),
-    description="Cases opened, closed and reopened, tasks completed, notes added; keyed by student.",
+    events=(CaseOpened, CaseClosed, CaseReopened, TaskCompleted, CaseNoteAdded, CaseTransferredIn,
+            CaseTransferredOut),
+    description="Cases opened, closed and reopened, tasks completed, notes added, cases transferred in and out "
+                "between districts; keyed by student.",
 )
 
 CASE_DICTIONARY = Topic(
