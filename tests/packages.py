@@ -29,6 +29,7 @@ class Roster:
     teachers: dict[str, dict] = field(default_factory=dict)  # id -> {school, given, family, email}
     classes: dict[str, dict] = field(default_factory=dict)  # id -> {school, type, title}
     enrollments: dict[tuple[str, str], dict] = field(default_factory=dict)  # (class, user) -> {role, primary}
+    district_name: str = "District"  # the district org D's name
 
 
 def write(roster: Roster, out: Path, modes: dict[str, str] | None = None, *, zip_to: Path | None = None,
@@ -39,7 +40,7 @@ def write(roster: Roster, out: Path, modes: dict[str, str] | None = None, *, zip
     deleted = deleted or {}
     out.mkdir(parents=True, exist_ok=True)
     rows = {
-        "orgs": [{"sourcedId": "D", "name": "District", "type": "district"}]
+        "orgs": [{"sourcedId": "D", "name": roster.district_name, "type": "district"}]
         + [{"sourcedId": sid, "name": name, "type": "school", "parentSourcedId": "D"} for sid, name in roster.schools.items()],
         "classes": [{"sourcedId": cid, "title": c["title"], "classType": c["type"], "schoolSourcedId": c["school"],
                      "grades": c.get("grades", ""), "classCode": c.get("code", "")} for cid, c in roster.classes.items()],

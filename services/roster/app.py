@@ -8,6 +8,7 @@ from pathlib import Path
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 from contracts.topics import (
     ROSTER_CLASSES,
+    ROSTER_DISTRICTS,
     ROSTER_ENROLLMENTS,
     ROSTER_IMPORTS,
     ROSTER_STAFF,
@@ -47,7 +48,7 @@ def definition() -> ServiceDefinition:
             access.subscription("roster"),
         ],
         routers=[api.router],
-        publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS],
+        publishes=[ROSTER_STUDENTS, ROSTER_STAFF, ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_IMPORTS, ROSTER_DISTRICTS],
         background=[recover_on_start, dropfolder.requeue_on_start, dropfolder.watch, class_members.keep_class_members_current],
         options=ImportOptions.from_env(),
     )

@@ -29,8 +29,9 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import asyncpg
+from pydantic import ValidationError
 
-from contracts.roster import RosterImportCompleted
+from contracts.roster import DistrictUpserted, RosterImportCompleted
 from contracts.topics import ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, ROSTER_STUDENTS
 from services.kit import logs, outbox
 from services.kit.crash import crashpoint
@@ -305,7 +306,7 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
         crashpoint("import.after_apply")
         await _record_file_rows(conn, district_id, import_id, users_bulk=package.mode("users") == "bulk",
                                 classes_bulk=package.mode("classes") == "bulk")
-        first_org = await _remember_district_org(conn, district_id, package, import_id)
+        first_org = await _remember_district_org(conn, district_id, package, import_id, kafka)
         if first_org:
             result.problems.append(first_org)
             result.warning_count += 1
@@ -554,21 +555,35 @@ async def _district_org_refusal(conn, district_id: str, named: list[tuple[str, s
             f"({held['name']})")
 
 
-async def _remember_district_org(conn, district_id: str, package: Package, import_id: uuid.UUID) -> Problem | None:
+async def _remember_district_org(conn, district_id: str, package: Package, import_id: uuid.UUID,
+                                 kafka) -> Problem | None:
     """Remember the district org this district's files name; on the first, if it does not
-    look like the district, say so (a warning): later files must name the same org."""
+    look like the district, say so (a warning): later files must name the same org. A new
+    or changed name is published (DistrictUpserted on roster.districts.v1: the transfer
+    portal lists districts by it, seed 003)."""
     named = package.district_orgs()
     if len(named) == 1:
         sid, identifier, name, line = named[0]
         first = await conn.fetchval("SELECT org_source_id IS NULL FROM (SELECT NULL) x LEFT JOIN district_orgs "
                                     "ON district_id = $1", district_id)
-        await conn.execute(
+        changed = await conn.fetchval(
             """INSERT INTO district_orgs (district_id, org_source_id, identifier, name, import_id)
                VALUES ($1, $2, $3, $4, $5)
                ON CONFLICT (district_id) DO UPDATE SET org_source_id = EXCLUDED.org_source_id,
                    identifier = EXCLUDED.identifier, name = EXCLUDED.name, import_id = EXCLUDED.import_id
-               WHERE district_orgs.org_source_id IS DISTINCT FROM EXCLUDED.org_source_id""",
+               WHERE (district_orgs.org_source_id, district_orgs.identifier, district_orgs.name)
+                     IS DISTINCT FROM (EXCLUDED.org_source_id, EXCLUDED.identifier, EXCLUDED.name)
+               RETURNING name""",
             district_id, sid, identifier or None, name or None, import_id)
+        if changed:
+            try:
+                renamed = DistrictUpserted(district_id=district_id, name=changed, source_id=sid,
+                                           correlation_id=str(import_id), producer=SOURCE)
+            except ValidationError:
+                return Problem("warning", "orgs.csv", line, "name", None,
+                               "the district org's name is not published (more than 300 characters, or a character "
+                               "that cannot be stored): districts see this district by its id", sid)
+            await outbox.write(conn, [outbox.message_for(renamed, source=SOURCE, kafka=kafka)])
         if first and district_id.casefold() not in (sid.casefold(), identifier.casefold()):
             return Problem("warning", "orgs.csv", line, "sourcedId", sid,
                            f"the district org is {sid} ({name}), not {district_id}: from now on, a package naming "

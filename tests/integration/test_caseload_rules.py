@@ -361,8 +361,13 @@ async def test_a_teacher_whose_email_is_blank_owns_no_membership_until_a_real_on
 
     # The next day's file gives the teacher a login email: the homeroom is on her caseload.
     emitted = await handled(pool, handlers.on_roster_staff, [teacher(" Rivera@X.org ", t0 + timedelta(days=1))])
-    assert sorted((e["event_type"], e["owner_email"], e["reason"]) for e in emitted) == [
+    assert sorted((e["event_type"], e["owner_email"], e["reason"]) for e in emitted
+                  if e["event_type"].startswith("caseload.membership_")) == [
         ("caseload.membership_added.v1", "rivera@x.org", "homeroom")] * 2
+    # ... and, matched to a login, she holds the district's default for teachers (caseload.access.v1).
+    assert [(e["event_type"], e["staff_email"], e["level"], e["basis"]) for e in emitted
+            if e["event_type"].startswith("caseload.access_")] == [
+        ("caseload.access_granted.v1", "rivera@x.org", "caseload_viewer", "roster_default")]
     async with pool.acquire() as conn:
         held = await conn.fetch("SELECT owner_email, student_id FROM memberships ORDER BY student_id")
     assert sorted(r["student_id"] for r in held) == sorted(STUDENTS[:2])
@@ -370,7 +375,8 @@ async def test_a_teacher_whose_email_is_blank_owns_no_membership_until_a_real_on
 
     # ... and losing it again ("" from a bridge) takes the caseload away.
     emitted = await handled(pool, handlers.on_roster_staff, [teacher(blank, t0 + timedelta(days=2))])
-    assert sorted(e["event_type"] for e in emitted) == ["caseload.membership_removed.v1"] * 2
+    assert sorted(e["event_type"] for e in emitted) == ["caseload.access_revoked.v1"] + \
+        ["caseload.membership_removed.v1"] * 2  # and the access her email had by the default
 
 
 async def test_memberships_a_blank_email_held_from_before_leave_as_the_service_starts(service_db):

@@ -94,6 +94,8 @@ def apply_events(state: dict, events: list) -> dict:
                 s["enrollments"][(e.class_source_id, e.user_source_id)] = (e.role, e.primary)
             case "roster.enrollment_removed.v1":
                 del s["enrollments"][(e.class_source_id, e.user_source_id)]
+            case "roster.district_upserted.v1":
+                pass  # the district's name: not part of the roster held here
             case other:
                 raise AssertionError(f"unexpected {other}")
     return s
@@ -125,6 +127,21 @@ async def test_re_importing_the_identical_package_publishes_no_change(service_db
     again = await run_import(pool, district_id="d1", path=package, kafka=KAFKA)
     assert again.status == "applied" and sum(again.counts.values()) == 0
     assert await change_events(pool) == []
+
+
+async def test_the_district_org_s_name_is_published_when_first_seen_and_when_it_changes(service_db, tmp_path):
+    pool = await service_db("roster")
+    roster = school_roster()
+    await run_import(pool, district_id="d-named", path=write(roster, tmp_path / "p1"), kafka=KAFKA)
+    named = [e for e in await change_events(pool) if e.event_type == "roster.district_upserted.v1"]
+    assert [(e.district_id, e.name, e.source_id) for e in named] == [("d-named", "District", "D")]
+    await clear_outbox(pool)
+    await run_import(pool, district_id="d-named", path=write(roster, tmp_path / "p2"), kafka=KAFKA)
+    assert await change_events(pool) == []  # the same name: nothing to say
+    roster.district_name = "Springfield Public Schools"
+    await run_import(pool, district_id="d-named", path=write(roster, tmp_path / "p3"), kafka=KAFKA)
+    assert [(e.event_type, e.name) for e in await change_events(pool)] == [
+        ("roster.district_upserted.v1", "Springfield Public Schools")]
 
 
 async def test_a_dry_run_shows_the_changes_and_changes_nothing(service_db, tmp_path):
