@@ -111,6 +111,8 @@ class CaseOpened(Event):
     trigger_kind: TriggerKind = Field(description="The dictionary entry that opened it.")
     source_event_id: UUID = Field(description="The trigger event's id.")
     source_occurred_at: datetime = Field(description="When the trigger happened.")
+    case_manager: str | None = Field(default=None, description="The case manager the case opened with (login "
+                                     "email): the school's default case manager, where the district set one.")
 
 
 class CaseClosed(Event):
