@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     except ImportError:  # pragma: no cover - not on POSIX
         rss_mb = float("nan")
-    print(f"requested: " + ", ".join(f"{k}={v:,}" for k, v in sizes.items()))
+    print("requested: " + ", ".join(f"{k}={v:,}" for k, v in sizes.items()))
     for k, v in counts.items():
         print(f"  {k:32} {v:>12,}" if isinstance(v, int) else f"  {k:32} {v:>12}")
     print(f"wrote {where} in {t1 - t0:.1f}s" + (f" (+{t2 - t1:.1f}s zip)" if a.zip else "")

@@ -22,7 +22,6 @@ import asyncio
 import csv
 import os
 import resource
-import subprocess
 import sys
 import time
 import uuid

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
@@ -250,7 +249,7 @@ async def change_access(runtime, caller: Caller, changes: list[domain.AccessChan
         staff = await store.active_staff_emails(uow.conn, district_id, [c.staff_email for c in changes if c.grant])
         held = await store.held_access(uow.conn, district_id, [(c.staff_email, c.level, c.school_id) for c in changes])
         admins = await store.district_admins(uow.conn, district_id)
-        now, outcomes, rows = datetime.now(UTC), [], []
+        now, outcomes, rows = await store.access_clock(uow.conn), [], []
         not_theirs = {r.index for r in refused}
         for i, change in enumerate(changes):
             if i in not_theirs:
@@ -300,7 +299,8 @@ async def set_access_defaults(runtime, caller: Caller, defaults: dict[str, list[
     domain.check_defaults(defaults)
     async with runtime.unit_of_work() as uow:
         await store.lock_access(uow.conn, [caller.district_id])
-        await store.set_access_defaults(uow.conn, caller.district_id, defaults, caller.email, datetime.now(UTC))
+        await store.set_access_defaults(uow.conn, caller.district_id, defaults, caller.email,
+                                        await store.access_clock(uow.conn))
         return await handlers.refresh_roster_defaults(uow, await store.staff_ids_of(uow.conn, caller.district_id),
                                                       correlation_id)
 
@@ -313,7 +313,7 @@ async def grant_configured_admins(uow, configured: list[tuple[str, str]]) -> lis
     held = await store.configured_grants(uow.conn)
     await store.lock_access(uow.conn, {d for d, _ in configured} | {h["district_id"] for h in held})
     held = {h["grant_id"]: h for h in await store.configured_grants(uow.conn)}
-    now = datetime.now(UTC)
+    now = await store.access_clock(uow.conn)
     wanted = {row["grant_id"]: row for row in (
         handlers.access_row(grant=True, district_id=d, staff_email=e, level="district_admin", school_id=None,
                             basis="configuration", changed_by=None, reason="named in CASEFLOW_DISTRICT_ADMINS",
@@ -339,5 +339,6 @@ async def grant_district_admin(uow, district_id: str, email: str, *, by: str) ->
         return "unchanged"
     await handlers.record_access(uow, [handlers.access_row(
         grant=True, district_id=district_id, staff_email=email, level="district_admin", school_id=None,
-        basis="granted", changed_by=by, reason="granted from the command line", at=datetime.now(UTC))])
+        basis="granted", changed_by=by, reason="granted from the command line",
+        at=await store.access_clock(uow.conn))])
     return "granted"

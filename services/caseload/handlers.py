@@ -183,7 +183,7 @@ async def refresh_roster_defaults(uow: UnitOfWork, staff_ids, correlation_id: st
     await store.lock_access(uow.conn, districts)
     held = {h["grant_id"]: h for h in await store.held_defaults(uow.conn, staff_ids)}  # as of the lock
     set_by = await store.access_defaults(uow.conn, districts)
-    now = datetime.now(UTC)
+    now = await store.access_clock(uow.conn)
     wanted: dict[UUID, dict] = {}
     why_not: dict[UUID, str] = {}
     for s in staff:

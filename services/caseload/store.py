@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
@@ -707,6 +708,14 @@ async def lock_access(conn: asyncpg.Connection, districts: Iterable[str]) -> Non
     change of defaults): the checks (the last district admin, what is held) see what the
     writer before committed."""
     await db.lock_until_commit(conn, _ACCESS_LOCKS, districts, buckets=4096)
+
+
+async def access_clock(conn: asyncpg.Connection) -> datetime:
+    """The time an access change is stamped with: the database's clock, read after
+    lock_access, so a district's changes are stamped in the order they commit whichever
+    instance makes them (every projection keeps the newest change of a grant by this time;
+    two instances' own clocks could disagree)."""
+    return await conn.fetchval("SELECT clock_timestamp()")
 
 
 async def held_access(conn: asyncpg.Connection, district_id: str,

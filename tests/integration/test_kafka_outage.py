@@ -24,7 +24,6 @@ import time
 import uuid
 from contextlib import ExitStack
 
-import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
