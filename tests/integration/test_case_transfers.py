@@ -34,6 +34,7 @@ from contracts.transfers import (
     TransferRequested,
 )
 from services.kit.auth import mint
+from services.kit.crash import CRASH_EXIT_CODE
 from services.roster.domain import student_id_for
 from tests.support import SECRET, Stack, eventually
 
@@ -441,6 +442,30 @@ async def test_parts_delivered_out_of_order_and_again_make_one_case_with_the_who
     assert "Reyes" not in cases.log() and "voicemail" not in cases.log()
 
 
+async def test_a_crash_between_the_database_commit_and_the_offset_commit_applies_each_part_once(system: Stack):
+    """Seed 003: a crash between any two steps neither loses nor duplicates a case. The
+    service dies after committing the parts, before Kafka hears of it: they come again,
+    and change nothing."""
+    await system.prepare("cases")
+    request_id = uuid.uuid4()
+    whole = a_part(entries=3)
+    halves = [whole.model_copy(update={"part": 1, "parts": 2, "timeline": whole.timeline[:2], "notes": []}),
+              whole.model_copy(update={"part": 2, "parts": 2, "timeline": whole.timeline[2:], "tasks": []})]
+    await system.publish_all([delivered(p, request_id, None) for p in reversed(halves)])
+    crashing = system.service("cases").start(CASEFLOW_CRASH_AT="consumer.after_db_commit")
+    assert await crashing.exited() == CRASH_EXIT_CODE
+    service = await system.service("cases").start().ready()
+    [announced] = await transferred_in(system, 1)
+    await system.caught_up("cases")
+    assert len(await transferred_in(system, 1)) == 1
+    async with httpx.AsyncClient(base_url=service.url) as client:
+        found = await cases_of(client, EAST_ADMIN, "Okafor")
+        assert [c["case_id"] for c in found] == [announced["case_id"]] and found[0]["tasks_total"] == 1
+        timeline = await whole_timeline(client, EAST_ADMIN, announced["student_id"])
+    assert [e["kind"] for e in timeline] == ["submit_form", "submit_form", "submit_form", "note",
+                                             "case_transferred_in"]
+
+
 async def test_a_delivery_for_a_roster_student_not_known_yet_waits_then_applies_when_they_arrive(
         cases, system: Stack):
     client = cases.client
@@ -458,6 +483,22 @@ async def test_a_delivery_for_a_roster_student_not_known_yet_waits_then_applies_
     timeline = await whole_timeline(client, EAST_COUNSELLOR, sid(EAST, "newcomer"))
     assert [e["kind"] for e in timeline] == ["submit_form", "submit_form", "note", "case_transferred_in"]
     assert timeline[2]["note"] == "Met the family"
+
+    # A delivery naming another district's student can never apply: dead-lettered, with why.
+    await system.publish(enrolled(WEST, "w-only", "W1"))
+
+    async def known_in_west():
+        answer = await client.get(f"/v1/students/{sid(WEST, 'w-only')}/timeline", headers=WEST_ADMIN)
+        return answer.status_code == 200
+
+    await eventually(known_in_west, what="the west student")
+    await system.publish(delivered(a_part(), uuid.uuid4(), sid(WEST, "w-only")))
+
+    async def dead():
+        return await system.records("transfers.deliveries.v1.DLT")
+
+    [letter] = await eventually(dead, what="the dead letter")
+    assert "names a student of district d-west, not d-east" in dict(letter.headers)["dlt_reason"].decode()
 
 
 async def test_use_transfer_info_makes_a_person_of_the_district_linked_later_to_a_roster_student(
