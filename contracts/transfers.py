@@ -125,12 +125,17 @@ class TransferExpired(Event):
 
 
 class HistoryNote(BaseModel):
+    """A note on the case, or on one of its tasks."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     note_id: UUID
     author: str = Field(max_length=320)
     body: str = Field(max_length=20000)
     written_at: datetime
+    task_id: UUID | None = Field(default=None, description="The task the note is on, set only for a task's note "
+                                 "that travels apart from its task (in CaseHistoryPart.notes, when the task's "
+                                 "notes do not all fit in the task's part); null: a note on the case.")
 
 
 class HistoryTask(BaseModel):
@@ -158,6 +163,9 @@ class HistoryEntry(BaseModel):
     kind: str = Field(max_length=64, description="e.g. trigger:submit_form, case_opened, case_closed, note.")
     summary: str = Field(max_length=2000)
     actor: str | None = Field(default=None, max_length=320)
+    ref_id: UUID | None = Field(default=None, description="What the entry is about in the sending district: the "
+                                "note (kind note), the task (task_completed), the trigger event; the destination "
+                                "maps note and task ids to its own, so a note's entry still shows the note.")
 
 
 class TransferredStudent(BaseModel):

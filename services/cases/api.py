@@ -1,7 +1,13 @@
 """The cases service's HTTP routes (seed 004). Changing the dictionary needs district_admin;
 opening (by a task or a meeting), closing, reopening, assigning and editing cases need
 manage_cases in the case's school; other staff read the cases of their schools. Another
-district's case, or one outside the caller's schools, answers 404."""
+district's case, or one outside the caller's schools, answers 404.
+
+District transfers (seed 003): a case transferred out answers every write with 409 naming
+the district it went to, and reads as before; a case transferred in is the destination's
+like any other. A transfer person's case (no school here) is district-wide staff's; Manage
+Cases links the person to a roster student (PUT /v1/cases/{id}/student), helped by
+suggestions by name and birth date."""
 
 from __future__ import annotations
 
@@ -41,6 +47,12 @@ def _jsonable(row) -> dict:
 
 def _needs_manage_cases() -> HTTPException:
     return HTTPException(status.HTTP_403_FORBIDDEN, "this needs the manage_cases role for the case's school")
+
+
+def _writable(case_status: str, case_number: str, transferred_to: str | None) -> None:
+    """409 for a write to a case transferred out (domain.read_only)."""
+    if why := domain.read_only(case_status, case_number, transferred_to):
+        raise HTTPException(status.HTTP_409_CONFLICT, why)
 
 
 def _now() -> datetime:
@@ -101,7 +113,8 @@ async def search_cases(request: Request, caller: Caller, case_number: Key | None
                        person: text(300, min_length=1, description="person of concern: name or SIS id") | None = None,
                        school_id: Key | None = None, team_name: text(120) | None = None,
                        team_leader: EmailText | None = None, case_manager: EmailText | None = None,
-                       status_: Annotated[Literal["open", "closed"] | None, Query(alias="status")] = None,
+                       status_: Annotated[Literal["open", "closed", "transferred_out"] | None,
+                                          Query(alias="status")] = None,
                        after: Key | None = None, limit: Page = 50) -> dict:
     """Search cases by case number, person of concern, building, team name, team leader or
     case manager, within the caller's schools (district admins: the district)."""
@@ -139,6 +152,7 @@ async def edit_case(request: Request, caller: Caller, case_id: UUID, body: CaseT
         row = await _case(uow.conn, caller, case_id, lock=True)
         if not domain.manages_school(caller, row["school_id"]):
             raise _needs_manage_cases()
+        _writable(row["status"], row["case_number"], row["transferred_to"])
         values = {k: (v.lower() if v and k != "team_name" else v) for k, v in changes.items()}
         sets = ", ".join(f"{k} = ${i + 2}" for i, k in enumerate(values))
         await uow.conn.execute(f"UPDATE cases SET {sets} WHERE case_id = $1", case_id, *values.values())
@@ -157,8 +171,11 @@ async def _managed_case(uow, caller: Identity, case_id: UUID):
     row = await _case(uow.conn, caller, case_id)
     if not domain.manages_school(caller, row["school_id"]):
         raise _needs_manage_cases()
-    await store.lock_students(uow.conn, [(caller.district_id, row["student_source_id"])])
-    return await _case(uow.conn, caller, case_id, lock=True)
+    await store.lock_students(uow.conn, {(caller.district_id, row["student_source_id"] or ""),
+                                         store.student_key(caller.district_id, row["student_id"])})
+    row = await _case(uow.conn, caller, case_id, lock=True)
+    _writable(row["status"], row["case_number"], row["transferred_to"])
+    return row
 
 
 @router.post("/cases/{case_id}/close")
@@ -211,7 +228,82 @@ async def add_case_note(request: Request, caller: Caller, case_id: UUID, body: N
         row = await _case(uow.conn, caller, case_id)
         if not domain.manages_school(caller, row["school_id"]):
             raise _needs_manage_cases()
+        _writable(row["status"], row["case_number"], row["transferred_to"])
         return await _note(uow, caller, row["student_id"], case_id, None, body.body)
+
+
+class StudentLink(BaseModel):
+    student_id: UUID = Field(description="A roster student of the district")
+
+
+@router.put("/cases/{case_id}/student")
+async def link_student(request: Request, caller: Caller, case_id: UUID, body: StudentLink) -> dict:
+    """Link the person of a transferred case, made from the transfer's information, to a
+    roster student of the district (seed 003: "use transfer info", linked later when the
+    student shows up in the roster). Every case, task, note and timeline entry of the person
+    moves to the student; their cases take the student's school. The person is kept, linked.
+    A transferred open case keeps its status beside the student's own open case, which keeps
+    taking their triggers (domain.trigger_case).
+
+    Needs manage_cases for the case (district-wide: a transfer person's case has no school
+    here) and at one of the student's schools. Answers the case as GET does. 404: the case
+    or the student is not the caller's to see (or not a roster student); 403: not Manage
+    Cases; 409: the case is transferred out, or its person is a roster student already (the
+    same student again answers 200: a retried link is one link)."""
+    at, d = _now(), caller.district_id
+    async with request.app.state.runtime.unit_of_work() as uow:
+        row = await _case(uow.conn, caller, case_id)
+        if not domain.manages_school(caller, row["school_id"]):
+            raise _needs_manage_cases()
+        target = await store.student(uow.conn, d, body.student_id)
+        if target is None or target["source_id"] is None or not domain.sees_student(caller, target["school_ids"]):
+            raise not_found("student not found")
+        if not domain.manages_student(caller, target["school_ids"]):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs the manage_cases role at one of the "
+                                                           "student's schools")
+        await store.lock_students(uow.conn, {(d, target["source_id"]), store.student_key(d, target["student_id"]),
+                                             store.student_key(d, row["student_id"])})
+        row = await _case(uow.conn, caller, case_id, lock=True)
+        _writable(row["status"], row["case_number"], row["transferred_to"])
+        if row["student_id"] != body.student_id:
+            if row["student_transferred_from"] is None:
+                raise HTTPException(status.HTTP_409_CONFLICT, f"the person of case {row['case_number']} is a roster "
+                                    "student already: only a person made from a transfer's information is linked")
+            moved = await store.link_person(uow.conn, d, row["student_id"], target["student_id"], target["school_id"],
+                                            caller.email.lower(), at)
+            await store.add_timeline(uow.conn, [
+                (d, target["student_id"], m["case_id"], at, "student_linked",
+                 f"Case {m['case_number']}: the person made from the transfer's information linked to a roster "
+                 "student (SIS connection)", caller.email.lower(), None) for m in moved])
+    return await get_case(request, caller, case_id)
+
+
+@router.get("/cases/{case_id}/student-suggestions")
+async def student_suggestions(request: Request, caller: Caller, case_id: UUID,
+                              limit: Annotated[int, Query(ge=1, le=50)] = 10) -> dict:
+    """Roster students who may be the person of a transferred case made from the transfer's
+    information, best first (domain.suggestion: birth date and both names, birth date and
+    one name, both names), among the students the caller sees: {"items": [{student_id,
+    source_id, given_name, family_name, birth_date, school_id, grade, score, matches}]}.
+    Needs manage_cases for the case; 409 when its person is a roster student already."""
+    async with request.app.state.pool.acquire() as conn:
+        row = await _case(conn, caller, case_id)
+        if not domain.manages_school(caller, row["school_id"]):
+            raise _needs_manage_cases()
+        if row["student_transferred_from"] is None:
+            raise HTTPException(status.HTTP_409_CONFLICT, f"the person of case {row['case_number']} is a roster "
+                                                          "student already")
+        person = await store.student(conn, caller.district_id, row["student_id"])
+        candidates = await store.suggestion_candidates(conn, caller.district_id, person["family_name"],
+                                                       person["birth_date"], caller.scope())
+    ranked = []
+    for c in candidates:
+        match = domain.suggestion(person["given_name"], person["family_name"], person["birth_date"],
+                                  c["given_name"], c["family_name"], c["birth_date"])
+        if match:
+            ranked.append({**_jsonable(c), "score": match[0], "matches": list(match[1])})
+    ranked.sort(key=lambda c: (-c["score"], c["family_name"], c["given_name"], c["student_id"]))
+    return {"items": ranked[:limit]}
 
 
 async def _note(uow, caller: Identity, student_id: UUID, case_id: UUID | None, task_id: UUID | None,
@@ -250,6 +342,9 @@ async def _managed_student(uow, caller: Identity, student_id: UUID):
         raise not_found("student not found")
     if not domain.manages_student(caller, row["school_ids"]):
         raise _needs_manage_cases()
+    if row["source_id"] is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, "this person came with a transferred case and has no SIS id "
+                            "here: link them to a roster student (PUT /v1/cases/{case_id}/student) first")
     return row
 
 
@@ -302,6 +397,8 @@ async def _task_for(uow, caller: Identity, task_id: UUID):
         raise not_found("task not found")
     if not (domain.manages_school(caller, row["school_id"]) or assignee):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only the assignee or manage_cases may work this task")
+    if row["case_status"] is not None:
+        _writable(row["case_status"], row["case_number"], row["transferred_to"])
     return row
 
 

@@ -7,7 +7,16 @@ from pathlib import Path
 
 from contracts.cases import TRIGGERS
 from contracts.roster import StudentEnrolled, StudentUpdated, StudentWithdrawn
-from contracts.topics import CASE_DICTIONARY, CASE_TRIGGERS, CASES, ROSTER_STUDENTS
+from contracts.topics import (
+    CASE_DICTIONARY,
+    CASE_HISTORIES,
+    CASE_TRIGGERS,
+    CASES,
+    ROSTER_STUDENTS,
+    TRANSFER_DELIVERIES,
+    TRANSFER_REQUESTS,
+)
+from contracts.transfers import CaseDelivered, TransferAccepted, TransferRequested
 from services.cases import api, handlers
 from services.kit import access
 from services.kit.consumer import Subscription
@@ -18,7 +27,8 @@ def definition() -> ServiceDefinition:
     return ServiceDefinition(
         name="cases",
         directory=Path(__file__).parent,
-        description="Opens cases per each district's trigger dictionary; tasks, timeline, dashboard; publishes CaseOpened.",
+        description="Opens cases per each district's trigger dictionary; tasks, timeline, dashboard; publishes CaseOpened; "
+                    "exports, transfers out and takes in cases through the District Transfer Portal.",
         subscriptions=[
             Subscription(
                 topic=ROSTER_STUDENTS,
@@ -33,8 +43,22 @@ def definition() -> ServiceDefinition:
                 handlers={cls: handlers.on_triggers for cls in TRIGGERS},
                 description="Forms, plans, tasks, meetings, plan reviews and files that may open a case.",
             ),
+            Subscription(
+                topic=TRANSFER_REQUESTS,
+                consumer="caseflow.cases.transfer-requests",
+                handlers={TransferRequested: handlers.on_transfer_requested,
+                          TransferAccepted: handlers.on_transfer_accepted},
+                description="District transfer requests (seed 003): the sending district's cases exported on "
+                            "request, marked transferred out on acceptance.",
+            ),
+            Subscription(
+                topic=TRANSFER_DELIVERIES,
+                consumer="caseflow.cases.transfer-deliveries",
+                handlers={CaseDelivered: handlers.on_deliveries},
+                description="Accepted cases' histories, part by part: the destination's cases, transferred in.",
+            ),
             access.subscription("cases"),
         ],
         routers=[api.router],
-        publishes=[CASES, CASE_DICTIONARY, CASE_TRIGGERS],
+        publishes=[CASES, CASE_DICTIONARY, CASE_TRIGGERS, CASE_HISTORIES],
     )

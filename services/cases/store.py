@@ -9,10 +9,12 @@ from uuid import UUID
 
 import asyncpg
 
-from services.cases.domain import Entry
+from contracts.transfers import CaseDelivered, TransferredStudent
+from services.cases.domain import Entry, OpenCase, trigger_case
 from services.kit import db
 
-_STUDENT_LOCKS = 1  # advisory lock namespace of this service
+_STUDENT_LOCKS = 1  # advisory lock namespaces of this service
+_REQUEST_LOCKS = 2
 
 
 async def lock_students(conn: asyncpg.Connection, students: Iterable[tuple[str, str]]) -> None:
@@ -24,25 +26,33 @@ async def lock_students(conn: asyncpg.Connection, students: Iterable[tuple[str, 
     await db.lock_until_commit(conn, _STUDENT_LOCKS, students, buckets=1024)
 
 
+def student_key(district_id: str, student_id: UUID) -> tuple[str, str]:
+    """A student's lock key by id, for the paths that know the id but not (yet) the SIS id: a
+    transferred case's delivery, a transfer person's link. The roster's events take both keys
+    of a student in one call, so a delivery cannot start waiting for a student just as the
+    student arrives unseen."""
+    return (district_id, f"student:{student_id}")
+
+
 # ---------------------------------------------------------------------------- students
 
 
 async def project_students(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     """rows: (student_id, district_id, source_id, school_id, grade, given_name, family_name, status, as_of,
-    school_ids): school_ids every school the student is enrolled in (domain.student_schools)."""
+    school_ids, birth_date): school_ids every school the student is enrolled in (domain.student_schools)."""
     if rows:
         await conn.execute(
             """INSERT INTO students (student_id, district_id, source_id, school_id, grade, given_name, family_name,
-                                     status, as_of, school_ids)
-               SELECT i, d, src, sc, g, gn, fn, st, at, string_to_array(scs, chr(31))
+                                     status, as_of, school_ids, birth_date)
+               SELECT i, d, src, sc, g, gn, fn, st, at, string_to_array(scs, chr(31)), bd
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                           $7::text[], $8::text[], $9::timestamptz[], $10::text[])
-                    AS r(i, d, src, sc, g, gn, fn, st, at, scs)
+                           $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::date[])
+                    AS r(i, d, src, sc, g, gn, fn, st, at, scs, bd)
                ON CONFLICT (student_id) DO UPDATE SET school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
                    given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, status = EXCLUDED.status,
-                   as_of = EXCLUDED.as_of, school_ids = EXCLUDED.school_ids
+                   as_of = EXCLUDED.as_of, school_ids = EXCLUDED.school_ids, birth_date = EXCLUDED.birth_date
                WHERE students.as_of <= EXCLUDED.as_of""",
-            *(list(c) for c in zip(*((*r[:9], chr(31).join(r[9])) for r in rows), strict=True)),
+            *(list(c) for c in zip(*((*r[:9], chr(31).join(r[9]), r[10]) for r in rows), strict=True)),
         )
 
 
@@ -138,9 +148,14 @@ async def set_entry(conn: asyncpg.Connection, district_id: str, kind: str, enabl
 
 
 async def open_cases(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> dict[UUID, UUID]:
-    rows = await conn.fetch("SELECT student_id, case_id FROM cases WHERE student_id = ANY($1::uuid[]) "
-                            "AND status = 'open'", list(set(student_ids)))
-    return {r["student_id"]: r["case_id"] for r in rows}
+    """The case each student's triggers join (domain.trigger_case), for the students with an
+    open case."""
+    rows = await conn.fetch("SELECT student_id, case_id, transferred_in_from IS NOT NULL AS transferred_in, opened_at "
+                            "FROM cases WHERE student_id = ANY($1::uuid[]) AND status = 'open'", list(set(student_ids)))
+    found: dict[UUID, list[OpenCase]] = {}
+    for r in rows:
+        found.setdefault(r["student_id"], []).append(OpenCase(r["case_id"], r["transferred_in"], r["opened_at"]))
+    return {student: trigger_case(cases) for student, cases in found.items()}
 
 
 async def next_case_numbers(conn: asyncpg.Connection, district_id: str, year: int, count: int) -> int:
@@ -197,6 +212,7 @@ async def upsert_tasks(conn: asyncpg.Connection, rows: list[tuple]) -> None:
 async def case_row(conn: asyncpg.Connection, district_id: str, case_id: UUID, lock: bool = False):
     return await conn.fetchrow(
         f"""SELECT c.*, s.given_name, s.family_name, s.source_id AS student_source_id,
+                   s.transferred_from AS student_transferred_from,
                    (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id) AS tasks_total,
                    (SELECT count(*) FROM tasks t WHERE t.case_id = c.case_id AND t.status = 'done') AS tasks_done
             FROM cases c JOIN students s ON s.student_id = c.student_id
@@ -260,8 +276,11 @@ async def cases_of_student(conn: asyncpg.Connection, student_id: UUID):
 
 
 async def task(conn: asyncpg.Connection, district_id: str, task_id: UUID, lock: bool = False):
+    """A task with its student's school, and its case's status (a case transferred out takes
+    no more work)."""
     return await conn.fetchrow(
-        f"""SELECT t.*, s.school_id FROM tasks t JOIN students s ON s.student_id = t.student_id
+        f"""SELECT t.*, s.school_id, c.status AS case_status, c.case_number, c.transferred_to
+            FROM tasks t JOIN students s ON s.student_id = t.student_id LEFT JOIN cases c ON c.case_id = t.case_id
             WHERE t.district_id = $1 AND t.task_id = $2 {'FOR UPDATE OF t' if lock else ''}""",
         district_id, task_id,
     )
@@ -272,12 +291,13 @@ async def assigned_tasks(conn: asyncpg.Connection, *, district_id: str, assignee
     """An assignee's tasks in the district, soonest due first (no due date last), then by id.
     status: 'open', 'done' or None (both); due_before: only tasks due before that date;
     overdue_on: only open tasks due before that date (today); after: the (due_date,
-    task_id) the previous page ended at."""
+    task_id) the previous page ended at. The tasks of a case transferred out are no one's work
+    here any more (seed 003): not listed."""
     return await conn.fetch(
         """SELECT t.task_id, t.title, t.status, t.due_date, t.student_id, t.case_id, c.case_number, t.school_id,
                   t.assigned_by, t.assigned_at, t.completed_at
            FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
-           WHERE t.district_id = $1 AND t.assignee_email = $2
+           WHERE t.district_id = $1 AND t.assignee_email = $2 AND c.status IS DISTINCT FROM 'transferred_out'
              AND ($3::text IS NULL OR t.status = $3)
              AND ($4::date IS NULL OR t.due_date < $4)
              AND ($5::date IS NULL OR (t.status = 'open' AND t.due_date < $5))
@@ -317,10 +337,15 @@ async def _dashboard(conn, district_id: str, schools: list[str] | None, today, w
                    t.school_id
             FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
             WHERE t.district_id = $1 AND ($2::text[] IS NULL OR t.school_id = ANY($2::text[]))
-              AND t.status = 'open' AND t.due_date < $3
+              AND t.status = 'open' AND t.due_date < $3 AND c.status IS DISTINCT FROM 'transferred_out'
             ORDER BY t.due_date, t.task_id LIMIT 50""", district_id, schools, today)
+    # The tasks of a case transferred out (seed 003) are no one's work here: not overdue.
     overdue_count = await conn.fetchval(
-        f"SELECT count(*) FROM tasks WHERE {scope} AND status = 'open' AND due_date < $3", district_id, schools, today)
+        """SELECT count(*) FROM tasks t
+           WHERE t.district_id = $1 AND ($2::text[] IS NULL OR t.school_id = ANY($2::text[]))
+             AND t.status = 'open' AND t.due_date < $3
+             AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_id = t.case_id AND c.status = 'transferred_out')""",
+        district_id, schools, today)
     weekly = await conn.fetch(
         f"""SELECT week, trigger_kind, sum(opened)::bigint AS opened FROM weekly_openings
             WHERE {scope} AND week >= date_trunc('week', $3::date)::date - 7 * ($4 - 1)
@@ -337,3 +362,231 @@ async def _dashboard(conn, district_id: str, schools: list[str] | None, today, w
         "overdue_tasks": {"count": overdue_count, "oldest": [dict(r) for r in overdue]},
         "opened_by_week": [dict(r) for r in weekly],
     }
+
+
+# ---------------------------------------------------------------------------- the District Transfer Portal (seed 003)
+
+
+async def lock_request(conn: asyncpg.Connection, request_id: UUID) -> None:
+    """A transfer request's answers are written by one transaction at a time."""
+    await db.lock_until_commit(conn, _REQUEST_LOCKS, [request_id], buckets=1024)
+
+
+async def answered(conn: asyncpg.Connection, request_id: UUID, case_ids: Iterable[UUID]) -> set[UUID]:
+    """The request's cases already exported or found unavailable."""
+    rows = await conn.fetch("SELECT case_id FROM case_exports WHERE request_id = $1 AND case_id = ANY($2::uuid[])",
+                            request_id, list(case_ids))
+    return {r["case_id"] for r in rows}
+
+
+async def record_answers(conn: asyncpg.Connection, request_id: UUID, district_id: str, rows: list[tuple]) -> None:
+    """rows: (case_id, outcome 'exported' | 'unavailable', parts, reason)."""
+    if rows:
+        await conn.executemany(
+            """INSERT INTO case_exports (request_id, case_id, district_id, outcome, parts, reason)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+            [(request_id, case_id, district_id, outcome, parts, reason) for case_id, outcome, parts, reason in rows],
+        )
+
+
+async def cases_to_export(conn: asyncpg.Connection, district_id: str, case_ids: Iterable[UUID]) -> dict[UUID, asyncpg.Record]:
+    """The district's cases among these, with their person of concern (personal data: never
+    logged)."""
+    rows = await conn.fetch(
+        """SELECT c.*, s.source_id AS student_source_id, s.given_name, s.family_name, s.birth_date, s.grade
+           FROM cases c JOIN students s ON s.student_id = c.student_id
+           WHERE c.district_id = $1 AND c.case_id = ANY($2::uuid[])""", district_id, list(case_ids))
+    return {r["case_id"]: r for r in rows}
+
+
+async def histories(conn: asyncpg.Connection, case_ids: list[UUID]) -> tuple[dict, dict, dict]:
+    """Each case's timeline entries (oldest first), tasks (by assignment) and notes (by
+    writing), by case id; a note on one of the case's tasks is among the case's notes with
+    its task_id."""
+    timeline: dict[UUID, list] = {c: [] for c in case_ids}
+    tasks: dict[UUID, list] = {c: [] for c in case_ids}
+    notes: dict[UUID, list] = {c: [] for c in case_ids}
+    for r in await conn.fetch(
+            """SELECT case_id, at, kind, summary, actor, event_id FROM timeline WHERE case_id = ANY($1::uuid[])
+               ORDER BY case_id, at, entry_id""", case_ids):
+        timeline[r["case_id"]].append(r)
+    for r in await conn.fetch("SELECT * FROM tasks WHERE case_id = ANY($1::uuid[]) ORDER BY assigned_at, task_id",
+                              case_ids):
+        tasks[r["case_id"]].append(r)
+    for r in await conn.fetch(
+            """SELECT n.*, coalesce(t.case_id, n.case_id) AS of_case FROM notes n
+               LEFT JOIN tasks t ON t.task_id = n.task_id
+               WHERE n.case_id = ANY($1::uuid[]) OR t.case_id = ANY($1::uuid[])
+               ORDER BY n.written_at, n.note_id""", case_ids):
+        if r["of_case"] in notes:
+            notes[r["of_case"]].append(r)
+    return timeline, tasks, notes
+
+
+async def cases_to_transfer_out(conn: asyncpg.Connection, district_id: str, case_ids: Iterable[UUID],
+                                lock: bool = False) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"""SELECT c.case_id, c.case_number, c.status, c.student_id, c.transferred_to, c.transferred_out_request,
+                   s.source_id AS student_source_id
+            FROM cases c JOIN students s ON s.student_id = c.student_id
+            WHERE c.district_id = $1 AND c.case_id = ANY($2::uuid[]) ORDER BY c.case_id
+            {'FOR UPDATE OF c' if lock else ''}""", district_id, list(case_ids))
+
+
+async def transfer_out(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (case_id, destination_district_id, request_id, accepted_by, at). The case keeps
+    everything it had, read-only."""
+    if rows:
+        await conn.execute(
+            """UPDATE cases c SET status = 'transferred_out', transferred_to = r.dest, transferred_out_request = r.req,
+                                  transferred_out_by = r.by, transferred_out_at = r.at
+               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::timestamptz[]) AS r(id, dest, req, by, at)
+               WHERE c.case_id = r.id""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def transferred_case(conn: asyncpg.Connection, case_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT case_id, district_id, case_number, student_id, school_id FROM cases "
+                               "WHERE case_id = $1", case_id)
+
+
+async def district_of_student(conn: asyncpg.Connection, student_id: UUID) -> str | None:
+    return await conn.fetchval("SELECT district_id FROM students WHERE student_id = $1", student_id)
+
+
+async def wait_for_student(conn: asyncpg.Connection, delivery: CaseDelivered) -> None:
+    """Keep a delivery for a roster student this service does not know yet."""
+    await conn.execute(
+        """INSERT INTO waiting_deliveries (event_id, district_id, student_id, occurred_at, payload)
+           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING""",
+        delivery.event_id, delivery.district_id, delivery.student_id, delivery.occurred_at,
+        json.loads(delivery.model_dump_json()))
+
+
+async def take_waiting_deliveries(conn: asyncpg.Connection, students: set[tuple[str, UUID]]) -> list[asyncpg.Record]:
+    """Remove and return the deliveries that waited for these (district, student id), oldest first."""
+    if not students:
+        return []
+    districts, ids = zip(*students, strict=True)
+    return await conn.fetch(
+        """WITH taken AS (
+               DELETE FROM waiting_deliveries w USING unnest($1::text[], $2::uuid[]) AS k(d, id)
+               WHERE w.district_id = k.d AND w.student_id = k.id
+               RETURNING w.payload, w.occurred_at, w.event_id
+           )
+           SELECT * FROM taken ORDER BY occurred_at, event_id""",
+        list(districts), list(ids),
+    )
+
+
+async def transfer_person(conn: asyncpg.Connection, person_id: UUID, district_id: str, source_district_id: str,
+                          request_id: UUID, student: TransferredStudent, at: datetime) -> asyncpg.Record:
+    """The person made from a transfer's information, made the first time they arrive: a
+    students row with no SIS id and no school here (migration 005)."""
+    await conn.execute(
+        """INSERT INTO students (student_id, district_id, source_id, school_id, grade, given_name, family_name,
+                                 status, as_of, school_ids, birth_date, transferred_from, transfer_request_id)
+           VALUES ($1, $2, NULL, NULL, $3, $4, $5, 'active', $6, '{}', $7, $8, $9)
+           ON CONFLICT (student_id) DO NOTHING""",
+        person_id, district_id, student.grade, student.given_name, student.family_name, at, student.birth_date,
+        source_district_id, request_id)
+    return await conn.fetchrow("SELECT * FROM students WHERE student_id = $1", person_id)
+
+
+async def insert_transferred_case(conn: asyncpg.Connection, *, case_id: UUID, district_id: str, case_number: str,
+                                  student_id: UUID, school_id: str | None, delivery: CaseDelivered) -> None:
+    """The destination's case, as it stood in the sending district, marked transferred in."""
+    c = delivery.history.case
+    await conn.execute(
+        """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                              source_event_id, opened_at, team_name, team_leader, case_manager, closed_at, closed_by,
+                              close_reason, transferred_in_from, transferred_in_request, transferred_in_case_id,
+                              transferred_in_case_number, transferred_in_by, transferred_in_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $8, $17, $18, $19, $20)
+           ON CONFLICT (case_id) DO NOTHING""",
+        case_id, district_id, case_number, student_id, school_id, c.status, c.trigger_kind, delivery.request_id,
+        c.opened_at, c.team_name, c.team_leader, c.case_manager, c.closed_at, c.closed_by, c.close_reason,
+        delivery.source_district_id, c.case_id, c.case_number, delivery.accepted_by, delivery.accepted_at)
+
+
+async def claim_part(conn: asyncpg.Connection, case_id: UUID, part: int, parts: int, event_id: UUID) -> bool:
+    """True the first time this part of the case is applied."""
+    return await conn.fetchval(
+        """INSERT INTO delivered_parts (case_id, part, parts, event_id) VALUES ($1, $2, $3, $4)
+           ON CONFLICT DO NOTHING RETURNING true""", case_id, part, parts, event_id) or False
+
+
+async def parts_applied(conn: asyncpg.Connection, case_id: UUID) -> int:
+    return await conn.fetchval("SELECT count(*) FROM delivered_parts WHERE case_id = $1", case_id)
+
+
+async def add_transferred_timeline(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (district_id, student_id, case_id, at, kind, summary, actor, event_id, transfer_key), in
+    order; an entry whose key is already there is not added again."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO timeline (district_id, student_id, case_id, at, kind, summary, actor, event_id, transfer_key)
+               SELECT d, s, c, at, k, su, a, e, tk
+               FROM unnest($1::text[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[], $6::text[],
+                           $7::text[], $8::uuid[], $9::uuid[]) WITH ORDINALITY AS r(d, s, c, at, k, su, a, e, tk, n)
+               ORDER BY n
+               ON CONFLICT (transfer_key) WHERE transfer_key IS NOT NULL DO NOTHING""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def add_transferred_tasks(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (task_id, district_id, student_id, case_id, school_id, title, assignee_email, due_date, status,
+    assigned_by, assigned_at, completed_at, completed_by)."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO tasks (task_id, district_id, student_id, case_id, school_id, title, assignee_email, due_date,
+                                  status, assigned_by, assigned_at, completed_at, completed_by)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                                    $8::date[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[],
+                                    $13::text[])
+               ON CONFLICT (task_id) DO NOTHING""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def add_transferred_notes(conn: asyncpg.Connection, rows: list[tuple]) -> None:
+    """rows: (note_id, district_id, student_id, case_id, task_id, author, body, written_at)."""
+    if rows:
+        await conn.execute(
+            """INSERT INTO notes (note_id, district_id, student_id, case_id, task_id, author, body, written_at)
+               SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[],
+                                    $8::timestamptz[])
+               ON CONFLICT (note_id) DO NOTHING""",
+            *(list(c) for c in zip(*rows, strict=True)),
+        )
+
+
+async def link_person(conn: asyncpg.Connection, district_id: str, person_id: UUID, student_id: UUID,
+                      school_id: str, by: str, at: datetime) -> list[asyncpg.Record]:
+    """Move a transfer person's cases, tasks, notes and timeline to a roster student; their
+    cases take the student's school. The person stays, linked. Returns the cases moved."""
+    moved = await conn.fetch(
+        """UPDATE cases SET student_id = $3, school_id = coalesce(school_id, $4)
+           WHERE district_id = $1 AND student_id = $2 RETURNING case_id, case_number""",
+        district_id, person_id, student_id, school_id)
+    await conn.execute("UPDATE tasks SET student_id = $3, school_id = coalesce(school_id, $4) "
+                       "WHERE district_id = $1 AND student_id = $2", district_id, person_id, student_id, school_id)
+    for table in ("notes", "timeline"):
+        await conn.execute(f"UPDATE {table} SET student_id = $3 WHERE district_id = $1 AND student_id = $2",
+                           district_id, person_id, student_id)
+    await conn.execute("UPDATE students SET linked_to = $2, linked_by = $3, linked_at = $4 WHERE student_id = $1",
+                       person_id, student_id, by, at)
+    return moved
+
+
+async def suggestion_candidates(conn: asyncpg.Connection, district_id: str, family_name: str, birth_date,
+                                schools: list[str] | None) -> list[asyncpg.Record]:
+    """Roster students of the district (of these schools; None: all) with the family name or
+    the birth date given: domain.suggestion ranks them."""
+    return await conn.fetch(
+        """SELECT student_id, source_id, given_name, family_name, birth_date, school_id, grade FROM students
+           WHERE district_id = $1 AND source_id IS NOT NULL AND ($4::text[] IS NULL OR school_ids && $4::text[])
+             AND (lower(family_name) = lower($2) OR birth_date = $3)
+           ORDER BY student_id LIMIT 500""", district_id, family_name, birth_date, schools)
