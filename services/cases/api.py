@@ -66,9 +66,17 @@ class EntryChange(BaseModel):
     enabled: bool
 
 
+def _staff(caller: Identity) -> None:
+    if not domain.is_staff(caller):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "needs an access level in the district (granted by an admin, "
+                                                        "by the district's roster default, or in the token)")
+
+
 @router.get("/dictionary")
 async def get_dictionary(request: Request, caller: Caller) -> dict:
-    """The district's Case Management Dictionary: which triggers open cases, since when."""
+    """The district's Case Management Dictionary: which triggers open cases, since when
+    (staff of the district: any access level)."""
+    _staff(caller)
     async with request.app.state.pool.acquire() as conn:
         entries = await store.dictionaries(conn, [caller.district_id])
         history = await conn.fetch(
@@ -374,6 +382,7 @@ async def my_tasks(request: Request, caller: Caller,
     """The caller's tasks (seed 004: tasks are assigned to staff members): open by default,
     or done, or all; due_before a date; overdue (open and due before today). Soonest due
     first; next_after pages on."""
+    _staff(caller)
     try:
         cursor = None if after is None else (
             (None if after.split("/")[0] == "-" else date.fromisoformat(after.split("/")[0])), UUID(after.split("/")[1]))
@@ -390,9 +399,10 @@ async def my_tasks(request: Request, caller: Caller,
 
 
 async def _task_for(uow, caller: Identity, task_id: UUID):
-    """The assignee, or manage_cases in the student's school, may work a task."""
+    """The assignee (while staff of the district), or manage_cases in the student's school,
+    may work a task."""
     row = await store.task(uow.conn, caller.district_id, task_id, lock=True)
-    assignee = row is not None and row["assignee_email"] == caller.email.lower()
+    assignee = row is not None and row["assignee_email"] == caller.email.lower() and domain.is_staff(caller)
     if row is None or not (caller.may_see_school(row["school_id"]) or assignee):
         raise not_found("task not found")
     if not (domain.manages_school(caller, row["school_id"]) or assignee):

@@ -134,6 +134,13 @@ def manages_school(caller: Identity, school_id: str | None) -> bool:
     return caller.holds("manage_cases", school_id)
 
 
+def is_staff(caller: Identity) -> bool:
+    """Holds some access level in the district (granted, by the roster default, or in the
+    token): a signed token naming someone with none, or whose access was revoked, reads
+    and works nothing here, not even tasks once assigned to them."""
+    return bool(caller.roles)
+
+
 def student_schools(school_id: str, school_ids: Iterable[str] | None) -> tuple[str, ...]:
     """Every school a student is enrolled in, sorted: the home school always among them;
     None (an older producer) means the home school alone; the roster's order changes nothing."""

@@ -374,3 +374,10 @@ async def test_a_staff_member_lists_the_tasks_assigned_to_them(cases, system: St
     assert await titles(headers=bearer("mina@d.example.org", ["caseload_viewer"], [], district="d-other")) == []
     bad = await client.get("/v1/tasks?after=yesterday", headers=mina)
     assert bad.status_code == 422 and "next_after" in bad.text
+    # Once she holds no access level (revoked, or a token naming only her), her tasks are
+    # neither listed nor worked by her: only manage_cases at the student's school works them.
+    no_access = bearer("mina@d.example.org", [], [])
+    assert (await client.get("/v1/tasks", headers=no_access)).status_code == 403
+    assert (await client.post(f"/v1/tasks/{assigned['Check attendance']}/complete", headers=no_access)) \
+        .status_code == 404
+    assert (await client.get("/v1/dictionary", headers=no_access)).status_code == 403
