@@ -149,6 +149,36 @@ class CaseTeam(BaseModel):
     case_manager: Email | None = None
 
 
+class SchoolCaseManager(BaseModel):
+    case_manager: Email | None = Field(description="login email; null: no default case manager")
+
+
+@router.get("/schools/{school_id}/case-manager")
+async def get_school_case_manager(request: Request, caller: Caller, school_id: Key) -> dict:
+    """The school's default case manager: every case opened at the school starts with them
+    (CaseOpened names them, and they get the case notice). Staff of the school."""
+    if not caller.may_see_school(school_id):
+        raise not_found("school not found")
+    async with request.app.state.pool.acquire() as conn:
+        found = await store.school_case_managers(conn, [(caller.district_id, school_id)])
+    return {"school_id": school_id, "case_manager": found.get((caller.district_id, school_id))}
+
+
+@router.put("/schools/{school_id}/case-manager")
+async def set_school_case_manager(request: Request, caller: Caller, school_id: Key, body: SchoolCaseManager) -> dict:
+    """Set (or, with null, clear) the school's default case manager (manage_cases at the
+    school). Cases already open keep theirs."""
+    if not caller.may_see_school(school_id):
+        raise not_found("school not found")
+    if not domain.manages_school(caller, school_id):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "setting a school's case manager needs manage_cases there")
+    async with request.app.state.pool.acquire() as conn:
+        await store.set_school_case_manager(conn, caller.district_id, school_id,
+                                            body.case_manager.strip().lower() if body.case_manager else None,
+                                            caller.email.strip().lower())
+    return await get_school_case_manager(request, caller, school_id)
+
+
 @router.patch("/cases/{case_id}")
 async def edit_case(request: Request, caller: Caller, case_id: UUID, body: CaseTeam) -> dict:
     """Set the case's team name, team leader and case manager."""

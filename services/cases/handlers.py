@@ -93,6 +93,8 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
     wanted = Counter((t.district_id, t.occurred_at.year) for t, _, _, action, _, _ in decisions
                      if action == domain.OPEN)
     first = {key: await store.next_case_numbers(conn, key[0], key[1], n) for key, n in sorted(wanted.items())}
+    managers = await store.school_case_managers(conn, {(t.district_id, s["school_id"])
+                                                       for t, s, _, action, _, _ in decisions if action == domain.OPEN})
     used: Counter = Counter()
     cases, timeline, tasks = [], [], []
     for t, s, kind, action, why, case_id in decisions:
@@ -100,13 +102,14 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
             key = (t.district_id, t.occurred_at.year)
             number = domain.case_number(key[1], first[key] + used[key])
             used[key] += 1
+            manager = managers.get((t.district_id, s["school_id"]))  # the school's default, where one is set
             cases.append((case_id, t.district_id, number, s["student_id"], s["school_id"], kind, t.event_id,
-                          t.occurred_at))
+                          t.occurred_at, manager))
             uow.emit(CaseOpened(
                 district_id=t.district_id, case_id=case_id, case_number=number, school_id=s["school_id"],
                 student_id=s["student_id"], student_source_id=s["source_id"], trigger_kind=kind,
                 source_event_id=t.event_id, source_occurred_at=t.occurred_at, correlation_id=t.correlation_id,
-                producer="caseflow.cases",
+                producer="caseflow.cases", case_manager=manager,
             ))
         timeline.append((t.district_id, s["student_id"], case_id, t.occurred_at, kind, domain.summary(t),
                          t.actor_email, t.event_id))

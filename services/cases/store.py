@@ -170,16 +170,45 @@ async def next_case_numbers(conn: asyncpg.Connection, district_id: str, year: in
 
 
 async def insert_cases(conn: asyncpg.Connection, rows: list[tuple]) -> None:
-    """rows: (case_id, district_id, case_number, student_id, school_id, trigger_kind, source_event_id, opened_at)."""
+    """rows: (case_id, district_id, case_number, student_id, school_id, trigger_kind, source_event_id, opened_at,
+    case_manager)."""
     if rows:
         await conn.execute(
             """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
-                                  source_event_id, opened_at)
-               SELECT c, d, n, s, sc, 'open', k, e, at
+                                  source_event_id, opened_at, case_manager)
+               SELECT c, d, n, s, sc, 'open', k, e, at, m
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[],
-                           $8::timestamptz[]) AS r(c, d, n, s, sc, k, e, at)""",
+                           $8::timestamptz[], $9::text[]) AS r(c, d, n, s, sc, k, e, at, m)""",
             *(list(c) for c in zip(*rows, strict=True)),
         )
+
+
+async def school_case_managers(conn: asyncpg.Connection, schools: Iterable[tuple[str, str]]) -> dict[tuple, str]:
+    """(district_id, school_id) -> the school's default case manager, where one is set."""
+    schools = sorted(set(schools))
+    if not schools:
+        return {}
+    rows = await conn.fetch(
+        """SELECT m.district_id, m.school_id, m.case_manager
+           FROM unnest($1::text[], $2::text[]) AS k(district_id, school_id)
+           JOIN school_case_managers m USING (district_id, school_id)""",
+        [d for d, _ in schools], [sc for _, sc in schools])
+    return {(r["district_id"], r["school_id"]): r["case_manager"] for r in rows}
+
+
+async def set_school_case_manager(conn: asyncpg.Connection, district_id: str, school_id: str,
+                                  case_manager: str | None, changed_by: str) -> None:
+    """None: the school has no default case manager."""
+    if case_manager is None:
+        await conn.execute("DELETE FROM school_case_managers WHERE district_id = $1 AND school_id = $2",
+                           district_id, school_id)
+        return
+    await conn.execute(
+        """INSERT INTO school_case_managers (district_id, school_id, case_manager, changed_by, changed_at)
+           VALUES ($1, $2, $3, $4, now())
+           ON CONFLICT (district_id, school_id) DO UPDATE SET case_manager = EXCLUDED.case_manager,
+               changed_by = EXCLUDED.changed_by, changed_at = EXCLUDED.changed_at""",
+        district_id, school_id, case_manager, changed_by)
 
 
 async def add_timeline(conn: asyncpg.Connection, rows: list[tuple]) -> None:

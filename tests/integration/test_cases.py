@@ -381,3 +381,35 @@ async def test_a_staff_member_lists_the_tasks_assigned_to_them(cases, system: St
     assert (await client.post(f"/v1/tasks/{assigned['Check attendance']}/complete", headers=no_access)) \
         .status_code == 404
     assert (await client.get("/v1/dictionary", headers=no_access)).status_code == 403
+
+
+async def test_a_case_opened_at_a_school_starts_with_the_schools_default_case_manager(cases, system: Stack):
+    """Issue 13: "CaseOpened -> the case manager of the student's school, where one is set".
+    Manage Cases at the school sets it; a case opened there starts with them, and CaseOpened
+    names them; a school without one opens cases without."""
+    client = cases.client
+    refused = await client.put("/v1/schools/H1/case-manager", headers=TEACHER, json={"case_manager": "x@d.org"})
+    assert refused.status_code == 403
+    assert (await client.put("/v1/schools/H2/case-manager", headers=COUNSELLOR,
+                             json={"case_manager": "x@d.org"})).status_code == 404  # not one of theirs
+    made = await client.put("/v1/schools/H1/case-manager", headers=COUNSELLOR,
+                            json={"case_manager": "Lindqvist@D.example.org"})
+    assert made.json() == {"school_id": "H1", "case_manager": "lindqvist@d.example.org"}
+    await enable(client, "submit_form")
+    at = datetime.now(UTC) + timedelta(seconds=1)
+    await system.publish_all([enrolled("cm-1"), enrolled("cm-2", school="H2"),
+                              trigger(FormSubmitted, "cm-1", at), trigger(FormSubmitted, "cm-2", at)])
+
+    async def both_opened():
+        return all([await case_of(client, s) for s in ("cm-1", "cm-2")])
+
+    await eventually(both_opened, what="a case for each student")
+    assert (await case_of(client, "cm-1"))[0]["case_manager"] == "lindqvist@d.example.org"
+    assert (await case_of(client, "cm-2"))[0]["case_manager"] is None
+    async def published():
+        found = {json.loads(r.value).get("student_source_id"): json.loads(r.value)
+                 for r in await system.records("cases.v1")}
+        return found if {"cm-1", "cm-2"} <= set(found) else None
+
+    opened = await eventually(published, what="both CaseOpened published")
+    assert opened["cm-1"]["case_manager"] == "lindqvist@d.example.org" and opened["cm-2"]["case_manager"] is None
