@@ -238,3 +238,17 @@ def test_at_most_five_suggestions():
     person = Person("Ana", "Reyes", date(2011, 4, 3))
     many = [(uuid.uuid4(), Person("Ana", "Reyes", date(2011, 4, 3))) for _ in range(9)]
     assert len(domain.suggestions(person, many)) == domain.MAX_SUGGESTIONS == 5
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_the_code_window_is_14_days_unless_configured_and_must_be_a_positive_number():
+    from services.transfers.options import TransfersOptions
+
+    assert TransfersOptions.from_env({}).code_ttl == timedelta(days=14)
+    assert TransfersOptions.from_env({"CASEFLOW_TRANSFERS_CODE_TTL_DAYS": "7"}).code_ttl == timedelta(days=7)
+    assert TransfersOptions.from_env({"CASEFLOW_TRANSFERS_CODE_TTL_DAYS": "0.5"}).code_ttl == timedelta(hours=12)
+    for bad in ("0", "-1", "nan", "inf", "fortnight", "99999"):
+        with pytest.raises(ValueError, match="CASEFLOW_TRANSFERS_CODE_TTL_DAYS"):
+            TransfersOptions.from_env({"CASEFLOW_TRANSFERS_CODE_TTL_DAYS": bad})
