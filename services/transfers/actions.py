@@ -37,6 +37,7 @@ from services.kit import logs
 from services.kit.consumer import UnitOfWork
 from services.kit.crash import crashpoint
 from services.kit.identity import Identity
+from services.kit.outbox import Unpublishable
 from services.transfers import codes, domain, store
 from services.transfers.domain import (
     ACCEPTED,
@@ -231,7 +232,11 @@ async def accept(runtime, caller: Identity, request_id: UUID, typed_code: str,
         opened = await _open_incoming(uow, caller, request_id, code, at, "accept", correlation_id,
                                       need_complete=True, choices=choices)
         if not isinstance(opened, Refused):
-            await _accept(uow, opened.row, choices, by, at, correlation_id)
+            try:
+                await _accept(uow, opened.row, choices, by, at, correlation_id)
+            except Unpublishable as e:  # a part larger than a message may be: nothing happens, and it says why
+                raise Refused("conflict", f"the cases cannot be delivered: {e}; the sending district must export "
+                                          "them in smaller parts") from None
             crashpoint("transfers.accept.before_commit")
     if isinstance(opened, Refused):
         raise opened
