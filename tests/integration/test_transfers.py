@@ -83,11 +83,11 @@ class World:
     async def open_cases(self, n: int, school: str = "H1", district: str = A) -> list[uuid.UUID]:
         events, ids = [], []
         for _ in range(n):
-            case_id, k = uuid.uuid4(), len(self.cases) + 1
-            self.cases[case_id] = {"number": f"26-{k:06d}", "school": school, "person": k}
+            case_id, k, student_id = uuid.uuid4(), len(self.cases) + 1, uuid.uuid4()
+            self.cases[case_id] = {"number": f"26-{k:06d}", "school": school, "person": k, "student": student_id}
             ids.append(case_id)
             events.append(CaseOpened(district_id=district, occurred_at=AT, case_id=case_id,
-                                     case_number=f"26-{k:06d}", school_id=school, student_id=uuid.uuid4(),
+                                     case_number=f"26-{k:06d}", school_id=school, student_id=student_id,
                                      student_source_id=f"s-{k}", trigger_kind="submit_form",
                                      source_event_id=uuid.uuid4(), source_occurred_at=AT))
         await self.system.publish_all(events)
@@ -250,7 +250,8 @@ async def test_single_and_bulk_sends_to_one_and_several_districts_each_with_a_co
     elsewhere = await w.open_cases(1, district=B)
     gone = await w.open_cases(1)
     await system.publish(CaseTransferredOut(district_id=A, occurred_at=AT + timedelta(days=1), case_id=gone[0],
-                                            case_number=w.cases[gone[0]]["number"], student_id=uuid.uuid4(),
+                                            case_number=w.cases[gone[0]]["number"],
+                                            student_id=w.cases[gone[0]]["student"],  # its key: after CaseOpened
                                             destination_district_id=C, request_id=uuid.uuid4()))
     await system.caught_up("transfers")
 
