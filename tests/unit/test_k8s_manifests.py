@@ -456,7 +456,7 @@ CONSUMERS = [s for s in SERVICES if definition(s).subscriptions]
 
 def test_services_that_consume_nothing_have_no_lag_to_scale_on():
     idle = set(SERVICES) - set(CONSUMERS)
-    assert idle  # transfers and notify, until they consume
+    assert idle  # notify, until it consumes
     for service in idle:
         assert scaled_object_of(service) is None, service
 
