@@ -1,6 +1,6 @@
 """Throughput of the walking slice, beside a raw baseline in the same run.
 
-    python bench/slice.py [--events 100000]
+    python bench/slice.py [--events 100000] [--rounds 1] [--gc-threshold 50000 --gc-threshold 0]
 
 Pushes N SisStudentEnrolled events through roster (consume, inbox, store, outbox, relay
 publish) and then caseload (consume, inbox, projection), each a real service process
@@ -8,6 +8,8 @@ with every guarantee on, on the real broker and database. The raw baseline reads
 same N records with a bare aiokafka consumer, COPYs them into a table and commits the
 offsets: no logic, same broker, same database. Figures are events/s and the ratio to
 the baseline (this machine is noisy: compare ratios, and repeat with --rounds).
+--gc-threshold (repeatable) runs the services with each CASEFLOW_GC_THRESHOLD in turn, round
+by round (0: Python's own garbage collector settings), each beside its own raw baseline.
 
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else the real Apache Kafka
 from deploy/local/kafka.sh and the embedded PostgreSQL.
@@ -146,7 +148,7 @@ async def wait_inbox(dsn: str, n: int) -> float:
         await conn.close()
 
 
-async def run_round(kafka: str, pg: str, n: int) -> dict:
+async def run_round(kafka: str, pg: str, n: int, gc_threshold: int | None = None) -> dict:
     prefix = f"b{uuid.uuid4().hex[:6]}."
     kafka_settings = KafkaSettings(bootstrap_servers=kafka, topic_prefix=prefix)
     await provision(kafka_settings)
@@ -162,6 +164,8 @@ async def run_round(kafka: str, pg: str, n: int) -> dict:
                CASEFLOW_ROSTER_DATABASE_URL=dsns["roster"], CASEFLOW_CASELOAD_DATABASE_URL=dsns["caseload"],
                CASEFLOW_ROSTER_HTTP_PORT="18101", CASEFLOW_CASELOAD_HTTP_PORT="18102",
                CASEFLOW_CONSUMER_BATCH_SIZE=str(BATCH), CASEFLOW_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+    if gc_threshold is not None:
+        env["CASEFLOW_GC_THRESHOLD"] = str(gc_threshold)
 
     services = []
     try:
@@ -188,12 +192,23 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--gc-threshold", type=int, action="append",
+                        help="CASEFLOW_GC_THRESHOLD of the services; repeat to compare settings in one run")
     args = parser.parse_args()
+    settings = args.gc_threshold or [None]
     with ExitStack() as stack:
         kafka, pg = backends(stack)
-        rounds = [await run_round(kafka, pg, args.events) for _ in range(args.rounds)]
+        rounds = {g: [] for g in settings}
+        for _ in range(args.rounds):
+            for g in settings:  # interleaved: each setting sees the machine as the others do
+                rounds[g].append(await run_round(kafka, pg, args.events, g))
+    for g, runs in rounds.items():
+        report(args, runs, "" if g is None else f", CASEFLOW_GC_THRESHOLD={g}")
+
+
+def report(args, rounds: list[dict], setting: str) -> None:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    print(f"walking slice, {args.events} events, {args.rounds} round(s), medians, {os.cpu_count()} cores")
+    print(f"walking slice, {args.events} events, {args.rounds} round(s), medians, {os.cpu_count()} cores{setting}")
     print(f"  raw baseline (aiokafka getmany + COPY + commit) {med['raw']:>10,.0f} events/s   1.00x")
     print(f"  roster  consume+inbox+store+outbox (to commit)  {med['roster_consume']:>10,.0f} events/s"
           f"   {med['roster_consume'] / med['raw']:.2f}x")
