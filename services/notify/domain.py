@@ -207,9 +207,13 @@ def link(app_url: str, path: str) -> str:
     return app_url.rstrip("/") + path
 
 
-def contents_for(event: Any, notices: Iterable[str], district_names: Mapping[str, str]) -> dict[str, Content]:
-    """The content of each kind of notice this event gives (only those asked for). Links
-    are kept as paths (`path`): the sender puts the web app's address before them."""
+def contents_for(event: Any, notices: Iterable[str], district_names: Mapping[str, str],
+                 staff_names: Mapping[tuple[str, str], str] | None = None) -> dict[str, Content]:
+    """The content of each kind of notice this event gives (only those asked for): the
+    same for every recipient of that kind. Staff who acted are named as the roster names
+    them (`staff_names`: (district, email) -> name; see actors). Links are kept as paths
+    (`path`): the sender puts the web app's address before them."""
+    names = staff_names or {}
     def name(district_id: str) -> str:
         return district_names.get(district_id) or district_id
 
@@ -223,18 +227,19 @@ def contents_for(event: Any, notices: Iterable[str], district_names: Mapping[str
             if notice == "transfer_incoming":
                 out[notice] = Content(
                     f"Transfer request: {_cases(event.case_count)} from {sending} await your acceptance",
-                    {**base, "case_count": event.case_count, "notes": event.notes, "requested_by": event.requested_by,
+                    {**base, "case_count": event.case_count, "notes": event.notes,
+                     "requested_by": _who(event.district_id, event.requested_by, names),
                      "expires_at": _when(event.expires_at)})
             elif notice == "transfer_outgoing":
                 out[notice] = Content(
                     f"Transfer pending: {_cases(event.case_count)} to {destination}",
-                    {**base, "case_count": event.case_count, "requested_by": event.requested_by,
+                    {**base, "case_count": event.case_count,
+                     "requested_by": _who(event.district_id, event.requested_by, names),
                      "expires_at": _when(event.expires_at)})
             elif notice == "transfer_ended":
                 outcome = TRANSFER_ENDINGS[type(event)]
                 count = len(event.cases) if isinstance(event, TransferAccepted) else None
-                by = getattr(event, "accepted_by", None) or getattr(event, "rejected_by", None) \
-                    or getattr(event, "cancelled_by", None)
+                by = next((_who(d, e, names) for d, e in actors(event)), None)
                 what = f"{_cases(count)} from {sending} to {destination}" if count else \
                     f"from {sending} to {destination}"
                 out[notice] = Content(
@@ -245,7 +250,7 @@ def contents_for(event: Any, notices: Iterable[str], district_names: Mapping[str
             due = event.due_date.isoformat() if event.due_date else None
             out[notice] = Content(
                 "A task was assigned to you" + (f" (due {due})" if due else ""),
-                {"task_id": str(event.task_id), "due_date": due, "assigned_by": event.actor_email,
+                {"task_id": str(event.task_id), "due_date": due, "assigned_by": _who(event.district_id, event.actor_email, names),
                  "path": f"/tasks/{event.task_id}"})
         elif isinstance(event, CaseOpened) and notice == "case_opened":
             out[notice] = Content(
@@ -260,10 +265,32 @@ def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def greeting_name(given_name: str | None, family_name: str | None) -> str | None:
-    """How a notice greets a staff member (the roster's names), or None: "Hello,"."""
+def staff_name(given_name: str | None, family_name: str | None) -> str | None:
+    """A staff member as the roster names them, or None."""
     name = " ".join(p.strip() for p in (given_name, family_name) if p and p.strip())
     return name or None
+
+
+def actors(event: Any) -> list[tuple[str, str]]:
+    """(district, email) of the staff members an event says acted (who requested, accepted,
+    rejected, cancelled, assigned): the notices name them as the roster does."""
+    found = []
+    if isinstance(event, TransferRequested | TransferCancelled):
+        found.append((event.district_id, getattr(event, "requested_by", None) or getattr(event, "cancelled_by", None)))
+    elif isinstance(event, TransferAccepted | TransferRejected):
+        found.append((event.destination_district_id, getattr(event, "accepted_by", None)
+                      or getattr(event, "rejected_by", None)))
+    elif isinstance(event, TaskAssigned):
+        found.append((event.district_id, event.actor_email))
+    return [(d, e) for d, email in found if (e := login_email(email))]
+
+
+def _who(district_id: str, email: str | None, names: Mapping[tuple[str, str], str]) -> str | None:
+    """"Luis Rivera (rivera@d.org)", or the email alone when the roster does not name them."""
+    if not email:
+        return None
+    name = names.get((district_id, login_email(email) or ""))
+    return f"{name} ({email})" if name else email
 
 
 # ---------------------------------------------------------------------------- sending

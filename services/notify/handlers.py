@@ -41,13 +41,14 @@ async def notify_parties(uow: UnitOfWork, events: list[Any]) -> None:
     off = await store.turned_off(conn, {(r.district_id, r.email) for _, rs in planned for r in rs
                                         if not domain.NOTICES[r.notice].required})
     names = await store.district_names(conn, asked)
+    acted = await store.staff_names(conn, {a for e in events for a in domain.actors(e)})
 
     notices, deliveries = [], []
     for event, recipients in planned:
         recipients = domain.wanted(recipients, off)
         if not recipients:
             continue
-        contents = domain.contents_for(event, {r.notice for r in recipients}, names)
+        contents = domain.contents_for(event, {r.notice for r in recipients}, names, acted)
         notices += [(event.event_id, notice, event.event_type, c.subject, c.context) for notice, c in contents.items()]
         deliveries += [(event.event_id, r.notice, r.email, r.district_id, domain.message_id(event.event_id, r.email))
                        for r in recipients]

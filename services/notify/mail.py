@@ -6,11 +6,14 @@ timeouts; a few connections kept open and reused)."""
 from __future__ import annotations
 
 import asyncio
+import email.policy
+import functools
 import os
+import re
 import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime
 from pathlib import Path
@@ -146,29 +149,91 @@ class Outgoing:
     subject: str
     context: dict[str, Any]
     sender_name: str
-    greeting_name: str | None
 
 
-def compose(out: Outgoing, templates: Templates, options: NotifyOptions) -> EmailMessage:
-    """The message: From the district's sender name, To the recipient, the Message-ID of
-    (event, recipient), both parts from the templates."""
+class _Headers(HeaderRegistry):
+    """The stdlib's registry, faster where every message says the same: it makes a new class
+    for every header it is asked for (here, one per name), and parses a header's value each
+    time (here, once per name and value: a parsed header is an immutable str)."""
+
+    @functools.lru_cache(maxsize=64)  # noqa: B019 - one registry per process, kept for good
+    def __getitem__(self, name):
+        return super().__getitem__(name)
+
+    def __call__(self, name, value):
+        if isinstance(value, str):
+            return self._parsed(name, value)
+        return super().__call__(name, value)  # an Address, ...
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019
+    def _parsed(self, name, value):
+        return super().__call__(name, value)
+
+
+_POLICY = email.policy.default.clone(header_factory=_Headers())
+_WIRE = email.policy.SMTP  # on the wire: CRLF line ends, headers folded at 78
+# A recipient whose address goes into a header as it is: ASCII, no space, no line break.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+
+
+def notice_message(out: Outgoing, templates: Templates, options: NotifyOptions) -> EmailMessage:
+    """What every recipient of this notice of this event reads, From the district's sender
+    name, both parts from the templates: the message but for To and Message-ID. The same
+    for all of them, so it carries nothing of the recipient (not even their name)."""
     notice = domain.NOTICES[out.notice]
-    values = {**out.context, "subject": out.subject, "greeting_name": out.greeting_name,
-              "sender_name": out.sender_name, "required": notice.required,
+    values = {**out.context, "subject": out.subject, "sender_name": out.sender_name, "required": notice.required,
               "link": domain.link(options.app_url, out.context["path"]),
               "preferences_link": domain.link(options.app_url, "/notices/preferences")}
     text, html = templates.render(out.notice, values)
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["Subject"] = out.subject
     message["From"] = Address(display_name=out.sender_name, addr_spec=options.smtp.from_address)
-    message["To"] = out.recipient
     message["Date"] = format_datetime(datetime.now(UTC))
-    message["Message-ID"] = out.message_id
     message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies to a notice
     message["X-Caseflow-Notice"] = out.notice
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message
+
+
+def compose(out: Outgoing, templates: Templates, options: NotifyOptions) -> EmailMessage:
+    """The whole message one recipient gets: To them, with the Message-ID of (event, recipient)."""
+    message = notice_message(out, templates, options)
+    message["To"] = out.recipient
+    message["Message-ID"] = out.message_id
+    return message
+
+
+@dataclass(frozen=True)
+class Wire:
+    """A message as it is sent: envelope sender and recipient, and the message (its bytes,
+    or an EmailMessage for aiosmtplib to write, when the recipient needs SMTPUTF8)."""
+
+    sender: str
+    recipient: str
+    data: bytes | EmailMessage
+
+
+class Writer:
+    """Writes messages for the sender, each notice of an event once: a burst of 10,000
+    recipients of one notice is written once and sent 10,000 times, each time after its
+    own To and Message-ID headers. Keep one per pass."""
+
+    def __init__(self, templates: Templates, options: NotifyOptions) -> None:
+        self._templates = templates
+        self._options = options
+        self._written: dict[tuple[str, str, str], bytes] = {}
+
+    def wire(self, out: Outgoing) -> Wire:
+        sender = self._options.smtp.from_address
+        if not _PLAIN_ADDRESS.fullmatch(out.recipient):
+            return Wire(sender, out.recipient, compose(out, self._templates, self._options))
+        key = (out.event_id, out.notice, out.sender_name)
+        body = self._written.get(key)
+        if body is None:
+            body = self._written[key] = notice_message(out, self._templates, self._options).as_bytes(policy=_WIRE)
+        head = f"To: {out.recipient}\r\nMessage-ID: {out.message_id}\r\n".encode("ascii")
+        return Wire(sender, out.recipient, head + body)
 
 
 # ---------------------------------------------------------------------------- sending
@@ -197,7 +262,7 @@ class SmtpConnections:
         for _ in range(size):
             self._idle.put_nowait(settings.client())
 
-    async def send(self, message: EmailMessage) -> Reply:
+    async def send(self, message: Wire) -> Reply:
         client = await self._idle.get()
         try:
             for attempt in (1, 2):
@@ -205,7 +270,11 @@ class SmtpConnections:
                 try:
                     if not client.is_connected:
                         await client.connect()
-                    _, text = await client.send_message(message)
+                    if isinstance(message.data, EmailMessage):
+                        _, text = await client.send_message(message.data, sender=message.sender,
+                                                            recipients=[message.recipient])
+                    else:
+                        _, text = await client.sendmail(message.sender, [message.recipient], message.data)
                     return Reply(250, text)
                 except aiosmtplib.SMTPRecipientsRefused as e:
                     refused = e.recipients[0]

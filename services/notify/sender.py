@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry, Counter
 from services.kit import logs
 from services.kit.crash import crashpoint
 from services.notify import domain, store
-from services.notify.mail import NotifyOptions, Outgoing, Reply, SmtpConnections, Templates, compose
+from services.notify.mail import NotifyOptions, Outgoing, Reply, SmtpConnections, Templates, Writer
 
 log = logs.get("caseflow.notify.sender")
 
@@ -116,22 +116,23 @@ async def send_due(pool: asyncpg.Pool, connections: SmtpConnections, templates: 
 async def _send_all(claimed: list[Outgoing], connections: SmtpConnections, templates: Templates,
                     options: NotifyOptions) -> dict[int, Reply]:
     """Send each over the connections, as many at once as there are connections; each
-    message is written just before it is sent (the event loop is never held long)."""
+    notice of an event is written once (Writer), just before its first send."""
     waiting = list(reversed(claimed))
     replies: dict[int, Reply] = {}
+    writer = Writer(templates, options)
 
     async def worker() -> None:
         while waiting:
             out = waiting.pop()
-            replies[out.delivery_id] = await _attempt(out, connections, templates, options)
+            replies[out.delivery_id] = await _attempt(out, connections, writer)
 
     await asyncio.gather(*(worker() for _ in range(min(options.send_concurrency, len(claimed)))))
     return replies
 
 
-async def _attempt(out: Outgoing, connections: SmtpConnections, templates: Templates, options: NotifyOptions) -> Reply:
+async def _attempt(out: Outgoing, connections: SmtpConnections, writer: Writer) -> Reply:
     try:
-        message = compose(out, templates, options)
+        message = writer.wire(out)
     except Exception as e:  # noqa: BLE001 - this delivery cannot be written; the others go on
         log.error("notice could not be written", delivery_id=out.delivery_id, notice=out.notice, error=repr(e))
         return Reply(554, f"not sent: the notice could not be written ({type(e).__name__})")

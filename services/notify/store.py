@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from services.notify.domain import Holder, greeting_name
+from services.notify.domain import Holder, staff_name
 from services.notify.mail import Outgoing
 
 
@@ -83,6 +83,21 @@ async def holders(conn: asyncpg.Connection, districts: Iterable[str], levels: It
     for r in rows:
         out[r["district_id"]].append(Holder(r["staff_email"], r["on_roster"]))
     return out
+
+
+async def staff_names(conn: asyncpg.Connection, people: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """(district, email) -> the name the roster gives them (its newest active record)."""
+    people = sorted(set(people))
+    if not people:
+        return {}
+    rows = await conn.fetch(
+        """SELECT DISTINCT ON (s.district_id, s.email) s.district_id, s.email, s.given_name, s.family_name
+           FROM staff s JOIN unnest($1::text[], $2::text[]) AS k(d, e) ON s.district_id = k.d AND s.email = k.e
+           ORDER BY s.district_id, s.email, s.active DESC, s.as_of DESC""",
+        *_columns(people),
+    )
+    return {(r["district_id"], r["email"]): name for r in rows
+            if (name := staff_name(r["given_name"], r["family_name"]))}
 
 
 async def on_roster(conn: asyncpg.Connection, people: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bool]:
@@ -183,20 +198,16 @@ async def claim_due(conn: asyncpg.Connection, limit: int, default_sender: str) -
                LIMIT $1
                FOR UPDATE SKIP LOCKED)
            SELECT d.delivery_id, d.event_id, d.notice, d.recipient, d.message_id, d.attempts, n.subject, n.context,
-                  coalesce(ds.sender_name, $2) AS sender_name, who.given_name, who.family_name
+                  coalesce(ds.sender_name, $2) AS sender_name
            FROM due JOIN deliveries d USING (delivery_id)
            JOIN notices n ON n.event_id = d.event_id AND n.notice = d.notice
            LEFT JOIN district_senders ds ON ds.district_id = d.district_id
-           LEFT JOIN LATERAL (SELECT s.given_name, s.family_name FROM staff s
-                              WHERE s.district_id = d.district_id AND s.email = d.recipient
-                              ORDER BY s.active DESC, s.as_of DESC LIMIT 1) who ON true
            ORDER BY d.next_attempt_at, d.delivery_id""",
         limit, default_sender,
     )
     return [Outgoing(delivery_id=r["delivery_id"], event_id=str(r["event_id"]), notice=r["notice"],
                      recipient=r["recipient"], message_id=r["message_id"], attempts=r["attempts"],
-                     subject=r["subject"], context=r["context"], sender_name=r["sender_name"],
-                     greeting_name=greeting_name(r["given_name"], r["family_name"])) for r in rows]
+                     subject=r["subject"], context=r["context"], sender_name=r["sender_name"]) for r in rows]
 
 
 async def record_attempts(conn: asyncpg.Connection, rows: list[tuple]) -> None:

@@ -266,12 +266,12 @@ async def test_a_transfer_request_alerts_the_destinations_manage_cases_users_and
             assert "authentication code" in part and "Accept" in part
             assert f"{APP}/transfers/{event.request_id}" in part
         assert_carries_nothing_about_the_student(message)
-    assert "Hello Ngozi Okafor," in parts(smtp.to(DEST_MC_1)[0])[0]
+    assert f"Requested by Luis Rivera ({SEND_MC})" in parts(smtp.to(DEST_MC_1)[0])[0]  # named as the roster names them
 
     (outgoing,) = smtp.to(SEND_MC)
     assert subject(outgoing) == f"Transfer pending: 3 cases to {NAMES[DESTINATION]}"
     assert outgoing["From"].addresses[0].display_name == "Caseflow"  # the sending district named none
-    assert "pending transfer out" in parts(outgoing)[0] and "Hello Luis Rivera," in parts(outgoing)[0]
+    assert "pending transfer out" in parts(outgoing)[0]
     assert_carries_nothing_about_the_student(outgoing)
 
 

@@ -2,8 +2,8 @@
 -- its own data (preferences, each district's sender name), and the notices and deliveries
 -- it owes.
 
--- roster.staff.v1: who a login email is (names for the greeting) and whether they are still
--- on the district's roster.
+-- roster.staff.v1: who a login email is (the notices name the staff who acted) and whether
+-- they are still on the district's roster.
 CREATE TABLE staff (
     staff_id    uuid        PRIMARY KEY,
     district_id text        NOT NULL,

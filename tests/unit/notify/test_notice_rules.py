@@ -24,7 +24,7 @@ from contracts.transfers import (
 )
 from services.notify import domain
 from services.notify.domain import Holder, Recipient
-from services.notify.mail import NotifyOptions, Outgoing, Templates, compose
+from services.notify.mail import NotifyOptions, Outgoing, Templates, Writer, compose
 
 SENDING, DESTINATION = "d-send", "d-dest"
 AT = datetime(2026, 11, 2, 9, tzinfo=UTC)
@@ -150,20 +150,29 @@ def test_a_sender_name_a_header_cannot_carry_is_refused():
 STUDENT_WORDS = ("Ana", "Reyes", "S-SECRET-1", "2011-04-05")
 
 
-def written(event, notice: str, names=None) -> tuple[str, str, str]:
-    """(subject, text, html) of the message one recipient gets."""
-    content = domain.contents_for(event, [notice], names or {SENDING: "Springfield Public Schools",
-                                                            DESTINATION: "Shelbyville <District> & Co"})[notice]
-    out = Outgoing(delivery_id=1, event_id=str(event.event_id), notice=notice, recipient="a@dest.example.org",
-                   message_id=domain.message_id(event.event_id, "a@dest.example.org"), attempts=0,
-                   subject=content.subject, context=content.context, sender_name='Dest "Caseflow"',
-                   greeting_name="Maria Santos")
-    message = message_from_bytes(bytes(compose(out, Templates(), NotifyOptions())), policy=policy.default)
-    text = message.get_body(("plain",)).get_content()
-    html = message.get_body(("html",)).get_content()
+STAFF = {(SENDING, "sender@send.example.org"): "Luis Rivera"}
+
+
+def written(event, notice: str, recipient: str = "a@dest.example.org") -> tuple[str, str, str]:
+    """(subject, text, html) of the message one recipient gets, as the sender sends it."""
+    content = domain.contents_for(event, [notice], {SENDING: "Springfield Public Schools",
+                                                    DESTINATION: "Shelbyville <District> & Co"}, STAFF)[notice]
+    out = Outgoing(delivery_id=1, event_id=str(event.event_id), notice=notice, recipient=recipient,
+                   message_id=domain.message_id(event.event_id, recipient), attempts=0,
+                   subject=content.subject, context=content.context, sender_name='Dest "Caseflow"')
+    wire = Writer(Templates(), NotifyOptions()).wire(out)
+    sent = wire.data if isinstance(wire.data, bytes) else bytes(wire.data)
+    message = message_from_bytes(sent, policy=policy.default)
+    whole = compose(out, Templates(), NotifyOptions())  # the same message, written whole
+    text = message.get_body(("plain",)).get_content().replace("\r\n", "\n")  # CRLF on the wire
+    html = message.get_body(("html",)).get_content().replace("\r\n", "\n")
+    assert (text, html) == (whole.get_body(("plain",)).get_content(), whole.get_body(("html",)).get_content())
+    for header in ("Subject", "From", "To", "Message-ID", "Auto-Submitted", "X-Caseflow-Notice"):
+        assert str(message[header]).strip() == str(whole[header]), header
+    assert (wire.sender, wire.recipient) == ("notices@caseflow.example.org", recipient)
     assert message["Message-ID"] == out.message_id
     assert message["From"].addresses[0].display_name == 'Dest "Caseflow"'
-    return message["Subject"], text, html
+    return str(message["Subject"]).strip(), text, html
 
 
 def test_the_incoming_alert_says_who_sends_how_many_the_notes_and_how_to_accept_never_the_code():
@@ -174,7 +183,7 @@ def test_the_incoming_alert_says_who_sends_how_many_the_notes_and_how_to_accept_
         assert "Please call our counsellor first." in part
         assert "authentication code" in part and "Accept" in part
         assert f"http://127.0.0.1:8080/transfers/{REQUEST}" in part
-        assert "Hello Maria Santos," in part
+        assert "Requested by Luis Rivera (sender@send.example.org)" in part
     assert "Shelbyville &lt;District&gt; &amp; Co" in html  # escaped in HTML, as is in text
     assert "Shelbyville <District> & Co" in text
 
@@ -186,6 +195,13 @@ def test_the_ending_notices_name_no_student_and_carry_no_free_text_about_one(eve
     assert subject.startswith(f"Transfer {outcome}:")
     for part in (subject, text, html):
         assert not any(word in part for word in STUDENT_WORDS)
+
+
+def test_a_recipient_whose_address_a_header_cannot_carry_as_it_is_gets_a_message_written_whole():
+    subject, text, _ = written(requested(), "transfer_incoming", recipient="josé@dest.example.org")
+    assert subject.startswith("Transfer request:") and "Springfield Public Schools" in text
+    with pytest.raises(ValueError):  # a line break in an address: refused, never written into a header
+        written(requested(), "transfer_incoming", recipient="a@dest.example.org\r\nBcc: all@example.org")
 
 
 def test_task_and_case_notices_carry_the_case_number_and_links_not_the_title_or_the_student():
