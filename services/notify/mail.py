@@ -73,6 +73,7 @@ class NotifyOptions:
     send_batch: int = 500  # deliveries claimed by one pass
     poll_seconds: float = 0.5  # how often the sender looks for deliveries due
     retry: domain.RetryPolicy = domain.RetryPolicy()
+    log_retention_days: int = 90  # deliveries sent or failed are kept this long in the log
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> NotifyOptions:
@@ -109,6 +110,7 @@ class NotifyOptions:
                 max_seconds=float(env.get("CASEFLOW_NOTIFY_RETRY_MAX_SECONDS") or retry.max_seconds),
                 max_attempts=int(env.get("CASEFLOW_NOTIFY_MAX_ATTEMPTS") or retry.max_attempts),
             ),
+            log_retention_days=int(env.get("CASEFLOW_NOTIFY_LOG_RETENTION_DAYS") or "90"),
         )
         if options.send_concurrency < 1 or options.send_batch < 1:
             raise ValueError("CASEFLOW_NOTIFY_SEND_CONCURRENCY and CASEFLOW_NOTIFY_SEND_BATCH are at least 1")

@@ -38,6 +38,7 @@ from services.notify.mail import NotifyOptions, Outgoing, Reply, SmtpConnections
 log = logs.get("caseflow.notify.sender")
 
 PROBE_EVERY_SECONDS = 5.0
+PRUNE_EVERY_SECONDS = 3600.0
 _REPLY_LONGEST = 500
 
 
@@ -60,9 +61,10 @@ async def send_deliveries(runtime) -> None:
     counted = _counters(runtime.metrics.registry)
     unreachable: str | None = None
     last_probe = 0.0
+    last_pruned = 0.0
     try:
         while True:
-            done = await send_due(runtime.pool, connections, templates, options)
+            done = await _finishing(send_due(runtime.pool, connections, templates, options), options)
             for outcome in ("sent", "retried", "failed"):
                 counted.labels(outcome=outcome).inc(getattr(done, outcome))
             if done.claimed and not done.reached:
@@ -79,6 +81,12 @@ async def send_deliveries(runtime) -> None:
                 probe = await connections.probe()
                 if not probe.connection_failed:
                     unreachable = None
+            if time.monotonic() - last_pruned > PRUNE_EVERY_SECONDS:
+                async with runtime.pool.acquire() as conn:
+                    pruned = await store.prune(conn, options.log_retention_days)
+                if pruned:
+                    log.info("delivery log pruned", deliveries=pruned, older_than_days=options.log_retention_days)
+                last_pruned = time.monotonic()
             if unreachable:
                 runtime.tasks.failing(unreachable)
             else:
@@ -86,6 +94,21 @@ async def send_deliveries(runtime) -> None:
             await asyncio.sleep(options.poll_seconds)
     finally:
         await connections.close()
+
+
+async def _finishing(one_pass, options: NotifyOptions) -> Pass:
+    """Run a pass; when the service stops in the middle of one, let it finish (its sends are
+    bounded by the SMTP timeout) and record what the server accepted, instead of rolling it
+    back to send it all again after the restart."""
+    running = asyncio.ensure_future(one_pass)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        try:
+            await asyncio.wait_for(running, timeout=options.smtp.timeout + 5)
+        except Exception:  # noqa: BLE001 - stopping anyway: what was not recorded is sent again later
+            pass
+        raise
 
 
 async def send_due(pool: asyncpg.Pool, connections: SmtpConnections, templates: Templates,

@@ -223,8 +223,16 @@ async def record_attempts(conn: asyncpg.Connection, rows: list[tuple]) -> None:
         )
 
 
-async def due_count(conn: asyncpg.Connection | asyncpg.Pool) -> int:
-    return await conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'pending' AND next_attempt_at <= now()")
+async def prune(conn: asyncpg.Connection, days: int) -> int:
+    """Forget deliveries sent or failed more than `days` ago, and the notices left without one."""
+    status = await conn.execute(
+        """DELETE FROM deliveries WHERE status <> 'pending' AND created_at < now() - make_interval(days => $1)""",
+        days)
+    await conn.execute(
+        """DELETE FROM notices n WHERE n.created_at < now() - make_interval(days => $1)
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = n.event_id AND d.notice = n.notice)""",
+        days)
+    return int(status.rsplit(" ", 1)[-1])
 
 
 # ---------------------------------------------------------------------------- the delivery log
