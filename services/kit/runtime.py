@@ -6,9 +6,12 @@ fails is logged, restarted, and reported not ready while it is down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import signal
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -232,7 +235,7 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
     logs.configure(definition.name, settings.log_level, kafka_log_every=settings.kafka.log_repeat_seconds)
     runtime = ServiceRuntime(definition, settings)
     await runtime.start()
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             runtime.http_app(), host=settings.http_host, port=settings.http_port,
             log_config=None, access_log=False, lifespan="off",
@@ -242,6 +245,25 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await server.serve()  # returns on SIGINT/SIGTERM
     finally:
         await runtime.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT that stopped it is not raised again once it
+    has stopped (uvicorn 0.29+ does, and the default action then ends the process before
+    the runtime stops: consumers never left their groups, tasks were never let finish). The
+    runtime's stop() runs, then the process exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def main(definition_factory) -> None:
