@@ -71,8 +71,10 @@ class SmtpServer:
         self.replies: dict[str, list[str]] = defaultdict(list)
         self.attempts: dict[str, int] = defaultdict(int)
         self.controller: Controller | None = None
+        self.delay = 0.0  # seconds before each reply to DATA
 
     async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's name
+        await asyncio.sleep(self.delay)
         recipient = envelope.rcpt_tos[0].lower()
         self.attempts[recipient] += 1
         script = self.replies.get(recipient)
@@ -420,6 +422,29 @@ async def test_killed_between_the_servers_acceptance_and_the_delivery_commit_it_
     assert (row["status"], row["attempts"]) == ("sent", 1)
     first, second = smtp.to(TEACHER)  # at most one duplicate, recognisable by its Message-ID
     assert first["Message-ID"] == second["Message-ID"] == domain.message_id(event.event_id, TEACHER)
+
+
+async def test_a_service_stopped_in_the_middle_of_a_pass_records_what_was_sent_and_sends_nothing_twice(
+        system: Stack, smtp: SmtpServer):
+    stopping = await start_notify(system, smtp.port, CASEFLOW_NOTIFY_SEND_CONCURRENCY="1")
+    smtp.delay = 1.5  # the pass of three deliveries takes 4.5 s, one after the other
+    event = transfer_requested()
+    await system.publish(event)
+
+    async def first_accepted():
+        return len(smtp.accepted) >= 1
+
+    await eventually(first_accepted, what="the first message accepted")
+    stopping.stop()  # SIGTERM in the middle of the pass
+    await stopping.client.aclose()
+    assert '"service stopped"' in stopping.log()  # the runtime stopped: the sender's pass was let finish
+    assert {r["status"] for r in await deliveries_of(system, event.event_id)} == {"sent"}
+    smtp.delay = 0.0
+    restarted = await start_notify(system, smtp.port, seed=False)
+    await system.caught_up("notify")
+    await asyncio.sleep(1.5)  # a delivery left pending would be sent by now
+    assert sorted(r for rcpts, _, _ in smtp.accepted for r in rcpts) == sorted([DEST_MC_1, DEST_MC_2, SEND_MC])
+    await restarted.client.aclose()
 
 
 async def test_while_the_smtp_server_is_away_readiness_says_so_and_the_notices_go_out_when_it_returns(
