@@ -6,10 +6,13 @@ fails is logged, restarted, and reported not ready while it is down."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
+import signal
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -249,7 +252,7 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
     runtime = ServiceRuntime(definition, settings)
     await runtime.start()
     tune_garbage_collector(settings.gc_threshold)
-    server = uvicorn.Server(
+    server = _Server(
         uvicorn.Config(
             runtime.http_app(), host=settings.http_host, port=settings.http_port,
             log_config=None, access_log=False, lifespan="off",
@@ -259,6 +262,25 @@ async def serve(definition: ServiceDefinition, settings: Settings | None = None)
         await server.serve()  # returns on SIGINT/SIGTERM
     finally:
         await runtime.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a SIGTERM or SIGINT that stopped it is not raised again once it
+    has stopped (uvicorn 0.29+ does, and the default action then ends the process before
+    the runtime stops: consumers never left their groups, tasks were never let finish). The
+    runtime's stop() runs, then the process exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 def main(definition_factory) -> None:
