@@ -247,6 +247,8 @@ async def change_access(runtime, caller: Caller, changes: list[domain.AccessChan
     async with runtime.unit_of_work() as uow:
         await store.lock_access(uow.conn, [district_id])
         staff = await store.active_staff_emails(uow.conn, district_id, [c.staff_email for c in changes if c.grant])
+        schools = await store.known_schools(uow.conn, district_id,
+                                            {c.school_id for c in changes if c.grant and c.school_id is not None})
         held = await store.held_access(uow.conn, district_id, [(c.staff_email, c.level, c.school_id) for c in changes])
         admins = await store.district_admins(uow.conn, district_id)
         now, outcomes, rows = await store.access_clock(uow.conn), [], []
@@ -259,7 +261,9 @@ async def change_access(runtime, caller: Caller, changes: list[domain.AccessChan
             bases = held.setdefault(place, {})
             try:
                 if change.grant:
-                    domain.check_grantee(change, active_staff=change.staff_email in staff)
+                    domain.check_grantee(change, active_staff=change.staff_email in staff,
+                                         district_admin=change.staff_email in admins,
+                                         known_school=change.school_id in schools)
                 else:
                     domain.check_revoke(change, set(bases), len(admins))
             except Refused as r:

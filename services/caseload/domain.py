@@ -424,12 +424,20 @@ def check_may_assign(caller: Caller, change: AccessChange) -> None:
                                               f"{change.school_id} is not one of them")
 
 
-def check_grantee(change: AccessChange, *, active_staff: bool) -> None:
-    """Levels go to active staff of the district with that login email; a district admin
-    (the district's IT, often not in the roster) may be anyone the district names."""
-    if change.grant and change.level != "district_admin" and not active_staff:
+def check_grantee(change: AccessChange, *, active_staff: bool, district_admin: bool = False,
+                  known_school: bool = True) -> None:
+    """Levels go to active staff of the district with that login email, at a school of the
+    district's roster. A district admin (the district's IT, often not in the roster) may be
+    anyone the district names, and once one, may be granted the other levels too (Manage
+    Cases, to run the transfer portal)."""
+    if not change.grant:
+        return
+    if change.level != "district_admin" and not (active_staff or district_admin):
         raise Refused("unknown_staff_member", "access is granted to an active staff member of the district, "
                                               "named by their login email; the roster has none with this email")
+    if change.school_id is not None and not known_school:
+        raise Refused("unknown_school", f"no school {change.school_id} in the district's roster: check the "
+                                        "school's SIS id (the OneRoster org sourcedId)")
 
 
 def check_revoke(change: AccessChange, held_bases: set[str], district_admins_left: int) -> None:

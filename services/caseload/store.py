@@ -737,6 +737,20 @@ async def held_access(conn: asyncpg.Connection, district_id: str,
     return out
 
 
+async def known_schools(conn: asyncpg.Connection, district_id: str, schools: Iterable[str]) -> set[str]:
+    """The ones the district's roster knows: a school of a class, a student or a staff member."""
+    schools = sorted(set(schools))
+    if not schools:
+        return set()
+    rows = await conn.fetch(
+        """SELECT s FROM unnest($2::text[]) AS s
+           WHERE EXISTS (SELECT 1 FROM classes c WHERE c.district_id = $1 AND c.school_id = s)
+              OR EXISTS (SELECT 1 FROM students st WHERE st.district_id = $1 AND st.school_ids @> ARRAY[s])
+              OR EXISTS (SELECT 1 FROM staff sf WHERE sf.district_id = $1 AND sf.school_ids @> ARRAY[s])""",
+        district_id, schools)
+    return {r[0] for r in rows}
+
+
 async def district_admins(conn: asyncpg.Connection, district_id: str) -> set[str]:
     rows = await conn.fetch("""SELECT DISTINCT staff_email FROM access_held
                                WHERE district_id = $1 AND level = 'district_admin' AND held""", district_id)

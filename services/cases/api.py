@@ -111,7 +111,7 @@ async def set_dictionary_entry(request: Request, caller: Caller, trigger_kind: T
 
 async def _case(conn, caller: Identity, case_id: UUID, lock: bool = False):
     row = await store.case_row(conn, caller.district_id, case_id, lock=lock)
-    if row is None or not caller.may_see_school(row["school_id"]):
+    if row is None or not domain.sees_school(caller, row["school_id"]):
         raise not_found("case not found")
     return row
 
@@ -126,7 +126,7 @@ async def search_cases(request: Request, caller: Caller, case_number: Key | None
                        after: Key | None = None, limit: Page = 50) -> dict:
     """Search cases by case number, person of concern, building, team name, team leader or
     case manager, within the caller's schools (district admins: the district)."""
-    schools = caller.scope()
+    schools = domain.case_scope(caller)
     async with request.app.state.pool.acquire() as conn:
         rows = await store.search(conn, district_id=caller.district_id, schools=schools, status=status_,
                                   case_number=case_number, person=person, school_id=school_id, team_name=team_name,
@@ -433,7 +433,7 @@ async def _task_for(uow, caller: Identity, task_id: UUID):
     may work a task."""
     row = await store.task(uow.conn, caller.district_id, task_id, lock=True)
     assignee = row is not None and row["assignee_email"] == caller.email.lower() and domain.is_staff(caller)
-    if row is None or not (caller.may_see_school(row["school_id"]) or assignee):
+    if row is None or not (domain.sees_school(caller, row["school_id"]) or assignee):
         raise not_found("task not found")
     if not (domain.manages_school(caller, row["school_id"]) or assignee):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only the assignee or manage_cases may work this task")
@@ -502,7 +502,7 @@ async def student_timeline(request: Request, caller: Caller, student_id: UUID, a
 async def dashboard(request: Request, caller: Caller, school_id: Key | None = None) -> dict:
     """Open cases by school, team, team leader and case manager; overdue tasks; cases
     opened by trigger kind and week."""
-    schools = caller.scope()
+    schools = domain.case_scope(caller)
     if school_id is not None:
         schools = [school_id] if schools is None or school_id in schools else []
     async with request.app.state.pool.acquire() as conn:

@@ -129,9 +129,33 @@ def overdue(due_date: date | None, status: str, today: date) -> bool:
 def manages_school(caller: Identity, school_id: str | None) -> bool:
     """Opening, closing, assigning and editing need manage_cases at the case's school (seed
     003: "must have Manage Cases Permissions"); other staff read the cases of the schools
-    where they hold any access level (Identity.may_see_school). A case with no school here
-    (a transfer person's, school_id None) is the district's: manage_cases held district-wide."""
+    where they hold any access level (sees_school). A case with no school here (a person
+    made from a transfer's information, waiting for an SIS connection: school_id None) is
+    the district's Manage Cases users': any of them, at whichever school, sees it, works it
+    and links it to a roster student (seed 003: they accept transfers)."""
+    if school_id is None:
+        return caller.has("manage_cases")
     return caller.holds("manage_cases", school_id)
+
+
+def sees_school(caller: Identity, school_id: str | None) -> bool:
+    """Reads the cases of this school (any access level there); a case with no school here:
+    the district's Manage Cases users (manages_school) and district-wide staff."""
+    if school_id is None:
+        return caller.has("manage_cases") or caller.may_see_school(None)
+    return caller.may_see_school(school_id)
+
+
+NO_SCHOOL = ""  # in a scope: the cases with no school here (a transfer person's)
+
+
+def case_scope(caller: Identity) -> list[str] | None:
+    """The schools whose cases the caller reads, as the store takes them (None: the whole
+    district), NO_SCHOOL among them for the district's Manage Cases users."""
+    schools = caller.scope()
+    if schools is not None and caller.has("manage_cases"):
+        schools.append(NO_SCHOOL)
+    return schools
 
 
 def is_staff(caller: Identity) -> bool:
@@ -150,14 +174,14 @@ def student_schools(school_id: str, school_ids: Iterable[str] | None) -> tuple[s
 
 def sees_student(caller: Identity, schools: Iterable[str]) -> bool:
     """Staff of any of the student's schools read the student's timeline and find them. A
-    person made from a transfer's information has no school here: district-wide staff."""
+    person made from a transfer's information has no school here: sees_school(None)."""
     schools = tuple(schools)
-    return any(caller.may_see_school(s) for s in schools) if schools else caller.may_see_school(None)
+    return any(caller.may_see_school(s) for s in schools) if schools else sees_school(caller, None)
 
 
 def manages_student(caller: Identity, schools: Iterable[str]) -> bool:
     """manage_cases in any of the student's schools: tasks and meetings for the student (a
-    transfer person: manage_cases district-wide)."""
+    transfer person: the district's Manage Cases users)."""
     schools = tuple(schools)
     return any(manages_school(caller, s) for s in schools) if schools else manages_school(caller, None)
 

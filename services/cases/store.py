@@ -271,7 +271,7 @@ async def _search(conn, *args):
     return await conn.fetch(
         f"""SELECT {SEARCH_COLUMNS}
             FROM cases c JOIN students s ON s.student_id = c.student_id
-            WHERE c.district_id = $1 AND ($2::text[] IS NULL OR c.school_id = ANY($2::text[]))
+            WHERE c.district_id = $1 AND ($2::text[] IS NULL OR coalesce(c.school_id, '') = ANY($2::text[]))
               AND ($3::text IS NULL OR c.status = $3) AND ($4::text IS NULL OR c.case_number = $4)
               AND ($5::text IS NULL OR lower(s.family_name) LIKE lower($5) || '%'
                    OR lower(s.given_name || ' ' || s.family_name) LIKE lower($5) || '%' OR s.source_id = $5)
@@ -365,13 +365,13 @@ async def _dashboard(conn, district_id: str, schools: list[str] | None, today, w
         f"""SELECT t.task_id, t.title, t.assignee_email, t.due_date, t.case_id, c.case_number, t.student_id,
                    t.school_id
             FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
-            WHERE t.district_id = $1 AND ($2::text[] IS NULL OR t.school_id = ANY($2::text[]))
+            WHERE t.district_id = $1 AND ($2::text[] IS NULL OR coalesce(t.school_id, '') = ANY($2::text[]))
               AND t.status = 'open' AND t.due_date < $3 AND c.status IS DISTINCT FROM 'transferred_out'
             ORDER BY t.due_date, t.task_id LIMIT 50""", district_id, schools, today)
     # The tasks of a case transferred out (seed 003) are no one's work here: not overdue.
     overdue_count = await conn.fetchval(
         """SELECT count(*) FROM tasks t
-           WHERE t.district_id = $1 AND ($2::text[] IS NULL OR t.school_id = ANY($2::text[]))
+           WHERE t.district_id = $1 AND ($2::text[] IS NULL OR coalesce(t.school_id, '') = ANY($2::text[]))
              AND t.status = 'open' AND t.due_date < $3
              AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_id = t.case_id AND c.status = 'transferred_out')""",
         district_id, schools, today)

@@ -99,6 +99,13 @@ async def current_identity(request: Request,
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
         identity = request.app.state.verifier.verify(token)
+    except jwt.InvalidSignatureError:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: its signature does not verify",
+                            headers={"WWW-Authenticate": "Bearer"}) from None
+    except jwt.DecodeError:  # the library's text quotes decoding internals: say what it is
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: not a well-formed signed token (JWT); "
+                            "mint one with `caseflow token` or sign in again",
+                            headers={"WWW-Authenticate": "Bearer"}) from None
     except jwt.ExpiredSignatureError:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token expired", headers={"WWW-Authenticate": "Bearer"}) from None
     except jwt.InvalidTokenError as e:

@@ -131,7 +131,8 @@ async def _listing(request: Request, caller: Identity, side: str, status_: str |
         rows = await store.listing(conn, side=side, district_id=caller.district_id, status=status_, after=after,
                                    limit=limit)
         histories = await store.histories_summary(conn, [r["request_id"] for r in rows])
-    items = [_summary(r, domain.histories_state(histories.get(r["request_id"], [])), outgoing=side == "source")
+    items = [_summary(r, domain.histories_state(histories.get(r["request_id"], []), r["status"]),
+                      outgoing=side == "source")
              for r in rows]
     return {"items": items, "next_after": items[-1]["request_id"] if len(items) == limit else None}
 
@@ -178,7 +179,8 @@ async def get_transfer(request: Request, caller: Caller, request_id: UUID) -> di
     """One request, for either side, with who did what and when: the list's fields, plus
     `direction` (outgoing | incoming), both districts, `cases` and `history` [{at, action,
     actor, district_id, detail}]. The sender sees each case (case_id, case_number,
-    school_id, history: arriving | complete | unavailable, unavailable_reason); the
+    school_id, history: arriving | complete | unavailable while pending, then delivered
+    (accepted) or dropped (ended otherwise), unavailable_reason); the
     destination sees the cases only once it accepted (case_id, student_id, link)."""
     try:
         domain.require_portal(caller)
@@ -192,8 +194,9 @@ async def get_transfer(request: Request, caller: Caller, request_id: UUID) -> di
         states = await store.history_states(conn, request_id)
         cases = await store.request_cases(conn, request_id)
         history = await store.history(conn, request_id)
-    state_of = {s.case_id: s.state for s in states}
-    body = _summary(row, domain.histories_state(states), outgoing=side == SENDER)
+    ended = domain.ended_histories(row["status"])
+    state_of = {s.case_id: ended or s.state for s in states}
+    body = _summary(row, domain.histories_state(states, row["status"]), outgoing=side == SENDER)
     body.update(direction="outgoing" if side == SENDER else "incoming",
                 source_district_id=row["source_district_id"], source_name=row["source_name"],
                 destination_district_id=row["destination_district_id"], destination_name=row["destination_name"],

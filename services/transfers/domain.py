@@ -267,6 +267,9 @@ def wrong_code_message(wrong: WrongCode) -> str:
 # ---------------------------------------------------------------------------- case histories and accepting
 
 ARRIVING, COMPLETE, UNAVAILABLE = "arriving", "complete", "unavailable"
+# Once a request ends, the histories kept for it are gone: delivered to the destination
+# (accepted), or dropped (rejected, cancelled, locked, expired).
+DELIVERED, DROPPED = "delivered", "dropped"
 
 
 @dataclass(frozen=True)
@@ -286,9 +289,19 @@ class CaseHistoryState:
         return COMPLETE if self.parts is not None and self.received >= self.parts else ARRIVING
 
 
-def histories_state(cases: Iterable[CaseHistoryState]) -> str:
-    """The request's: unavailable if any case is, complete when every part of every case
-    arrived, else arriving."""
+def ended_histories(status: str) -> str | None:
+    """What became of the histories of a request that ended (None while it is pending)."""
+    if status == ACCEPTED:
+        return DELIVERED
+    return None if status == PENDING else DROPPED
+
+
+def histories_state(cases: Iterable[CaseHistoryState], status: str = "pending") -> str:
+    """The request's: delivered or dropped once it ended (ended_histories); while pending,
+    unavailable if any case is, complete when every part of every case arrived, else
+    arriving."""
+    if ended := ended_histories(status):
+        return ended
     states = {c.state for c in cases}
     if UNAVAILABLE in states:
         return UNAVAILABLE

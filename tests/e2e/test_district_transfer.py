@@ -121,6 +121,8 @@ async def test_cases_go_whole_from_one_districts_cases_service_to_the_others_thr
             "code": code, "cases": [{"case_id": mover["case_id"], "student_id": sid(EAST, "e-mover")},
                                     {"case_id": other["case_id"], "student_id": None}]})
         assert accepted.status_code == 200, accepted.text
+        after = (await t.get(f"/v1/transfers/{rid}", headers=WEST_COUNSELLOR)).json()
+        assert after["histories"] == "delivered" and {c["history"] for c in after["cases"]} == {"delivered"}
 
         # The destination has both cases, whole; the source's are transferred out, kept.
         async def arrived():
@@ -129,6 +131,11 @@ async def test_cases_go_whole_from_one_districts_cases_service_to_the_others_thr
             return (linked, person) if linked and person else None
 
         linked, person = await eventually(arrived, timeout=60, what="both cases in the destination")
+        # The person made from the transfer's information has no school here yet: the
+        # counsellor who accepted (Manage Cases at one school) sees and works their case.
+        theirs = (await k.get("/v1/cases?person=Park", headers=EAST_COUNSELLOR)).json()["items"]
+        assert [c["case_id"] for c in theirs] == [person[0]["case_id"]]
+        assert (await k.get(f"/v1/cases/{person[0]['case_id']}", headers=EAST_COUNSELLOR)).status_code == 200
         assert linked[0]["case_id"] != mover["case_id"]  # the destination's own case, number and id
         west = [e for e in await timeline(k, WEST_ADMIN, sid(WEST, "mover"))
                 if e["case_id"] == mover["case_id"] and e["kind"] != "case_transferred_out"]

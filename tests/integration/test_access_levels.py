@@ -266,3 +266,18 @@ async def test_the_command_line_makes_a_districts_first_admin_who_then_grants(ca
     # Published through the service's outbox like any grant (one event: the second run changed nothing).
     await eventually(lambda: published(system, newcomer), what="the grant published")
     assert [r["event_type"] for r in await published(system, newcomer)] == [GRANTED]
+
+
+async def test_a_grant_names_a_school_of_the_roster_and_a_district_admin_may_hold_other_levels(caseload):
+    client, admin = caseload.client, who(FIRST_ADMIN)
+    typo = await client.post("/v1/access/grants", headers=admin,
+                             json={"staff_email": TEACHER, "level": "caseload_editor", "schools": ["E9"]})
+    assert typo.status_code == 422 and typo.json()["errors"][0]["rule"] == "unknown_school"
+    # The configured district admin is not in the roster, yet may take Manage Cases (the
+    # transfer portal needs it); someone neither in the roster nor an admin may not.
+    mine = await client.post("/v1/access/grants", headers=admin,
+                             json={"staff_email": FIRST_ADMIN, "level": "manage_cases", "district_wide": True})
+    assert mine.status_code == 200 and mine.json()["changes"][0]["outcome"] == "granted"
+    stranger = await client.post("/v1/access/grants", headers=admin,
+                                 json={"staff_email": "x@d.example.org", "level": "manage_cases", "schools": ["E1"]})
+    assert stranger.json()["errors"][0]["rule"] == "unknown_staff_member"

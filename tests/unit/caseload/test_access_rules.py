@@ -108,3 +108,20 @@ def test_a_grant_is_the_same_grant_when_made_again_and_a_default_follows_its_sta
         grant_id("d1", "t@d.org", "caseload_viewer", "E1", "roster_default", two)
     assert grant_id("d1", "t@d.org", "caseload_viewer", "E1", "roster_default", one) != \
         grant_id("d1", "new@d.org", "caseload_viewer", "E1", "roster_default", one)
+
+
+def test_a_grant_goes_to_staff_of_the_roster_at_its_schools_or_to_a_district_admin():
+    from services.caseload.domain import check_grantee
+
+    def grantee_rule(level="caseload_editor", school="E1", **kw) -> str | None:
+        try:
+            check_grantee(AccessChange(True, "x@d.org", level, school), **kw)
+        except Refused as r:
+            return r.rule
+        return None
+
+    assert grantee_rule(active_staff=True) is None
+    assert grantee_rule(active_staff=False) == "unknown_staff_member"
+    assert grantee_rule(active_staff=False, district_admin=True) is None
+    assert grantee_rule("district_admin", None, active_staff=False) is None
+    assert grantee_rule(active_staff=True, known_school=False) == "unknown_school"

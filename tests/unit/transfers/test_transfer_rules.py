@@ -199,6 +199,15 @@ def test_a_request_is_ready_once_every_part_of_every_case_arrived():
         domain.check_histories(unavailable)
 
 
+def test_once_a_request_ends_its_histories_were_delivered_or_dropped_not_still_arriving():
+    # The parts kept for a request go when it ends: what is left says nothing of arriving.
+    gone = [CaseHistoryState(uuid.uuid4(), 2, 0)]
+    assert domain.histories_state(gone, "accepted") == domain.DELIVERED
+    for status in ("rejected", "cancelled", "locked", "expired"):
+        assert domain.histories_state(gone, status) == domain.DROPPED
+    assert domain.histories_state(gone, "pending") == domain.ARRIVING
+
+
 def test_accepting_chooses_for_every_case_once_a_roster_student_or_the_transfer_info():
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     student, withdrawn = uuid.uuid4(), uuid.uuid4()
