@@ -245,7 +245,13 @@ async def on_deliveries(uow: UnitOfWork, deliveries: list[CaseDelivered]) -> Non
 
 
 async def apply_deliveries(uow: UnitOfWork, deliveries: list[CaseDelivered]) -> None:
-    """Each delivered part, in order (district_id: the destination): see apply_delivery."""
+    """Each delivered part, in order (district_id: the destination): see apply_delivery.
+
+    The persons of the whole batch are locked first, in one step (store.lock_students: one
+    order): locked delivery by delivery, a batch of deliveries and another batch taking the
+    same lock buckets in order (a transfer out, triggers) deadlocked, each costing both the
+    deadlock timeout and a retry (bench/transfers.py)."""
+    await store.lock_students(uow.conn, [store.student_key(d.district_id, _person_of(d)) for d in deliveries])
     for delivery in deliveries:
         await apply_delivery(uow, delivery)
 
@@ -266,8 +272,7 @@ async def apply_delivery(uow: UnitOfWork, d: CaseDelivered) -> None:
     or a transfer person."""
     conn, h = uow.conn, d.history
     case_id = domain.transferred_case_id(d.request_id, h.case.case_id)
-    person_id = None if d.student_id else domain.transfer_person_id(d.district_id, d.source_district_id, h.student,
-                                                                     d.request_id, h.case.case_id)
+    person_id = None if d.student_id else _person_of(d)
     await store.lock_students(conn, [store.student_key(d.district_id, d.student_id or person_id)])
     case = await store.transferred_case(conn, case_id)
     if case is not None and case["district_id"] != d.district_id:
@@ -310,6 +315,13 @@ async def apply_delivery(uow: UnitOfWork, d: CaseDelivered) -> None:
                                    source_district_id=d.source_district_id, source_case_id=h.case.case_id,
                                    request_id=d.request_id, accepted_by=d.accepted_by,
                                    correlation_id=d.correlation_id, producer="caseflow.cases"))
+
+
+def _person_of(d: CaseDelivered):
+    """Whom a delivery is for: the roster student it names, else the person made from the
+    transfer's information."""
+    return d.student_id or domain.transfer_person_id(d.district_id, d.source_district_id, d.history.student,
+                                                      d.request_id, d.history.case.case_id)
 
 
 async def _apply_part(conn, d: CaseDelivered, case) -> None:

@@ -4,9 +4,10 @@ once; cases that cannot go answered with the reason; a request read twice export
 sending district's case transferred out, read-only, out of the open counts; the destination's
 case created once from parts delivered in any order and again, with the whole history; a
 delivery waiting for its roster student; a person made from the transfer's information,
-linked later; one open case per student beside a transferred one; and only the destination
-district sees the case it took in. Only the cases service runs: the tests play the
-transfers service, publishing its events."""
+linked later; one open case per student beside a transferred one; only the destination
+district sees the case it took in; two batches of deliveries at once do not deadlock. Only
+the cases service runs (or none: its handlers on the database): the tests play the transfers
+service, publishing its events."""
 
 from __future__ import annotations
 
@@ -608,3 +609,55 @@ async def test_one_open_case_per_student_triggers_join_the_students_own_case_bes
         assert await db.fetchval("SELECT sum(opened) FROM weekly_openings WHERE district_id = $1", EAST) == 1
     finally:
         await db.close()
+
+
+async def test_two_batches_of_deliveries_for_the_same_persons_in_opposite_orders_at_once_do_not_deadlock(
+        service_db, monkeypatch):
+    """Two consumers' batches at once (real PostgreSQL, no service): one applies a delivery
+    for person X and pauses; the other, for the same two persons in the other order, goes as
+    far as it can; then the first goes on. Locked delivery by delivery, each held one person
+    and waited for the other's (a deadlock: both waited deadlock_timeout, one was retried;
+    bench/transfers.py met it between a batch of deliveries and a transfer out). Each batch
+    locks all its persons first, in one order: the second waits, then both commit."""
+    import asyncio
+
+    from services.cases import handlers
+    from services.kit.consumer import UnitOfWork
+    from services.kit.settings import AuthSettings, KafkaSettings, Settings
+
+    settings = Settings(service="cases", database_url="", kafka=KafkaSettings(), auth=AuthSettings(secret="x" * 40),
+                        http_port=0)
+    pool = await service_db("cases")
+    # W-1 and W-2: persons in two different lock buckets.
+    first = [delivered(a_part(source_id=s, family=f"Person{s}"), uuid.uuid4(), None) for s in ("W-1", "W-2")]
+    second = [delivered(a_part(source_id=s, family=f"Person{s}"), uuid.uuid4(), None) for s in ("W-2", "W-1")]
+    paused, go = asyncio.Event(), asyncio.Event()
+    real = handlers.apply_delivery
+
+    async def pausing(uow, d):
+        await real(uow, d)
+        if d is first[0]:
+            paused.set()
+            await go.wait()
+
+    monkeypatch.setattr(handlers, "apply_delivery", pausing)
+
+    async def batch(conn, deliveries):
+        async with conn.transaction():
+            await handlers.on_deliveries(UnitOfWork(conn, source="caseflow.cases", settings=settings), deliveries)
+
+    async with pool.acquire() as a, pool.acquire() as b, pool.acquire() as watcher:
+        one = asyncio.create_task(batch(a, first))
+        await asyncio.wait_for(paused.wait(), 10)
+        other = asyncio.create_task(batch(b, second))
+
+        async def waits_or_done():
+            return other.done() or await watcher.fetchval(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", b.get_server_pid())
+
+        await eventually(waits_or_done, what="the second batch to wait for the first, or to finish")
+        go.set()
+        outcomes = await asyncio.gather(one, other, return_exceptions=True)
+        assert outcomes == [None, None]  # no DeadlockDetectedError
+        assert await watcher.fetchval("SELECT count(*) FROM cases WHERE transferred_in_from = $1", WEST) == 4
+        assert await watcher.fetchval("SELECT count(*) FROM delivered_parts") == 4
