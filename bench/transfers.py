@@ -2,7 +2,7 @@
 every case's history delivered to the destination, printed beside the time the cases
 service takes to open 500 cases from triggers in the same run.
 
-    python bench/transfers.py [--cases 500] [--entries 20] [--keep]
+    python bench/transfers.py [--cases 500] [--entries 20] [--http-port-base PORT] [--keep]
 
 Real processes on the real broker and database, every guarantee on (inbox, outbox relay,
 offsets after the database commit), under their own topic prefix and databases:
@@ -23,7 +23,8 @@ offsets after the database commit), under their own topic prefix and databases:
 
 Nothing here asserts a time: the machine is shared; compare the two figures of one run.
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else deploy/local/kafka.sh's
-broker and an embedded PostgreSQL in .caseflow/bench-transfers-postgres.
+broker and an embedded PostgreSQL in .caseflow/bench-transfers-postgres; topics and databases
+dropped at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -38,10 +39,8 @@ from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from backends import backends as shared_backends  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SECRET, Ports, System, add_port_flag, backends, eventually  # noqa: E402
 
 import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
@@ -61,7 +60,6 @@ from contracts.transfers import (  # noqa: E402
 )
 from services.kit.auth import mint  # noqa: E402
 from services.roster.domain import student_id_for  # noqa: E402
-from tests.support import SECRET, Backends, Stack, eventually  # noqa: E402
 
 SOURCE, DESTINATION = "bench-source", "bench-destination"
 ADMIN = {"Authorization": "Bearer " + mint(SECRET, email="admin@source.example.org", district_id=SOURCE,
@@ -76,7 +74,7 @@ class Reader:
     """Reads a topic from its start in the background, keeping each record's value and the
     moment it was read."""
 
-    def __init__(self, stack: Stack, topic: str) -> None:
+    def __init__(self, stack: System, topic: str) -> None:
         self.stack, self.topic, self.seen = stack, stack.topic(topic), []
 
     async def __aenter__(self) -> Reader:
@@ -105,7 +103,7 @@ async def _at_least(seen: list, n: int) -> bool:
     return len(seen) >= n
 
 
-async def produce(stack: Stack, events: list) -> None:
+async def produce(stack: System, events: list) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=stack.backends.kafka, linger_ms=5)
     await producer.start()
     try:
@@ -134,7 +132,7 @@ def history(request_id: uuid.UUID, opened: dict, n: int, entries: int) -> CaseHi
                            written_at=at)]))
 
 
-async def run(stack: Stack, cases: int, entries: int) -> None:
+async def run(stack: System, cases: int, entries: int) -> None:
     await stack.prepare("cases", "transfers")
     cases_service = await stack.service("cases").start().ready()
     transfers = await stack.service("transfers").start().ready()
@@ -202,20 +200,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=500)
     parser.add_argument("--entries", type=int, default=20)
-    parser.add_argument("--keep", action="store_true", help="keep the topics")
+    parser.add_argument("--keep", action="store_true", help="keep the topics and databases")
+    add_port_flag(parser)
     args = parser.parse_args()
     with ExitStack() as exits:
-        kafka, pg = shared_backends(exits, "bench-transfers-postgres")
-        stack = Stack(Backends(kafka=kafka, postgres=pg))
+        b = backends(exits, "bench-transfers-postgres")
 
         async def go():
-            try:
+            async with System.new(b, "bt", keep=args.keep, ports=Ports(args.http_port_base)) as stack:
                 await run(stack, args.cases, args.entries)
-            finally:
-                for proc in stack.processes:
-                    proc.stop()
-                if not args.keep:
-                    await stack.delete_topics()
 
         asyncio.run(go())
 
