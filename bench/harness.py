@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import subprocess
 import sys
@@ -348,9 +349,7 @@ class Lag:
     its lag never reaches 0)."""
 
     def __init__(self, kafka: KafkaSettings, pairs: Iterable[tuple[str, Topic]]) -> None:
-        self.groups = [(kafka.topic(consumer), [TopicPartition(kafka.topic(topic.name), p)
-                                                for p in range(topic.partitions)])
-                       for consumer, topic in pairs]
+        self.groups = consumer_groups(kafka, pairs)
         self.admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
         self.offsets = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
 
@@ -378,6 +377,13 @@ class Lag:
                 at = committed.get(tp)
                 behind += max(ends[tp] - (at.offset if at is not None and at.offset >= 0 else 0), 0)
         return behind
+
+
+def consumer_groups(kafka: KafkaSettings, pairs: Iterable[tuple[str, Topic]]) -> list[tuple[str, list]]:
+    """(group, its topic's partitions) for (consumer, topic) pairs, named as the kit's
+    consumers name them (services/kit/consumer.py: group_id=kafka.topic(consumer))."""
+    return [(kafka.topic(consumer), [TopicPartition(kafka.topic(topic.name), p) for p in range(topic.partitions)])
+            for consumer, topic in pairs]
 
 
 def subscriptions(service: str) -> list:
@@ -484,11 +490,12 @@ async def hammer(call: Callable[[int], Awaitable[bool]], seconds: float, cpu: Ca
 
 
 def pct(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank); NaN for no values."""
+    """The p-th percentile by nearest rank (the smallest value with at least p% of the
+    values at or below it); NaN for no values."""
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))]
 
 
 def latency_line(label: str, values: list[float], base: float | None = None, width: int = 46) -> str:

@@ -57,6 +57,7 @@ from harness import (  # noqa: E402
     backends,
     cpu_seconds,
     free_port,
+    pct,
 )
 
 import asyncpg  # noqa: E402
@@ -218,11 +219,6 @@ async def http_latencies(url: str, headers: dict, stop: asyncio.Event) -> list[f
             out.append((time.perf_counter() - t) * 1000)
             await asyncio.sleep(0.05)
     return out
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
 
 async def main(args) -> None:
