@@ -2,7 +2,7 @@
 revokes (issue 11: "a revoked caller answers 403/404 within seconds, across services"),
 beside a raw Kafka round trip measured in the same run.
 
-    python bench/access_lag.py [--rounds 20] [--poll-ms 20] [--keep]
+    python bench/access_lag.py [--rounds 20] [--poll-ms 20] [--http-port-base PORT] [--keep]
 
 The roster, caseload and cases services run as real processes (python -m services.<name>,
 every guarantee on: outbox relay, inbox, offsets committed after the database commit) on
@@ -34,7 +34,8 @@ and the poller): compare ratios, repeat. Nothing here asserts a time.
 
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else the real Apache Kafka from
 deploy/local/kafka.sh and an embedded PostgreSQL in .caseflow/bench-access-postgres.
-Service logs: .caseflow/test-logs/<prefix><service>-<port>.log.
+Topics and databases are dropped at the end unless --keep. Service logs:
+.caseflow/bench-logs/<prefix><service>-<port>.log.
 """
 
 from __future__ import annotations
@@ -48,12 +49,9 @@ import time
 from contextlib import AsyncExitStack, ExitStack
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from backends import backends as shared_backends  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import SECRET, Backends, Ports, System, add_port_flag, backends, eventually, pct  # noqa: E402
 
-import asyncpg  # noqa: E402
 import httpx  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
@@ -62,7 +60,6 @@ from contracts.sis import SisStaffUpserted, SisStudentEnrolled  # noqa: E402
 from contracts.topics import CASELOAD_ACCESS  # noqa: E402
 from services.kit.auth import mint  # noqa: E402
 from services.roster.domain import student_id_for  # noqa: E402
-from tests.support import SECRET, Backends, Stack, eventually  # noqa: E402
 
 DISTRICT = "bench-access"
 ADMIN = "it.admin@bench.example.org"  # the district's first admin, by configuration
@@ -74,11 +71,6 @@ ROUND_TIMEOUT = 120.0  # a change no service enforces by then is a failure to lo
 def who(email: str) -> dict:
     """An identity-only token: the person and district, no roles (as an SSO provider sends it)."""
     return {"Authorization": "Bearer " + mint(SECRET, email=email, district_id=DISTRICT)}
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 # ---------------------------------------------------------------------------- the raw baseline
@@ -182,8 +174,8 @@ async def answers(client: httpx.AsyncClient, path: str, headers: dict, want: int
         await asyncio.sleep(max(0.0, poll - (time.perf_counter() - sent)))
 
 
-async def measure(backends_: Backends, rounds: int, poll: float, keep: bool) -> None:
-    system = Stack(backends_)
+async def measure(backends_: Backends, rounds: int, poll: float, keep: bool, ports: Ports) -> None:
+    system = System.new(backends_, "ba", keep=keep, ports=ports)
     student = str(student_id_for(DISTRICT, "s-1"))
     probes = {  # service: (path, its answer once granted and once revoked)
         "caseload": (f"/v1/students/{student}", {"grant": 200, "revoke": 403}),
@@ -192,9 +184,7 @@ async def measure(backends_: Backends, rounds: int, poll: float, keep: bool) -> 
     }
     lags: dict[tuple[str, str], list[float]] = {}
     async with AsyncExitStack() as stack:
-        if not keep:
-            stack.push_async_callback(drop_databases, system)
-        stack.push_async_callback(system.stop)
+        stack.push_async_callback(system.close)
         await system.prepare(*SERVICES)
         clients = {}
         for name in SERVICES:
@@ -259,25 +249,17 @@ def report(rounds: int, poll: float, base: list[float], lags: dict[tuple[str, st
     print("  (ms; a service's time includes up to one poll interval and the request)")
 
 
-async def drop_databases(system: Stack) -> None:
-    conn = await asyncpg.connect(system.backends.postgres)
-    try:
-        for name in SERVICES:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{system.prefix.rstrip(".")}_{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20, help="grant + revoke rounds (default 20)")
     parser.add_argument("--poll-ms", type=float, default=20.0, help="each service polled every (default 20 ms)")
-    parser.add_argument("--keep", action="store_true", help="keep the databases (topics are deleted)")
+    parser.add_argument("--keep", action="store_true", help="keep the topics and databases")
+    add_port_flag(parser)
     args = parser.parse_args()
     with ExitStack() as stack:
-        kafka, pg = shared_backends(stack, "bench-access-postgres")
-        print(f"{' '.join(sys.argv)}: roster, caseload and cases on {kafka}", flush=True)
-        await measure(Backends(kafka=kafka, postgres=pg), args.rounds, args.poll_ms / 1000, args.keep)
+        b = backends(stack, "bench-access-postgres")
+        print(f"{' '.join(sys.argv)}: roster, caseload and cases on {b.kafka}", flush=True)
+        await measure(b, args.rounds, args.poll_ms / 1000, args.keep, Ports(args.http_port_base))
 
 
 if __name__ == "__main__":

@@ -2,11 +2,12 @@
 beside raw aiosmtplib sends to the same SMTP server in the same run.
 
     .venv/bin/python bench/notify.py [--tasks 5000] [--burst 5000] [--raw 5000] [--concurrency 8]
+                                     [--http-port-base PORT] [--keep]
 
 The SMTP server is aiosmtpd (the one `./dev up` runs, accepting every message and keeping
 none) in a process of its own on loopback, so neither side shares its interpreter with it.
 The notify service is the real one (python -m services.notify), on the real broker and
-database, under its own topic prefix and database (dropped at the end).
+database, under its own topic prefix and database (dropped at the end unless --keep).
 
 1. raw: --raw messages written once (the notify service's own templates, same size), then
    sent with aiosmtplib over --concurrency connections kept open, each sending one message
@@ -30,14 +31,13 @@ asserts a time.
 
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else Apache Kafka from
 deploy/local/kafka.sh and an embedded PostgreSQL in .caseflow/bench-notify-postgres
-(bench/backends.py). Service log: .caseflow/test-logs/<prefix>notify-<port>.log.
+(bench/harness.py). Service log: .caseflow/bench-logs/<prefix>notify-<port>.log.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -47,10 +47,18 @@ from contextlib import ExitStack
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from backends import backends as shared_backends, dsn_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402
+    ROOT,
+    SECRET,
+    Ports,
+    System,
+    add_port_flag,
+    backends,
+    cpu_seconds,
+    free_port,
+    pct,
+)
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
@@ -66,7 +74,6 @@ from contracts.transfers import TransferRequested  # noqa: E402
 from services.kit.auth import mint  # noqa: E402
 from services.notify import domain  # noqa: E402
 from services.notify.mail import NotifyOptions, Outgoing, SmtpSettings, Templates, compose  # noqa: E402
-from tests.support import SECRET, Backends, Stack, eventually, free_port  # noqa: E402
 
 SENDING, DESTINATION = "bench-send", "bench-dest"
 AT = datetime(2026, 9, 1, tzinfo=UTC)
@@ -214,20 +221,11 @@ async def http_latencies(url: str, headers: dict, stop: asyncio.Event) -> list[f
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
-
-
 async def main(args) -> None:
     with ExitStack() as stack:
-        kafka, pg = shared_backends(stack, "bench-notify-postgres")
-        system = Stack(Backends(kafka=kafka, postgres=pg))
+        b = backends(stack, "bench-notify-postgres")
+        kafka = b.kafka
+        system = System.new(b, "bn", keep=args.keep, ports=Ports(args.http_port_base))
         smtp = SmtpServerProcess()
         stack.callback(lambda: smtp.proc.poll() is None and smtp.proc.kill())
         dsn = system.database_url("notify")
@@ -313,12 +311,7 @@ async def main(args) -> None:
             service.stop()
         finally:
             accepted = smtp.stop()
-            await system.delete_topics()
-            conn = await asyncpg.connect(dsn_for(pg, "postgres"))
-            try:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-            finally:
-                await conn.close()
+            await system.close()
         expected = args.raw + args.tasks + args.burst + (1 if args.burst else 0)
         print(f"SMTP server accepted {accepted:,} messages (expected {expected:,}: "
               f"{'exact' if accepted == expected else 'MISMATCH'})")
@@ -334,4 +327,6 @@ if __name__ == "__main__":
     parser.add_argument("--burst", type=int, default=5000, help="Manage Cases users of one TransferRequested")
     parser.add_argument("--raw", type=int, default=5000, help="raw aiosmtplib sends")
     parser.add_argument("--concurrency", type=int, default=8, help="SMTP connections, for notify and raw alike")
+    parser.add_argument("--keep", action="store_true", help="keep the topics and the database")
+    add_port_flag(parser)
     asyncio.run(main(parser.parse_args()))

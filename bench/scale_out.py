@@ -2,7 +2,8 @@
 baseline in the same run, then 3 instances with one SIGKILLed mid-load.
 
     python bench/scale_out.py [--service caseload|cases|both] [--events 20000] [--batch 2000]
-                              [--kill-at 0.3] [--session-timeout-ms 10000] [--keep]
+                              [--kill-at 0.3] [--session-timeout-ms 10000] [--http-port-base PORT]
+                              [--keep]
 
 Each service runs as real processes (python -m services.<name>, every guarantee on: inbox,
 outbox relay with one leader, offsets committed after the database commit), several
@@ -44,7 +45,8 @@ generator and other work): compare ratios, repeat. Nothing here asserts a time.
 
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else the real Apache Kafka from
 deploy/local/kafka.sh (KAFKA_PORT, KAFKA_CONTROLLER_PORT) and an embedded PostgreSQL in
-.caseflow/bench-scale-postgres. Service logs: .caseflow/test-logs/<prefix><service>-<port>.log.
+.caseflow/bench-scale-postgres. Topics and databases are dropped at the end unless --keep.
+Service logs: .caseflow/bench-logs/<prefix><service>-<port>.log.
 """
 
 from __future__ import annotations
@@ -61,17 +63,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from backends import backends as shared_backends  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, Backends, Ports, Service, System, add_port_flag, backends, eventually  # noqa: E402
 
 import asyncpg  # noqa: E402
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from aiokafka.structs import OffsetAndMetadata  # noqa: E402
 
 from contracts.topics import CASE_TRIGGERS, ROSTER_ENROLLMENTS  # noqa: E402
-from services.kit import db  # noqa: E402
 from tests.scale_out import (  # noqa: E402
     CASELOAD_GROUP,
     CASES_GROUP,
@@ -81,15 +80,9 @@ from tests.scale_out import (  # noqa: E402
     produce,
     relay_leader,
 )
-from tests.support import Backends, ServiceProcess, Stack, eventually, token  # noqa: E402
+from tests.support import token  # noqa: E402
 
 ROUNDS = 3
-
-
-def backends(stack: ExitStack) -> Backends:
-    kafka, pg = shared_backends(stack, "bench-scale-postgres",
-                           {"shared_buffers": "512MB", "max_wal_size": "4GB"})
-    return Backends(kafka=kafka, postgres=pg)
 
 
 # ---------------------------------------------------------------------------- measuring a group
@@ -143,7 +136,7 @@ class Sampler:
         return None
 
 
-async def raw_group(stack: Stack, topic: str, start: dict[int, int], ends: dict[int, int], members: int,
+async def raw_group(stack: System, topic: str, start: dict[int, int], ends: dict[int, int], members: int,
                     batch: int) -> float:
     """A group of bare aiokafka consumers (each its own process) reading exactly the records
     between start and ends: getmany + COPY + commit. Records/s as the services' rounds."""
@@ -158,8 +151,7 @@ async def raw_group(stack: Stack, topic: str, start: dict[int, int], ends: dict[
         await seed.commit({tp: OffsetAndMetadata(start[tp.partition], "") for tp in parts})
     finally:
         await seed.stop()
-    dsn = stack.database_url("raw")
-    await db.ensure_database(dsn)
+    dsn = await stack.database("raw")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     go = ROOT / ".caseflow" / f"bench-scale-go-{group}"
     procs = [subprocess.Popen([sys.executable, __file__, "--raw-member", name, kafka.topic(group), dsn,
@@ -218,7 +210,7 @@ class Workload:
     topic: object
     load: CaseloadLoad | CasesLoad
 
-    async def setup(self, stack: Stack, first: ServiceProcess, conn: asyncpg.Connection, n: int) -> None:
+    async def setup(self, stack: System, first: Service, conn: asyncpg.Connection, n: int) -> None:
         kafka = stack.kafka_settings
         started = time.perf_counter()
         if isinstance(self.load, CaseloadLoad):
@@ -247,7 +239,7 @@ class Workload:
                 and await conn.fetchval("SELECT count(*) FROM outbox") == 0)
 
 
-def alive(instances: list[ServiceProcess]):
+def alive(instances: list[Service]):
     def check():
         for i in instances:
             if i.proc.poll() is not None and i.proc.returncode != -signal.SIGKILL:
@@ -256,8 +248,8 @@ def alive(instances: list[ServiceProcess]):
 
 
 async def run_service(backends_: Backends, service: str, n: int, batch: int, kill_at: float, session_ms: int,
-                      keep: bool) -> None:
-    stack = Stack(backends_, prefix=f"so{uuid.uuid4().hex[:6]}.")
+                      keep: bool, ports: Ports) -> None:
+    stack = System.new(backends_, "so", keep=keep, ports=ports)
     env = {"CASEFLOW_CONSUMER_BATCH_SIZE": str(batch), "CASEFLOW_LOG_LEVEL": "INFO",
            "KAFKA_SESSION_TIMEOUT_MS": str(session_ms)}
     if service == "caseload":
@@ -348,16 +340,7 @@ async def run_service(backends_: Backends, service: str, n: int, batch: int, kil
             raise SystemExit(f"{service}: effects lost or duplicated")
     finally:
         await conn.close()
-        for i in instances:
-            i.stop()
-        if not keep:
-            await stack.delete_topics()
-            drop = await asyncpg.connect(backends_.postgres)
-            try:
-                for name in (service, "raw"):
-                    await drop.execute(f'DROP DATABASE IF EXISTS "{stack.prefix.rstrip(".")}_{name}" WITH (FORCE)')
-            finally:
-                await drop.close()
+        await stack.close()
 
 
 async def main() -> None:
@@ -368,11 +351,14 @@ async def main() -> None:
     parser.add_argument("--kill-at", type=float, default=0.3, help="share of round 3 committed at the kill")
     parser.add_argument("--session-timeout-ms", type=int, default=10_000)
     parser.add_argument("--keep", action="store_true", help="keep the topics and databases")
+    add_port_flag(parser)
     args = parser.parse_args()
+    ports = Ports(args.http_port_base)
     with ExitStack() as stack:
-        b = backends(stack)
+        b = backends(stack, "bench-scale-postgres", {"shared_buffers": "512MB", "max_wal_size": "4GB"})
         for service in (("caseload", "cases") if args.service == "both" else (args.service,)):
-            await run_service(b, service, args.events, args.batch, args.kill_at, args.session_timeout_ms, args.keep)
+            await run_service(b, service, args.events, args.batch, args.kill_at, args.session_timeout_ms, args.keep,
+                              ports)
 
 
 if __name__ == "__main__":

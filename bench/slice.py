@@ -1,18 +1,22 @@
 """Throughput of the walking slice, beside a raw baseline in the same run.
 
     python bench/slice.py [--events 100000] [--rounds 1] [--gc-threshold 50000 --gc-threshold 0]
+                          [--raw-seconds 5] [--http-port-base PORT] [--keep]
 
 Pushes N SisStudentEnrolled events through roster (consume, inbox, store, outbox, relay
 publish) and then caseload (consume, inbox, projection), each a real service process
 with every guarantee on, on the real broker and database. The raw baseline reads the
 same N records with a bare aiokafka consumer, COPYs them into a table and commits the
-offsets: no logic, same broker, same database. Figures are events/s and the ratio to
+offsets: no logic, same broker, same database; it reads them again and again until it has
+been timed over at least --raw-seconds (a single pass of 30,000 records takes a fraction of
+a second, too short to time on a shared machine). Figures are events/s and the ratio to
 the baseline (this machine is noisy: compare ratios, and repeat with --rounds).
 --gc-threshold (repeatable) runs the services with each CASEFLOW_GC_THRESHOLD in turn, round
 by round (0: Python's own garbage collector settings), each beside its own raw baseline.
+Each round's topics and databases are dropped at its end unless --keep.
 
 Backends: KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL if set, else the real Apache Kafka
-from deploy/local/kafka.sh and the embedded PostgreSQL.
+from deploy/local/kafka.sh and the embedded PostgreSQL (bench/harness.py).
 """
 
 from __future__ import annotations
@@ -20,37 +24,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
-import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-from backends import backends as shared_backends, dsn_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Backends, Ports, System, add_port_flag, backends  # noqa: E402
 
 from contracts import cloudevents  # noqa: E402
 from contracts.sis import SisStudentEnrolled  # noqa: E402
-from contracts.topics import ROSTER_STUDENTS  # noqa: E402
-from services.kit import db  # noqa: E402
-from services.kit.settings import KafkaSettings  # noqa: E402
-from services.kit.topics import provision  # noqa: E402
+from contracts.topics import ROSTER_STUDENTS, SIS_STUDENTS  # noqa: E402
 
 BATCH = 2000
-
-
-def backends(stack: ExitStack) -> tuple[str, str]:
-    return shared_backends(stack, "bench-postgres")
 
 
 async def produce(kafka: str, topic: str, n: int) -> float:
@@ -73,56 +64,44 @@ async def produce(kafka: str, topic: str, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def raw_baseline(kafka: str, dsn: str, topic: str, n: int) -> float:
-    """aiokafka getmany + asyncpg COPY + offset commit: the floor any design pays."""
+async def raw_baseline(kafka: str, dsn: str, topic: str, partitions: int, n: int,
+                       min_seconds: float = 5.0) -> tuple[float, int, float]:
+    """aiokafka getmany + asyncpg COPY + offset commit: the floor any design pays. Reads the
+    topic's n records from the start, pass after pass, until timed over min_seconds (the
+    table emptied between passes, outside the clock). (records/s, passes, seconds timed)."""
     conn = await asyncpg.connect(dsn)
     await conn.execute("CREATE TABLE IF NOT EXISTS raw_baseline (k bytea, v bytea)")
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=kafka, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
-                                enable_auto_commit=False, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka, group_id=f"{topic}.raw-baseline", enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
-    seen = 0
-    started = None
+    parts = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(parts)  # no group join: commits go to the group all the same
+    timed, passes, seen = 0.0, 0, 0
     try:
-        while seen < n:
-            batch = await consumer.getmany(timeout_ms=200, max_records=BATCH)
-            records = [r for recs in batch.values() for r in recs]
-            if not records:
-                continue
-            started = started or time.perf_counter()
-            async with conn.transaction():
-                await conn.copy_records_to_table("raw_baseline", records=[(r.key, r.value) for r in records])
-            await consumer.commit()
-            seen += len(records)
-        return seen / (time.perf_counter() - started)
+        while timed < min_seconds:
+            # The clock runs from the first record of the first pass (not the consumer's
+            # start-up), and from the seek back to the start for the next ones.
+            started = time.perf_counter() if passes else None
+            await consumer.seek_to_beginning(*parts)
+            this_pass = 0
+            while this_pass < n:
+                batch = await consumer.getmany(timeout_ms=200, max_records=BATCH)
+                records = [r for recs in batch.values() for r in recs]
+                if not records:
+                    continue
+                started = started or time.perf_counter()
+                async with conn.transaction():
+                    await conn.copy_records_to_table("raw_baseline", records=[(r.key, r.value) for r in records])
+                await consumer.commit()
+                this_pass += len(records)
+            timed += time.perf_counter() - started
+            passes += 1
+            seen += this_pass
+            await conn.execute("TRUNCATE raw_baseline")
+        return seen / timed, passes, timed
     finally:
         await consumer.stop()
         await conn.close()
-
-
-class Service:
-    def __init__(self, name: str, env: dict, port: int) -> None:
-        self.name, self.port = name, port
-        log = open(ROOT / ".caseflow" / f"bench-{name}.log", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], cwd=ROOT, env=env,
-                                     stdout=log, stderr=subprocess.STDOUT)
-
-    async def ready(self) -> None:
-        async with httpx.AsyncClient() as client:
-            for _ in range(300):
-                try:
-                    if (await client.get(f"http://127.0.0.1:{self.port}/readyz", timeout=2)).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited")
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
 
 
 async def wait_published(kafka: str, topic: str, n: int) -> None:
@@ -136,11 +115,12 @@ async def wait_published(kafka: str, topic: str, n: int) -> None:
         await consumer.stop()
 
 
-async def wait_inbox(dsn: str, n: int) -> float:
-    """events/s over the service's own handling window: first to last inbox commit."""
+async def wait_inbox(dsn: str, n: int, check) -> tuple[datetime, datetime]:
+    """The service's own handling window: its first and last inbox commit, once it holds n."""
     conn = await asyncpg.connect(dsn)
     try:
         while await conn.fetchval("SELECT count(*) FROM inbox") < n:
+            check()
             await asyncio.sleep(0.25)
         first, last = await conn.fetchrow("SELECT min(processed_at), max(processed_at) FROM inbox")
         return first, last
@@ -148,44 +128,31 @@ async def wait_inbox(dsn: str, n: int) -> float:
         await conn.close()
 
 
-async def run_round(kafka: str, pg: str, n: int, gc_threshold: int | None = None) -> dict:
-    prefix = f"b{uuid.uuid4().hex[:6]}."
-    kafka_settings = KafkaSettings(bootstrap_servers=kafka, topic_prefix=prefix)
-    await provision(kafka_settings)
-    dsns = {s: dsn_for(pg, f"{prefix.rstrip('.')}_{s}") for s in ("roster", "caseload", "raw")}
-    for dsn in dsns.values():
-        await db.ensure_database(dsn)
-    produced_in = await produce(kafka, prefix + "sis.students.v1", n)
-
-    raw = await raw_baseline(kafka, dsns["raw"], prefix + "sis.students.v1", n)
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CASEFLOW_")}
-    env.update(KAFKA_BOOTSTRAP_SERVERS=kafka, CASEFLOW_TOPIC_PREFIX=prefix, CASEFLOW_JWT_SECRET="bench" * 8,
-               CASEFLOW_ROSTER_DATABASE_URL=dsns["roster"], CASEFLOW_CASELOAD_DATABASE_URL=dsns["caseload"],
-               CASEFLOW_ROSTER_HTTP_PORT="18101", CASEFLOW_CASELOAD_HTTP_PORT="18102",
-               CASEFLOW_CONSUMER_BATCH_SIZE=str(BATCH), CASEFLOW_LOG_LEVEL="WARNING", PYTHONPATH=str(ROOT))
+async def run_round(backends_: Backends, n: int, gc_threshold: int | None = None, *, raw_seconds: float = 5.0,
+                    ports: Ports | None = None, keep: bool = False) -> dict:
+    """One round: the raw baseline, then roster, then caseload over the same n records."""
+    env = {"CASEFLOW_CONSUMER_BATCH_SIZE": str(BATCH)}
     if gc_threshold is not None:
         env["CASEFLOW_GC_THRESHOLD"] = str(gc_threshold)
+    async with System.new(backends_, "bs", keep=keep, ports=ports) as system:
+        await system.prepare("roster", "caseload")
+        raw_dsn = await system.database("raw")
+        produced_in = await produce(backends_.kafka, system.topic(SIS_STUDENTS.name), n)
+        raw, passes, raw_timed = await raw_baseline(backends_.kafka, raw_dsn, system.topic(SIS_STUDENTS.name),
+                                                    SIS_STUDENTS.partitions, n, raw_seconds)
 
-    services = []
-    try:
-        services.append(roster := Service("roster", env, 18101))
-        await roster.ready()
-        first, last_commit = await wait_inbox(dsns["roster"], n)
-        await wait_published(kafka, prefix + "roster.students.v1", n)
+        roster = await system.start("roster", **env)
+        first, last_commit = await wait_inbox(system.dsn("roster"), n, roster.check_alive)
+        await wait_published(backends_.kafka, system.topic(ROSTER_STUDENTS.name), n)
         published_at = datetime.now(UTC)
         roster_rate = n / (published_at - first).total_seconds()
         roster_consume_rate = n / max((last_commit - first).total_seconds(), 1e-3)
 
-        services.append(caseload := Service("caseload", env, 18102))
-        await caseload.ready()
-        c_first, c_last = await wait_inbox(dsns["caseload"], n)
+        caseload = await system.start("caseload", **env)
+        c_first, c_last = await wait_inbox(system.dsn("caseload"), n, caseload.check_alive)
         caseload_rate = n / max((c_last - c_first).total_seconds(), 1e-3)
-    finally:
-        for service in services:
-            service.stop()
-    return {"produce": n / produced_in, "raw": raw, "roster": roster_rate, "roster_consume": roster_consume_rate,
-            "caseload": caseload_rate}
+    return {"produce": n / produced_in, "raw": raw, "raw_passes": passes, "raw_seconds": raw_timed,
+            "roster": roster_rate, "roster_consume": roster_consume_rate, "caseload": caseload_rate}
 
 
 async def main() -> None:
@@ -194,22 +161,28 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--gc-threshold", type=int, action="append",
                         help="CASEFLOW_GC_THRESHOLD of the services; repeat to compare settings in one run")
+    parser.add_argument("--raw-seconds", type=float, default=5.0, help="time the raw baseline over at least this")
+    parser.add_argument("--keep", action="store_true", help="keep each round's topics and databases")
+    add_port_flag(parser)
     args = parser.parse_args()
     settings = args.gc_threshold or [None]
+    ports = Ports(args.http_port_base)
     with ExitStack() as stack:
-        kafka, pg = backends(stack)
+        b = backends(stack, "bench-postgres")
         rounds = {g: [] for g in settings}
         for _ in range(args.rounds):
             for g in settings:  # interleaved: each setting sees the machine as the others do
-                rounds[g].append(await run_round(kafka, pg, args.events, g))
+                rounds[g].append(await run_round(b, args.events, g, raw_seconds=args.raw_seconds, ports=ports,
+                                                 keep=args.keep))
     for g, runs in rounds.items():
-        report(args, runs, "" if g is None else f", CASEFLOW_GC_THRESHOLD={g}")
+        report(args.events, runs, "" if g is None else f", CASEFLOW_GC_THRESHOLD={g}")
 
 
-def report(args, rounds: list[dict], setting: str) -> None:
+def report(events: int, rounds: list[dict], setting: str = "") -> None:
     med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    print(f"walking slice, {args.events} events, {args.rounds} round(s), medians, {os.cpu_count()} cores{setting}")
-    print(f"  raw baseline (aiokafka getmany + COPY + commit) {med['raw']:>10,.0f} events/s   1.00x")
+    print(f"walking slice, {events} events, {len(rounds)} round(s), medians, {os.cpu_count()} cores{setting}")
+    print(f"  raw baseline (aiokafka getmany + COPY + commit) {med['raw']:>10,.0f} events/s   1.00x"
+          f"   ({med['raw_passes']:.0f} passes over {med['raw_seconds']:.1f} s)")
     print(f"  roster  consume+inbox+store+outbox (to commit)  {med['roster_consume']:>10,.0f} events/s"
           f"   {med['roster_consume'] / med['raw']:.2f}x")
     print(f"  roster  end to end (through relay publish)      {med['roster']:>10,.0f} events/s"

@@ -47,8 +47,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from backends import backends as shared_backends  # noqa: E402
-from backends import dsn_for  # noqa: E402
+from harness import backends as shared_backends  # noqa: E402
+from harness import dsn_for  # noqa: E402
 
 import asyncpg  # noqa: E402
 import httpx  # noqa: E402
@@ -61,7 +61,7 @@ from contracts.topics import partition_key, topic_for  # noqa: E402
 from contracts.transfers import CaseDelivered, CaseHistoryExported, TransferAccepted, TransferRequested  # noqa: E402
 from services.kit.auth import mint  # noqa: E402
 from services.roster.domain import student_id_for  # noqa: E402
-from tests.support import SECRET, Backends, Stack, eventually  # noqa: E402
+from tests.support import SECRET, Stack, eventually  # noqa: E402
 
 SOURCE, DESTINATION = "bench-source", "bench-destination"
 COUNSELLOR = "sender@source.example.org"
@@ -340,8 +340,7 @@ def main() -> None:
     if args.entries < 4:
         parser.error("--entries: at least 4 (the opening trigger, case opened, the task's trigger, the note)")
     with ExitStack() as exits:
-        kafka, pg = shared_backends(exits, "bench-transfers-postgres")
-        stack = Stack(Backends(kafka=kafka, postgres=pg))
+        stack = Stack(shared_backends(exits, "bench-transfers-postgres"))
 
         async def go():
             try:
