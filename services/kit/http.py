@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, HTTPException, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi_offline import FastAPIOffline
@@ -52,12 +52,34 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _declared_query(dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _declared_query(sub)
+    return names
+
+
+async def only_known_query_parameters(request: Request) -> None:
+    """A query parameter the route does not take is refused (422), never ignored: a misspelt
+    filter (`?shcool_id=`) would otherwise answer the unfiltered list as if it were the
+    filtered one. The message names what the route takes, never what was sent."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None or not request.query_params:
+        return
+    declared = _declared_query(dependant)
+    if set(request.query_params.keys()) - declared:
+        takes = ", ".join(sorted(declared)) if declared else "none"
+        raise HTTPException(422, f"an unknown query parameter: this route takes {takes}")
+
+
 def build_app(service: Any, routers: list[APIRouter]) -> FastAPI:
     """`service` is the running ServiceRuntime; routes reach it as request.app.state.runtime."""
     # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package,
     # not a CDN: they work on a machine without internet.
     app = FastAPIOffline(title=f"Caseflow {service.name}", version="1.0", docs_url="/docs", redoc_url="/redoc",
-                         openapi_url="/openapi.json", static_url="/docs-assets")
+                         openapi_url="/openapi.json", static_url="/docs-assets",
+                         dependencies=[Depends(only_known_query_parameters)])
     app.state.runtime = service
     app.state.verifier = service.verifier
     app.state.pool = service.pool

@@ -514,12 +514,17 @@ async def test_use_transfer_info_makes_a_person_of_the_district_linked_later_to_
     assert {a["school_id"] for a in announced} == {None}
     assert person not in {sid(EAST, s) for s in ("mia", "other", "stranger")}
 
-    # Like a student on the case and the timeline, for the district's staff: no school here.
+    # Like a student on the case and the timeline: no school here, so the district's Manage
+    # Cases users (at any school: those who accept and link transfers) and district-wide staff.
     found = await cases_of(client, EAST_ADMIN, "Okafor")
     assert len(found) == 2 and {(c["given_name"], c["family_name"], c["school_id"]) for c in found} == {
         ("Mia", "Okafor", None)}
     open_case = next(c for c in found if c["status"] == "open")
-    assert (await client.get(f"/v1/cases/{open_case['case_id']}", headers=EAST_COUNSELLOR)).status_code == 404
+    assert (await client.get(f"/v1/cases/{open_case['case_id']}", headers=EAST_COUNSELLOR)).status_code == 200
+    assert len(await cases_of(client, EAST_COUNSELLOR, "Okafor")) == 2
+    teacher = bearer(EAST, ["caseload_viewer"], ["E1"], email="teacher@east.example.org")
+    assert (await client.get(f"/v1/cases/{open_case['case_id']}", headers=teacher)).status_code == 404
+    assert await cases_of(client, teacher, "Okafor") == []
     timeline = await whole_timeline(client, EAST_ADMIN, person)
     assert len([e for e in timeline if e["kind"] == "case_transferred_in"]) == 2
     refused = await client.post("/v1/tasks", headers=EAST_ADMIN, json={

@@ -284,3 +284,18 @@ async def test_no_odd_input_reached_the_database_unvalidated(services):
         assert "input reached the database unvalidated" not in service.log()
         assert "Traceback" not in service.log()
 
+
+
+async def test_a_misspelt_query_parameter_is_refused_never_ignored(services):
+    """`?shcool_id=` ignored would answer the whole unfiltered list as if it were filtered."""
+    results = await answers(services, [
+        ("cases", "GET", "/v1/cases?shcool_id=02M001", None),
+        ("caseload", "GET", "/v1/caseloads/me?grde=10", None),
+        ("roster", "GET", "/v1/students?limit=5&schol=02M001", None),
+    ])
+    assert [r[3] for r in results] == [422, 422, 422]
+    assert refused_with_a_message(results) == []
+    for r in results:
+        assert "this route takes" in r[4]["detail"] and "shcool" not in r[4]["detail"]
+    ok = await answers(services, [("cases", "GET", "/v1/cases?school_id=02M001", None)])
+    assert ok[0][3] == 200
