@@ -358,10 +358,7 @@ async def dashboard(conn: asyncpg.Connection, *, district_id: str, schools: list
     district reads the district's own counters; a set of schools sums theirs."""
     if schools is None:
         return await _district_board(conn, district_id, today, weeks)
-    async with conn.transaction():
-        # Planned for the schools given (a generic plan may walk the district's overdue tasks).
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        return await _schools_board(conn, district_id, schools, today, weeks)
+    return await _schools_board(conn, district_id, schools, today, weeks)
 
 
 def _ranked(rows) -> list[dict]:
@@ -427,11 +424,16 @@ async def _schools_board(conn, district_id: str, schools: list[str], today, week
     open_cases = await conn.fetchval(
         """SELECT coalesce(sum(open_cases), 0)::bigint FROM open_case_counts
            WHERE district_id = $1 AND school_id = ANY($2::text[]) AND dimension = 'school'""", district_id, schools)
+    # Each school's oldest from its own part of the index, then the oldest of those: walking
+    # the district's overdue tasks for a school's few (or none) read them all.
     overdue = await conn.fetch(
         f"""SELECT {_OVERDUE_COLUMNS}
-            FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
-            WHERE t.district_id = $1 AND coalesce(t.school_id, '') = ANY($2::text[])
-              AND t.status = 'open' AND NOT t.case_transferred_out AND t.due_date < $3
+            FROM (SELECT DISTINCT unnest($2::text[]) AS school_id) AS s CROSS JOIN LATERAL (
+                SELECT * FROM tasks t
+                WHERE t.district_id = $1 AND coalesce(t.school_id, '') = s.school_id
+                  AND t.status = 'open' AND NOT t.case_transferred_out AND t.due_date < $3
+                ORDER BY t.due_date, t.task_id LIMIT {_TOP}) AS t
+            LEFT JOIN cases c ON c.case_id = t.case_id
             ORDER BY t.due_date, t.task_id LIMIT {_TOP}""", district_id, schools, today)
     overdue_count = await conn.fetchval(
         """SELECT coalesce(sum(open_tasks), 0)::bigint FROM open_task_counts
