@@ -456,8 +456,7 @@ async def complete_task(request: Request, caller: Caller, task_id: UUID) -> dict
         row = await _task_for(uow, caller, task_id)
         if row["status"] == "done":
             raise HTTPException(status.HTTP_409_CONFLICT, "the task is already complete")
-        await uow.conn.execute("UPDATE tasks SET status = 'done', completed_at = $2, completed_by = $3 "
-                               "WHERE task_id = $1", task_id, at, caller.email.lower())
+        await store.complete_task(uow.conn, task_id, at, caller.email.lower())
         await store.add_timeline(uow.conn, [(caller.district_id, row["student_id"], row["case_id"], at,
                                              "task_completed", f"Task completed: {row['title']}",
                                              caller.email.lower(), task_id)])

@@ -315,6 +315,11 @@ async def task(conn: asyncpg.Connection, district_id: str, task_id: UUID, lock: 
     )
 
 
+async def complete_task(conn: asyncpg.Connection, task_id: UUID, at: datetime, by: str) -> None:
+    await conn.execute("UPDATE tasks SET status = 'done', completed_at = $2, completed_by = $3 WHERE task_id = $1",
+                       task_id, at, by)
+
+
 async def assigned_tasks(conn: asyncpg.Connection, *, district_id: str, assignee_email: str, status: str | None,
                          due_before, overdue_on, after: tuple | None, limit: int) -> list:
     """An assignee's tasks in the district, soonest due first (no due date last), then by id.
@@ -339,58 +344,106 @@ async def assigned_tasks(conn: asyncpg.Connection, *, district_id: str, assignee
 
 # ---------------------------------------------------------------------------- dashboard
 
+_TOP = 50  # rows per ranking and overdue tasks listed
+
 
 async def dashboard(conn: asyncpg.Connection, *, district_id: str, schools: list[str] | None, today,
                     weeks: int = 12) -> dict:
-    """From the counters kept as cases change (migration 002), and the open tasks' index."""
-    async with conn.transaction():
-        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-        return await _dashboard(conn, district_id, schools, today, weeks)
+    """Open cases by school, team, team leader and case manager; overdue tasks (open, due
+    before today, not of a case transferred out: no one's work here, seed 003), the oldest
+    first; cases opened by week and trigger kind. schools: None for the whole district.
+
+    From counters kept as cases and tasks change (migrations 002, 007) and the open tasks'
+    indexes: a few hundred rows at most, whatever the size of the district. The whole
+    district reads the district's own counters; a set of schools sums theirs."""
+    if schools is None:
+        return await _district_board(conn, district_id, today, weeks)
+    return await _schools_board(conn, district_id, schools, today, weeks)
 
 
-async def _dashboard(conn, district_id: str, schools: list[str] | None, today, weeks: int) -> dict:
-    scope = "district_id = $1 AND ($2::text[] IS NULL OR school_id = ANY($2::text[]))"
+def _ranked(rows) -> list[dict]:
+    return [{"key": r["key"] or None, "open_cases": r["open_cases"]} for r in rows]
 
-    async def grouped(dimension: str) -> list[dict]:
-        # The school counters keep their school in school_id (their key is empty); the
-        # others are per school and key, summed over the schools in scope.
-        key = "school_id" if dimension == "school" else "key"
-        rows = await conn.fetch(
-            f"""SELECT {key} AS key, sum(open_cases)::bigint AS open_cases FROM open_case_counts
-                WHERE {scope} AND dimension = $3 GROUP BY 1 HAVING sum(open_cases) > 0
-                ORDER BY 2 DESC, 1 LIMIT 50""", district_id, schools, dimension)
-        return [{"key": r["key"] or None, "open_cases": r["open_cases"]} for r in rows]
 
-    overdue = await conn.fetch(
-        f"""SELECT t.task_id, t.title, t.assignee_email, t.due_date, t.case_id, c.case_number, t.student_id,
-                   t.school_id
-            FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
-            WHERE t.district_id = $1 AND ($2::text[] IS NULL OR coalesce(t.school_id, '') = ANY($2::text[]))
-              AND t.status = 'open' AND t.due_date < $3 AND c.status IS DISTINCT FROM 'transferred_out'
-            ORDER BY t.due_date, t.task_id LIMIT 50""", district_id, schools, today)
-    # The tasks of a case transferred out (seed 003) are no one's work here: not overdue.
-    overdue_count = await conn.fetchval(
-        """SELECT count(*) FROM tasks t
-           WHERE t.district_id = $1 AND ($2::text[] IS NULL OR coalesce(t.school_id, '') = ANY($2::text[]))
-             AND t.status = 'open' AND t.due_date < $3
-             AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.case_id = t.case_id AND c.status = 'transferred_out')""",
-        district_id, schools, today)
-    weekly = await conn.fetch(
-        f"""SELECT week, trigger_kind, sum(opened)::bigint AS opened FROM weekly_openings
-            WHERE {scope} AND week >= date_trunc('week', $3::date)::date - 7 * ($4 - 1)
-            GROUP BY 1, 2 ORDER BY 1, 2""", district_id, schools, today, weeks)
-    by_school = await grouped("school")
+def _board(open_cases: int, ranked: dict[str, list[dict]], overdue_count: int, overdue, weekly) -> dict:
     return {
-        "open_cases": await conn.fetchval(
-            f"SELECT coalesce(sum(open_cases), 0)::bigint FROM open_case_counts WHERE {scope} AND dimension = 'school'",
-            district_id, schools),
-        "by_school": by_school,
-        "by_team": await grouped("team"),
-        "by_team_leader": await grouped("team_leader"),
-        "by_case_manager": await grouped("case_manager"),
+        "open_cases": open_cases,
+        "by_school": ranked["school"],
+        "by_team": ranked["team"],
+        "by_team_leader": ranked["team_leader"],
+        "by_case_manager": ranked["case_manager"],
         "overdue_tasks": {"count": overdue_count, "oldest": [dict(r) for r in overdue]},
         "opened_by_week": [dict(r) for r in weekly],
     }
+
+
+_DIMENSIONS = ("school", "team", "team_leader", "case_manager")
+_OVERDUE_COLUMNS = """t.task_id, t.title, t.assignee_email, t.due_date, t.case_id, c.case_number, t.student_id,
+                      t.school_id"""
+
+
+async def _district_board(conn, district_id: str, today, weeks: int) -> dict:
+    rows = await conn.fetch(
+        f"""SELECT d.dimension, r.key, r.open_cases
+            FROM unnest($2::text[]) AS d(dimension) CROSS JOIN LATERAL (
+                SELECT key, open_cases FROM district_open_case_counts
+                WHERE district_id = $1 AND dimension = d.dimension AND open_cases > 0
+                ORDER BY open_cases DESC, key LIMIT {_TOP}) AS r""", district_id, list(_DIMENSIONS))
+    ranked = {d: _ranked(r for r in rows if r["dimension"] == d) for d in _DIMENSIONS}
+    open_cases = await conn.fetchval(
+        """SELECT coalesce(sum(open_cases), 0)::bigint FROM district_open_case_counts
+           WHERE district_id = $1 AND dimension = 'district'""", district_id)
+    overdue = await conn.fetch(
+        f"""SELECT {_OVERDUE_COLUMNS}
+            FROM tasks t LEFT JOIN cases c ON c.case_id = t.case_id
+            WHERE t.district_id = $1 AND t.status = 'open' AND NOT t.case_transferred_out AND t.due_date < $2
+            ORDER BY t.due_date, t.task_id LIMIT {_TOP}""", district_id, today)
+    overdue_count = await conn.fetchval(
+        """SELECT coalesce(sum(open_tasks), 0)::bigint FROM district_open_task_counts
+           WHERE district_id = $1 AND due_date < $2""", district_id, today)
+    weekly = await conn.fetch(
+        """SELECT week, trigger_kind, opened FROM district_weekly_openings
+           WHERE district_id = $1 AND week >= date_trunc('week', $2::date)::date - 7 * ($3 - 1)
+           ORDER BY 1, 2""", district_id, today, weeks)
+    return _board(open_cases, ranked, overdue_count, overdue, weekly)
+
+
+async def _schools_board(conn, district_id: str, schools: list[str], today, weeks: int) -> dict:
+    # The school counters keep their school in school_id (their key is empty); the others
+    # are per school and key, summed over the schools.
+    rows = await conn.fetch(
+        f"""SELECT dimension, key, open_cases FROM (
+                SELECT dimension, key, open_cases,
+                       row_number() OVER (PARTITION BY dimension ORDER BY open_cases DESC, key) AS rank
+                FROM (SELECT dimension, CASE WHEN dimension = 'school' THEN school_id ELSE key END AS key,
+                             sum(open_cases)::bigint AS open_cases
+                      FROM open_case_counts WHERE district_id = $1 AND school_id = ANY($2::text[])
+                      GROUP BY 1, 2 HAVING sum(open_cases) > 0) AS summed) AS ranked
+            WHERE rank <= {_TOP} ORDER BY dimension, rank""", district_id, schools)
+    ranked = {d: _ranked(r for r in rows if r["dimension"] == d) for d in _DIMENSIONS}
+    open_cases = await conn.fetchval(
+        """SELECT coalesce(sum(open_cases), 0)::bigint FROM open_case_counts
+           WHERE district_id = $1 AND school_id = ANY($2::text[]) AND dimension = 'school'""", district_id, schools)
+    # Each school's oldest from its own part of the index, then the oldest of those: walking
+    # the district's overdue tasks for a school's few (or none) read them all.
+    overdue = await conn.fetch(
+        f"""SELECT {_OVERDUE_COLUMNS}
+            FROM (SELECT DISTINCT unnest($2::text[]) AS school_id) AS s CROSS JOIN LATERAL (
+                SELECT * FROM tasks t
+                WHERE t.district_id = $1 AND coalesce(t.school_id, '') = s.school_id
+                  AND t.status = 'open' AND NOT t.case_transferred_out AND t.due_date < $3
+                ORDER BY t.due_date, t.task_id LIMIT {_TOP}) AS t
+            LEFT JOIN cases c ON c.case_id = t.case_id
+            ORDER BY t.due_date, t.task_id LIMIT {_TOP}""", district_id, schools, today)
+    overdue_count = await conn.fetchval(
+        """SELECT coalesce(sum(open_tasks), 0)::bigint FROM open_task_counts
+           WHERE district_id = $1 AND school_id = ANY($2::text[]) AND due_date < $3""", district_id, schools, today)
+    weekly = await conn.fetch(
+        """SELECT week, trigger_kind, sum(opened)::bigint AS opened FROM weekly_openings
+           WHERE district_id = $1 AND school_id = ANY($2::text[])
+             AND week >= date_trunc('week', $3::date)::date - 7 * ($4 - 1)
+           GROUP BY 1, 2 ORDER BY 1, 2""", district_id, schools, today, weeks)
+    return _board(open_cases, ranked, overdue_count, overdue, weekly)
 
 
 # ---------------------------------------------------------------------------- the District Transfer Portal (seed 003)
