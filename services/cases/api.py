@@ -31,7 +31,7 @@ from contracts.cases import (
 from services.cases import domain, store
 from services.kit.auth import Caller, Identity, not_found
 from services.kit.http import checked_event
-from services.kit.inputs import Email, EmailText, Key, Moment, Name, cursor, text
+from services.kit.inputs import Day, Email, EmailText, Key, Moment, Name, cursor, text
 
 router = APIRouter(prefix="/v1", tags=["cases"])
 
@@ -365,7 +365,7 @@ class TaskIn(BaseModel):
     student_id: UUID
     title: Name
     assignee_email: Email
-    due_date: date | None = None
+    due_date: Day | None = None
 
 
 class MeetingIn(BaseModel):
@@ -406,7 +406,7 @@ async def assign_task(request: Request, caller: Caller, body: TaskIn) -> dict:
 @router.get("/tasks")
 async def my_tasks(request: Request, caller: Caller,
                    status_: Annotated[Literal["open", "done", "all"], Query(alias="status")] = "open",
-                   due_before: date | None = None, overdue: bool = False,
+                   due_before: Day | None = None, overdue: bool = False,
                    after: Annotated[str | None, Query(description="next_after of the previous page")] = None,
                    limit: Page = 100) -> dict:
     """The caller's tasks (seed 004: tasks are assigned to staff members): open by default,

@@ -7,7 +7,7 @@ or an event and fails there. Plumbing only: the lengths and patterns are each ro
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
@@ -61,6 +61,23 @@ Email = text(320, min_length=3, pattern=r"^[^@\s]+@[^@\s]+$")
 # A time with its UTC offset (08:00 where?), read as UTC; 422 when it names no offset or
 # falls outside the calendar once in UTC.
 Moment = Annotated[AwareDatetime, BeforeValidator(_iso_8601), AfterValidator(_in_utc)]
+
+
+def _iso_day(value: Any) -> Any:
+    """A day is written YYYY-MM-DD, never a number (which pydantic would read as seconds
+    since 1970 and turn into a day nobody meant)."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("a day is written YYYY-MM-DD, e.g. 2026-11-20")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("is not a day: write it YYYY-MM-DD, e.g. 2026-11-20") from None
+
+
+# A calendar day (a due date, a cut-off), as YYYY-MM-DD only.
+Day = Annotated[date, BeforeValidator(_iso_day)]
 
 
 def cursor(*, minimum: int = 0, maximum: int = INT8, description: str = "the last item's position, "

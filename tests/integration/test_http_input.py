@@ -299,3 +299,17 @@ async def test_a_misspelt_query_parameter_is_refused_never_ignored(services):
         assert "this route takes" in r[4]["detail"] and "shcool" not in r[4]["detail"]
     ok = await answers(services, [("cases", "GET", "/v1/cases?school_id=02M001", None)])
     assert ok[0][3] == 200
+
+
+async def test_a_day_is_written_as_a_day_never_a_number_read_as_seconds(services):
+    """Schemathesis found `?due_before=-2.6e-232` answered 200: a number taken as seconds
+    since 1970. A day (a due date, a cut-off) is YYYY-MM-DD or refused."""
+    results = await answers(services, [
+        ("cases", "GET", "/v1/tasks?due_before=-2.628610968297487e-232", None),
+        ("cases", "GET", "/v1/tasks?due_before=1700000000", None),
+        ("cases", "POST", "/v1/tasks", {"student_id": STUDENT, "title": "Call home",
+                                        "assignee_email": "okafor@d.example.org", "due_date": 0}),
+    ])
+    assert [r[3] for r in results] == [422, 422, 422]
+    assert refused_with_a_message(results) == []
+    assert (await answers(services, [("cases", "GET", "/v1/tasks?due_before=2026-11-20", None)]))[0][3] == 200
