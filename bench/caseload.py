@@ -106,7 +106,6 @@ from contracts.roster import (  # noqa: E402
 )
 from contracts.topics import CASELOAD_MEMBERSHIPS  # noqa: E402
 from services.caseload import store as caseload_store  # noqa: E402
-from services.caseload.domain import ELEMENTARY_GRADES, SECONDARY_GRADES  # noqa: E402
 from services.kit import db  # noqa: E402
 from services.kit.auth import mint  # noqa: E402
 from services.kit.outbox import message_for  # noqa: E402
@@ -117,27 +116,10 @@ QUERY_TEACHER = "q150.teacher@bench.example.org"
 
 
 async def missing_memberships(conn: asyncpg.Connection) -> tuple[int, int]:
-    """(missing, extra): the automatic memberships the projection implies by the rule
-    (domain.automatic_memberships, computed from scratch) and the service does not hold, and
-    the ones it holds that the rule does not imply."""
-    row = await conn.fetchrow(
-        """WITH wanted AS (
-               SELECT DISTINCT lower(sf.email) AS owner_email, s.student_id, c.class_id::text AS source_ref
-               FROM students s
-               JOIN class_members m ON m.person_id = s.student_id AND m.role = 'student'
-               JOIN classes c ON c.class_id = m.class_id
-               JOIN class_members t ON t.class_id = c.class_id AND t.role = 'teacher'
-               JOIN staff sf ON sf.staff_id = t.person_id AND sf.active AND sf.email IS NOT NULL
-               WHERE s.status = 'active'
-                 AND ((c.class_type = 'homeroom' AND s.grade = ANY($1::text[]))
-                   OR (c.class_type = 'scheduled' AND s.grade = ANY($2::text[])))
-           ),
-           held AS (SELECT owner_email, student_id, source_ref FROM memberships
-                    WHERE reason IN ('homeroom', 'section'))
-           SELECT (SELECT count(*) FROM (SELECT * FROM wanted EXCEPT SELECT * FROM held) x),
-                  (SELECT count(*) FROM (SELECT * FROM held EXCEPT SELECT * FROM wanted) y)""",
-        list(ELEMENTARY_GRADES), list(SECONDARY_GRADES))
-    return row[0], row[1]
+    """(missing, extra): the memberships the rules want, recomputed from scratch by the
+    service's own SQL (store.disagreements_with_rules), that it does not hold, and the ones
+    it holds that the rules do not want."""
+    return await caseload_store.disagreements_with_rules(conn)
 
 
 async def caseload_query_at_scale(conn: asyncpg.Connection) -> tuple[float, int]:

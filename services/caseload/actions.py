@@ -102,7 +102,7 @@ async def _run_once(runtime, caller: Caller, district_id: str, action: Action, i
         if refused:
             raise BatchRefused(refused)  # rolls the transaction back: nothing applied
         await action.apply(ctx, [students[i] for i in ids])
-        changes = await handlers.refresh(uow, ids, correlation_id=correlation_id)
+        changes = await handlers.refresh(uow, ids, correlation_id=correlation_id, report=True)
     return changes
 
 

@@ -22,8 +22,9 @@ them as on their own school's students. A homeroom or section membership belongs
 school of its class; the other reasons to the student's home school (school_id).
 
 The service keeps caseloads up to date incrementally, in SQL, as events and actions arrive
-(store.refresh_caseloads); `automatic_memberships` states the automatic rule over a whole
-projection, so a test can check that the two always agree.
+(store.refresh_caseloads): the automatic rule it runs is AUTOMATIC_CASELOADS below, turned
+into SQL by automatic_caseloads_sql; a first attendance's verdict is FIRST_ATTENDANCE_WAITS,
+turned into SQL by first_attendance_verdict_sql.
 """
 
 from __future__ import annotations
@@ -40,8 +41,49 @@ from services.kit.identity import Identity
 ELEMENTARY_GRADES = ("IT", "PR", "PK", "TK", "KG", "01", "02", "03", "04", "05")
 SECONDARY_GRADES = ("06", "07", "08", "09", "10", "11", "12", "13")
 
-# The class type each grade band's caseloads come from.
-CLASS_TYPE_FOR_BAND = {"elementary": "homeroom", "secondary": "scheduled"}
+
+@dataclass(frozen=True)
+class AutomaticCaseload:
+    """Seed 000's automatic rule for one grade band: a student in one of `grades` is on the
+    caseload of each teacher (matched to a login email, active) of each class of
+    `class_type` they are enrolled in, for `reason`; the membership's words are `reason`
+    and the class's first present name among `named_by` (its code, its title)."""
+
+    band: str
+    grades: tuple[str, ...]
+    class_type: str  # roster class type (OneRoster classType): homeroom, scheduled
+    reason: str
+    named_by: tuple[str, ...]
+
+
+# The rule that runs: store.refresh_caseloads joins these rows (automatic_caseloads_sql),
+# so a band, a grade or a class type changes here and nowhere else.
+AUTOMATIC_CASELOADS = (
+    AutomaticCaseload("elementary", ELEMENTARY_GRADES, class_type="homeroom", reason="homeroom", named_by=("title",)),
+    AutomaticCaseload("secondary", SECONDARY_GRADES, class_type="scheduled", reason="section",
+                      named_by=("class_code", "title")),
+)
+AUTOMATIC_GRADES = tuple(g for rule in AUTOMATIC_CASELOADS for g in rule.grades)
+
+
+def automatic_reason(grade: str, class_type: str) -> str | None:
+    """Why a student in `grade` enrolled in a class of `class_type` is on its teachers'
+    caseloads (homeroom, section), or None: that class gives them no caseload."""
+    return next((r.reason for r in AUTOMATIC_CASELOADS if grade in r.grades and r.class_type == class_type), None)
+
+
+def automatic_caseloads_sql(grade: str, class_alias: str) -> tuple[str, str, str]:
+    """AUTOMATIC_CASELOADS as SQL, for a query joining a student's enrolments (their
+    `grade` expression) to the class `class_alias`: (the join, the reason, the words).
+    The join is a VALUES list of (grade, class_type, reason), one row per grade of each
+    rule; the words name the class as the rule says. Made from the constants above only."""
+    rows = ", ".join(f"('{g}', '{r.class_type}', '{r.reason}')" for r in AUTOMATIC_CASELOADS for g in r.grades)
+    join = (f"JOIN (VALUES {rows}) AS automatic(grade, class_type, reason) "
+            f"ON automatic.grade = {grade} AND automatic.class_type = {class_alias}.class_type")
+    words = "CASE automatic.reason " + " ".join(
+        f"WHEN '{r.reason}' THEN '{r.reason} ' || coalesce({', '.join(f'{class_alias}.{n}' for n in r.named_by)})"
+        for r in AUTOMATIC_CASELOADS) + " END"
+    return join, "automatic.reason", words
 
 
 def login_email(text: str | None) -> str | None:
@@ -57,11 +99,8 @@ def login_email(text: str | None) -> str | None:
 
 
 def grade_band(grade: str) -> str | None:
-    if grade in ELEMENTARY_GRADES:
-        return "elementary"
-    if grade in SECONDARY_GRADES:
-        return "secondary"
-    return None  # ungraded, adult education: no automatic caseload
+    """elementary, secondary, or None: ungraded, adult education (no automatic caseload)."""
+    return next((r.band for r in AUTOMATIC_CASELOADS if grade in r.grades), None)
 
 
 # -------------------------------------------------------------------- school levels
@@ -255,6 +294,28 @@ def mandate_to_link(*, provider_schools: frozenset[str], student_schools: Iterab
     return mandates[0][0]
 
 
+# Seed 001: a provider's "first attend" puts the student on their caseload once the roster
+# knows the student, the student has an active mandate for the service, and the provider is
+# authorised for the student's school. A first attendance waits for the first of these that
+# does not hold yet, in this order: (what it waits for, the fact). The SQL that decides is
+# first_attendance_verdict_sql's.
+FIRST_ATTENDANCE_WAITS = (
+    ("student_unknown", "student_known"),
+    ("no_mandate", "mandate_found"),
+    ("provider_not_authorised", "provider_authorised"),
+)
+
+
+def first_attendance_verdict_sql(**facts: str) -> str:
+    """FIRST_ATTENDANCE_WAITS as an SQL expression: what a first attendance waits for, NULL
+    when it applies. facts: each fact's name -> its SQL boolean expression (never NULL)."""
+    missing = {fact for _, fact in FIRST_ATTENDANCE_WAITS} - facts.keys()
+    if missing:
+        raise ValueError(f"no SQL for {', '.join(sorted(missing))}")
+    return "CASE " + " ".join(f"WHEN NOT ({facts[fact]}) THEN '{waits}'" for waits, fact in FIRST_ATTENDANCE_WAITS) \
+        + " END"
+
+
 def check_provider_link(*, caller: Caller, provider_email: str, provider_schools: frozenset[str],
                         student_schools: Iterable[str], mandates: list[tuple[str, str]], service: str | None) -> str:
     """May `caller` put the student on the provider's caseload (seed 001)? Returns the
@@ -304,63 +365,6 @@ def latest_students(events: Iterable[StudentEnrolled | StudentUpdated | StudentW
             )
         latest[e.student_id] = changed[e.student_id] = now
     return list(changed.values())
-
-
-@dataclass(frozen=True)
-class Membership:
-    owner_email: str
-    student_id: UUID
-    reason: str  # homeroom, section, point_person, support, provider
-    source_ref: str
-
-    @property
-    def key(self) -> tuple:
-        return (self.owner_email, self.student_id, self.reason, self.source_ref)
-
-
-@dataclass(frozen=True)
-class Projection:
-    """The roster as the caseload service holds it."""
-
-    students: dict[UUID, tuple[str, str]]  # student_id -> (grade, status)
-    classes: dict[UUID, str]  # class_id -> class_type
-    members: set[tuple[UUID, UUID, str]]  # (class_id, person_id, role)
-    staff: dict[UUID, tuple[str | None, bool]]  # staff_id -> (email, active)
-
-
-def automatic_memberships(p: Projection) -> set[Membership]:
-    """Every automatic caseload membership the roster implies, computed from scratch."""
-    teachers: dict[UUID, set[str]] = {}
-    for class_id, person_id, role in p.members:
-        if role == "teacher" and person_id in p.staff:
-            email, active = p.staff[person_id]
-            if login_email(email) and active:
-                teachers.setdefault(class_id, set()).add(login_email(email))
-    out: set[Membership] = set()
-    for class_id, person_id, role in p.members:
-        if role != "student" or person_id not in p.students or class_id not in p.classes:
-            continue
-        grade, status = p.students[person_id]
-        band = grade_band(grade)
-        if status != "active" or band is None or p.classes[class_id] != CLASS_TYPE_FOR_BAND[band]:
-            continue
-        reason = "homeroom" if band == "elementary" else "section"
-        for email in teachers.get(class_id, ()):
-            out.add(Membership(email, person_id, reason, str(class_id)))
-    return out
-
-
-def manual_memberships(students: dict[UUID, tuple[str, str]], point_persons: dict[tuple[UUID, str], str],
-                       support_leads: dict[UUID, str], support_members: set[tuple[UUID, UUID]]) -> set[Membership]:
-    """Every point person and support membership, computed from scratch: only active
-    students are on caseloads. point_persons: (student, type) -> owner email;
-    support_leads: support -> lead email; support_members: (support, student)."""
-    active = {s for s, (_, status) in students.items() if status == "active"}
-    out = {Membership(owner, student, "point_person", type_)
-           for (student, type_), owner in point_persons.items() if student in active}
-    out |= {Membership(support_leads[support], student, "support", str(support))
-            for support, student in support_members if student in active and support in support_leads}
-    return out
 
 
 # -------------------------------------------------------------------- access levels (seeds 000, 003)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
-from contracts.caseload import AccessGranted, AccessRevoked, CaseloadMembershipAdded, CaseloadMembershipRemoved
+from contracts.caseload import AccessGranted, AccessRevoked
 from contracts.roster import (
     ClassRemoved,
     ClassUpserted,
@@ -20,6 +20,7 @@ from contracts.roster import (
     StudentWithdrawn,
 )
 from contracts.special_education import FirstAttendanceRecorded, MandateEnded, MandateRecorded
+from contracts.topics import CASELOAD_MEMBERSHIPS
 from services.caseload import domain, store
 from services.kit.consumer import UnitOfWork
 
@@ -121,29 +122,21 @@ def _by_district(pairs) -> list[tuple[str, list[str]]]:
 
 
 async def refresh(uow: UnitOfWork, student_ids, cause=None, cause_of: dict | None = None,
-                  correlation_id: str | None = None) -> list:
+                  correlation_id: str | None = None, *, report: bool = False) -> list:
     """Bring these students' caseloads in line and publish each membership added or
-    removed; return the changes. cause: the event the changes answer; cause_of: the
-    student's own event, where there is one (its time and correlation id go on the
-    student's membership events)."""
-    changes = await store.refresh_caseloads(uow.conn, student_ids)
-    emit_changes(uow, changes, cause=cause, cause_of=cause_of, correlation_id=correlation_id)
-    return changes
+    removed (CaseloadMembershipAdded / Removed, written into the outbox by the same SQL).
+    cause: the event the changes answer; cause_of: the student's own event, where there is
+    one (its time and correlation id go on the student's membership events); without a
+    cause, now and `correlation_id`. report: return the changes (rows with `change`,
+    owner_email, student_id, reason, detail, ...), for an answer to a person's action."""
+    return await store.refresh_caseloads(
+        uow.conn, student_ids, topic=uow.topic(CASELOAD_MEMBERSHIPS.name), report=report,
+        cause=_cause(cause) if cause is not None else store.Cause(datetime.now(UTC).isoformat(), correlation_id),
+        cause_of={s: _cause(e) for s, e in (cause_of or {}).items()})
 
 
-def emit_changes(uow: UnitOfWork, rows, *, cause=None, cause_of: dict | None = None,
-                 correlation_id: str | None = None) -> None:
-    """Publish each membership added or removed (rows from store.refresh_caseloads)."""
-    now = datetime.now(UTC)
-    for row in rows:
-        why = (cause_of or {}).get(row["student_id"], cause)
-        fields = dict(
-            district_id=row["district_id"], student_id=row["student_id"], owner_email=row["owner_email"],
-            reason=row["reason"], detail=row["detail"], source_ref=row["source_ref"], school_id=row["school_id"],
-            occurred_at=why.occurred_at if why else now, correlation_id=why.correlation_id if why else correlation_id,
-            producer="caseflow.caseload",
-        )
-        uow.emit(CaseloadMembershipAdded(**fields) if row["change"] == "added" else CaseloadMembershipRemoved(**fields))
+def _cause(event) -> store.Cause:
+    return store.Cause(event.occurred_at.isoformat(), event.correlation_id)
 
 
 # ---------------------------------------------------------------------------- access levels

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
-from services.kit import db
-
 from services.caseload.domain import (
+    AUTOMATIC_GRADES,
     DEFAULT_POINT_PERSON_TYPES,
-    ELEMENTARY_GRADES,
-    SECONDARY_GRADES,
     PointPersonType,
     ProjectedStudent,
+    automatic_caseloads_sql,
+    first_attendance_verdict_sql,
     login_email,
 )
+from services.kit import db
+from services.kit.events_sql import outbox_insert
+
+SOURCE = "caseflow.caseload"
 
 
 async def held_students(conn: asyncpg.Connection, ids: Iterable[UUID]) -> dict[UUID, ProjectedStudent]:
@@ -170,47 +174,40 @@ async def lock_class_lists(conn: asyncpg.Connection, districts: Iterable[str], *
     await db.lock_until_commit(conn, _CLASS_LIST_LOCKS, districts, buckets=4096, shared=not exclusive)
 
 
-async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> list[asyncpg.Record]:
-    """Bring these students' memberships in line with the projection and the manual
-    records (point persons, supports, provider links); return the rows added and removed,
-    each with `change`. Only active students are on caseloads: a withdrawn student leaves
-    every caseload, and their point persons, supports and provider links bring them back
-    if they return."""
-    ids = list(set(student_ids))
-    if not ids:
-        return []
-    await lock_students(conn, ids)
-    # Driven from the batch's students (the plan must not depend on the planner's guess at
-    # the array's length: after five runs asyncpg's prepared statement gets a generic plan):
-    # their classes through class_members_by_person, then each class's teachers through
-    # class_members_teachers (migration 004), not through the class list. No join between two
-    # CTEs: without statistics the planner would nest-loop them.
-    return await conn.fetch(
-        """WITH batch AS MATERIALIZED (
+_AUTOMATIC_JOIN, _AUTOMATIC_REASON, _AUTOMATIC_WORDS = automatic_caseloads_sql("e.grade", "c")
+
+# The memberships the rules want for a batch of students ($1), computed from the projection
+# and the manual records. Driven from the batch's students (the plan must not depend on the
+# planner's guess at the array's length: after five runs asyncpg's prepared statement gets a
+# generic plan): their classes through class_members_by_person, then each class's teachers
+# through class_members_teachers (migration 004), not through the class list. No join
+# between two CTEs: without statistics the planner would nest-loop them.
+def _wanted(students: str, grades: str) -> str:
+    """The WITH clauses computing `wanted` for the active students matching `students`;
+    `grades`: the parameter holding AUTOMATIC_GRADES."""
+    return f"""
+           batch AS MATERIALIZED (
                SELECT s.student_id, s.district_id, s.school_id, s.source_id, s.grade
                FROM students s
-               WHERE s.student_id = ANY($1::uuid[]) AND s.status = 'active'
+               WHERE {students} AND s.status = 'active'
            ),
            enrolled AS MATERIALIZED (
                SELECT b.student_id, b.district_id, b.grade, m.class_id
                FROM batch b JOIN class_members m ON m.person_id = b.student_id AND m.role = 'student'
-               WHERE b.grade = ANY($2::text[]) OR b.grade = ANY($3::text[])
+               WHERE b.grade = ANY({grades}::text[])
            ),
            wanted AS (
-               -- staff.email holds domain.login_email's reading: NULL is unmatched. A homeroom or
-               -- section membership belongs to the class's school (a dual-enrolled student's
-               -- section may be at their other school); the other reasons to the home school.
-               SELECT sf.email AS owner_email, e.student_id,
-                      CASE WHEN c.class_type = 'homeroom' THEN 'homeroom' ELSE 'section' END AS reason,
-                      c.class_id::text AS source_ref, e.district_id, c.school_id,
-                      CASE WHEN c.class_type = 'homeroom' THEN 'homeroom ' || c.title
-                           ELSE 'section ' || coalesce(c.class_code, c.title) END AS detail
+               -- Seed 000's automatic caseloads (domain.AUTOMATIC_CASELOADS). staff.email holds
+               -- domain.login_email's reading: NULL is unmatched. A homeroom or section membership
+               -- belongs to the class's school (a dual-enrolled student's section may be at their
+               -- other school); the other reasons to the home school.
+               SELECT sf.email AS owner_email, e.student_id, {_AUTOMATIC_REASON} AS reason,
+                      c.class_id::text AS source_ref, e.district_id, c.school_id, {_AUTOMATIC_WORDS} AS detail
                FROM enrolled e
                JOIN classes c ON c.class_id = e.class_id
+               {_AUTOMATIC_JOIN}
                JOIN class_members t ON t.class_id = c.class_id AND t.role = 'teacher'
                JOIN staff sf ON sf.staff_id = t.person_id AND sf.active AND sf.email IS NOT NULL
-               WHERE (c.class_type = 'homeroom' AND e.grade = ANY($2::text[]))
-                  OR (c.class_type = 'scheduled' AND e.grade = ANY($3::text[]))
                UNION ALL
                SELECT p.owner_email, s.student_id, 'point_person', p.type, s.district_id, s.school_id,
                       coalesce(t.label, initcap(p.type)) || ' point person'
@@ -228,7 +225,31 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
                JOIN provider_links l ON l.district_id = s.district_id AND l.student_source_id = s.source_id
                                     AND l.ended_at IS NULL
                JOIN mandates md ON md.district_id = l.district_id AND md.mandate_id = l.mandate_id AND md.active
-           ),
+           )"""
+
+
+_WANTED = _wanted("s.student_id = ANY($1::uuid[])", grades="$2")
+
+# Each membership added or removed, published (caseload.memberships.v1) by the same statement:
+# its event is written into the outbox by PostgreSQL (services/kit/events_sql.py), with the
+# time and correlation id of the student's own event where the batch had one ($3-$5), else
+# of the batch's ($6, $7). A student's removals come before their additions.
+_MEMBERSHIP_EVENTS = outbox_insert(
+    event_type="CASE e.change WHEN 'added' THEN 'caseload.membership_added.v1' "
+               "ELSE 'caseload.membership_removed.v1' END",
+    source=SOURCE,
+    rows="""SELECT ch.*, coalesce(why.occurred_at, $6) AS occurred_at,
+                   CASE WHEN why.student_id IS NULL THEN $7 ELSE why.correlation_id END AS correlation_id
+            FROM (SELECT * FROM gone UNION ALL SELECT * FROM came) ch
+            LEFT JOIN unnest($3::uuid[], $4::text[], $5::text[]) AS why(student_id, occurred_at, correlation_id)
+                   ON why.student_id = ch.student_id""",
+    key="e.student_id", topic="$8::text", district_id="e.district_id", occurred_at="e.occurred_at",
+    correlation_id="e.correlation_id", order_by="e.student_id, e.change = 'added'",
+    fields={"student_id": "e.student_id", "owner_email": "e.owner_email", "reason": "e.reason",
+            "detail": "e.detail", "source_ref": "e.source_ref", "school_id": "e.school_id"},
+)
+
+_REFRESH = f"""WITH {_WANTED},
            gone AS (
                DELETE FROM memberships h
                WHERE h.student_id = ANY($1::uuid[])
@@ -244,10 +265,68 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
                ON CONFLICT (student_id, owner_email, reason, source_ref) DO NOTHING
                RETURNING 'added' AS change, owner_email, student_id, reason, source_ref, district_id, school_id,
                          detail
-           )
-           SELECT * FROM gone UNION ALL SELECT * FROM came""",
-        ids, list(ELEMENTARY_GRADES), list(SECONDARY_GRADES),
-    )
+           ),
+           published AS ({_MEMBERSHIP_EVENTS}
+               RETURNING 1
+           )"""
+_REFRESH_REPORTING = _REFRESH + "\n           SELECT * FROM gone UNION ALL SELECT * FROM came"
+_REFRESH_COUNTING = _REFRESH + "\n           SELECT count(*) FROM published"
+
+
+@dataclass(frozen=True)
+class Cause:
+    """The event a membership change answers: its time (ISO 8601 text) and correlation id."""
+
+    occurred_at: str
+    correlation_id: str | None
+
+
+async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID], *, topic: str, cause: Cause,
+                            cause_of: dict[UUID, Cause] | None = None, report: bool = False) -> list[asyncpg.Record]:
+    """Bring these students' memberships in line with the projection and the manual
+    records (point persons, supports, provider links), and publish each membership added or
+    removed into the outbox (topic: caseload.memberships.v1 with the deployment's prefix),
+    all in one statement. cause: the time and correlation id the events carry; cause_of:
+    a student's own, where they have one. Only active students are on caseloads: a
+    withdrawn student leaves every caseload, and their point persons, supports and provider
+    links bring them back if they return. Returns the rows added and removed, each with
+    `change`, when `report`; else nothing (a batch of roster events needs no rows back)."""
+    ids = list(set(student_ids))
+    if not ids:
+        return []
+    await lock_students(conn, ids)
+    causes = [(s, c) for s, c in (cause_of or {}).items()]
+    args = (ids, list(AUTOMATIC_GRADES), [s for s, _ in causes], [c.occurred_at for _, c in causes],
+            [c.correlation_id for _, c in causes], cause.occurred_at, cause.correlation_id, topic)
+    if report:
+        return await conn.fetch(_REFRESH_REPORTING, *args)
+    await conn.execute(_REFRESH_COUNTING, *args)
+    return []
+
+
+_FROM_SCRATCH = f"""WITH {_wanted("true", grades="$1")},
+           everything AS (SELECT DISTINCT owner_email, student_id, reason, source_ref FROM wanted)"""
+
+
+async def wanted_memberships(conn: asyncpg.Connection) -> set[tuple[str, UUID, str, str]]:
+    """Every membership the rules want now, recomputed from scratch over every student with
+    the SQL refresh_caseloads runs: (owner_email, student_id, reason, source_ref). For
+    checking that the incremental upkeep left what the rules say."""
+    rows = await conn.fetch(f"{_FROM_SCRATCH} SELECT * FROM everything", list(AUTOMATIC_GRADES))
+    return {tuple(r) for r in rows}
+
+
+async def disagreements_with_rules(conn: asyncpg.Connection) -> tuple[int, int]:
+    """(missing, extra): the memberships the rules want (recomputed from scratch) that are
+    not held, and the ones held that the rules do not want; counted in the database, for a
+    city-sized check."""
+    row = await conn.fetchrow(
+        f"""{_FROM_SCRATCH},
+            held AS (SELECT owner_email, student_id, reason, source_ref FROM memberships)
+            SELECT (SELECT count(*) FROM (SELECT * FROM everything EXCEPT SELECT * FROM held) x),
+                   (SELECT count(*) FROM (SELECT * FROM held EXCEPT SELECT * FROM everything) y)""",
+        list(AUTOMATIC_GRADES))
+    return row[0], row[1]
 
 
 async def students_with_blank_owners(conn: asyncpg.Connection) -> list[UUID]:
@@ -390,6 +469,12 @@ async def record_first_attendances(conn: asyncpg.Connection, events) -> None:
     )
 
 
+# Seed 001's verdict on a pending first attendance (domain.FIRST_ATTENDANCE_WAITS), over the
+# candidates below: what it waits for, NULL when it applies.
+_FIRST_ATTENDANCE_VERDICT = first_attendance_verdict_sql(
+    student_known="school_id IS NOT NULL", mandate_found="mandate_id IS NOT NULL", provider_authorised="authorised")
+
+
 async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
                                   source_ids: list[str] | None = None,
                                   provider_email: str | None = None) -> list[asyncpg.Record]:
@@ -397,7 +482,7 @@ async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
     knows the student, an active mandate for the service exists, and the provider is
     authorised for the student's school. The rest stay pending, saying what they wait for."""
     return await conn.fetch(
-        """WITH candidates AS (
+        f"""WITH candidates AS (
                SELECT a.event_id, a.district_id, a.student_source_id, a.provider_email, s.school_id,
                       (SELECT md.mandate_id FROM mandates md
                        WHERE md.district_id = a.district_id AND md.student_source_id = a.student_source_id
@@ -416,9 +501,7 @@ async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,
                FOR UPDATE OF a
            ),
            verdict AS (
-               SELECT *, CASE WHEN school_id IS NULL THEN 'student_unknown'
-                              WHEN mandate_id IS NULL THEN 'no_mandate'
-                              WHEN NOT authorised THEN 'provider_not_authorised' END AS waiting_for
+               SELECT *, {_FIRST_ATTENDANCE_VERDICT} AS waiting_for
                FROM candidates
            ),
            linked AS (

@@ -83,7 +83,7 @@ async def drop_blank_owners(runtime) -> None:
     when done; if it fails, the kit's supervisor runs it again (and /readyz says so)."""
     async with runtime.unit_of_work() as uow:
         students = await store.students_with_blank_owners(uow.conn)
-        changes = await handlers.refresh(uow, students)
+        changes = await handlers.refresh(uow, students, report=True)
     if changes:
         log.info("memberships of blank emails removed", students=len(students), changes=len(changes))
 

@@ -76,6 +76,11 @@ class UnitOfWork:
         """Publish this event if, and only if, the transaction commits."""
         self.outgoing.append(outbox.message_for(event, source=self._source, kafka=self._settings.kafka))
 
+    def topic(self, name: str) -> str:
+        """The deployment's name of a topic (CASEFLOW_TOPIC_PREFIX), for SQL that writes
+        events into the outbox itself (services/kit/events_sql.py)."""
+        return self._settings.kafka.topic(name)
+
 
 Handler = Callable[[UnitOfWork, list[Any]], Awaitable[None]]
 

@@ -3,8 +3,8 @@
 A city-sized import changes millions of rows; building each event in Python would cost
 more than everything else the import does. So the change tables (temporary tables of the
 import or of the calendar step) are turned into outbox rows by one INSERT ... SELECT per
-event type. A test decodes every payload with the contract's model, so the two cannot
-drift; the kit's outbox refuses a row without a key.
+event type (services/kit/events_sql.py). A test decodes every payload with the contract's
+model, so the two cannot drift; the kit's outbox refuses a row without a key.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contracts.topics import ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, ROSTER_STUDENTS
+from services.kit.events_sql import outbox_insert
 
 SOURCE = "caseflow.roster"
 
@@ -23,19 +24,11 @@ class EventSql:
 
 
 def event_sql(event_type: str, topic: str, rows: str, key: str, fields: dict[str, str]) -> EventSql:
-    """INSERT INTO outbox the event of each row of `rows`, keyed by `key`.
+    """INSERT INTO outbox the event of each row of `rows`, keyed by `key` (services/kit/events_sql.py).
     $1 district, $2 occurred_at (ISO text), $3 correlation id, $4 topic."""
-    payload = ", ".join(f"'{name}', {expr}" for name, expr in fields.items())
-    return EventSql(topic, f"""
-        INSERT INTO outbox (topic, key, payload, headers)
-        SELECT $4, convert_to(({key})::text, 'UTF8'),
-               convert_to(json_build_object(
-                   'event_id', e.event_id, 'event_type', '{event_type}', 'occurred_at', $2::text,
-                   'district_id', $1::text, 'correlation_id', $3::text, 'producer', '{SOURCE}', {payload})::text, 'UTF8'),
-               ARRAY['ce_specversion', '1.0', 'ce_id', e.event_id::text, 'ce_type', '{event_type}',
-                     'ce_source', '{SOURCE}', 'ce_time', $2::text, 'ce_districtid', $1::text,
-                     'content-type', 'application/json', 'ce_correlationid', $3::text]
-        FROM (SELECT gen_random_uuid() AS event_id, r.* FROM ({rows}) r) e""")
+    return EventSql(topic, outbox_insert(event_type=f"'{event_type}'", source=SOURCE, rows=rows, key=key,
+                                         fields=fields, topic="$4", district_id="$1", occurred_at="$2",
+                                         correlation_id="$3"))
 
 
 STUDENT_FIELDS = {

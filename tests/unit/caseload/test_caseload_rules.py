@@ -1,57 +1,32 @@
-"""Seed 000's automatic caseload rules: K-5 from the official class, 6-12 from course
-sections, only for teachers matched to a login email."""
-
-from uuid import uuid4
+"""Seed 000's automatic caseload rule as data (domain.AUTOMATIC_CASELOADS): K-5 from the
+official class, 6-12 from course sections; and the login email a caseload is keyed by. The
+rule's SQL, run on real PostgreSQL, is tested example by example in
+tests/integration/test_automatic_caseloads.py."""
 
 import pytest
 
-from services.caseload.domain import Membership, Projection, automatic_memberships, grade_band, login_email
-
-HOMEROOM, SECTION = uuid4(), uuid4()
-ANA, LEE = uuid4(), uuid4()  # grade 03 and grade 09
-MARIA, JOHN = uuid4(), uuid4()  # teachers
-
-
-def projection(**changes) -> Projection:
-    base = dict(
-        students={ANA: ("03", "active"), LEE: ("09", "active")},
-        classes={HOMEROOM: "homeroom", SECTION: "scheduled"},
-        members={(HOMEROOM, ANA, "student"), (HOMEROOM, MARIA, "teacher"), (SECTION, LEE, "student"),
-                 (SECTION, JOHN, "teacher")},
-        staff={MARIA: ("maria@school.org", True), JOHN: ("john@school.org", True)},
-    )
-    return Projection(**{**base, **changes})
-
-
-def test_an_elementary_student_is_on_the_caseload_of_their_official_class_teacher():
-    assert Membership("maria@school.org", ANA, "homeroom", str(HOMEROOM)) in automatic_memberships(projection())
-
-
-def test_a_secondary_student_is_on_the_caseload_of_each_section_teacher():
-    assert Membership("john@school.org", LEE, "section", str(SECTION)) in automatic_memberships(projection())
-
-
-def test_the_rule_follows_the_students_grade_not_the_school():
-    # Lee in a homeroom and Ana in a section: neither rule applies to them there.
-    members = {(HOMEROOM, LEE, "student"), (HOMEROOM, MARIA, "teacher"), (SECTION, ANA, "student"),
-               (SECTION, JOHN, "teacher")}
-    assert automatic_memberships(projection(members=members)) == set()
-
-
-def test_an_unmatched_teacher_has_no_caseload_until_their_email_arrives():
-    unmatched = projection(staff={MARIA: (None, True), JOHN: ("john@school.org", True)})
-    assert {m.owner_email for m in automatic_memberships(unmatched)} == {"john@school.org"}
-
-
-def test_withdrawn_students_and_inactive_teachers_are_on_no_caseload():
-    assert automatic_memberships(projection(students={ANA: ("03", "withdrawn"), LEE: ("09", "active")},
-                                            staff={MARIA: ("maria@school.org", True),
-                                                   JOHN: ("john@school.org", False)})) == set()
+from services.caseload.domain import automatic_caseloads_sql, automatic_reason, grade_band, login_email
 
 
 def test_grade_bands():
     assert [grade_band(g) for g in ("PK", "KG", "05", "06", "12", "UG")] == [
         "elementary", "elementary", "elementary", "secondary", "secondary", None]
+
+
+@pytest.mark.parametrize(("grade", "class_type", "reason"), [
+    ("KG", "homeroom", "homeroom"), ("05", "homeroom", "homeroom"), ("06", "scheduled", "section"),
+    ("12", "scheduled", "section"), ("03", "scheduled", None), ("09", "homeroom", None), ("UG", "homeroom", None),
+    ("UG", "scheduled", None)])
+def test_which_class_puts_a_student_on_its_teachers_caseloads(grade, class_type, reason):
+    assert automatic_reason(grade, class_type) == reason
+
+
+def test_the_sql_joins_every_grade_of_each_band_to_its_class_type():
+    join, reason, words = automatic_caseloads_sql("e.grade", "c")
+    assert "('KG', 'homeroom', 'homeroom')" in join and "('09', 'scheduled', 'section')" in join
+    assert "('09', 'homeroom'" not in join
+    assert words == ("CASE automatic.reason WHEN 'homeroom' THEN 'homeroom ' || coalesce(c.title) "
+                     "WHEN 'section' THEN 'section ' || coalesce(c.class_code, c.title) END")
 
 
 @pytest.mark.parametrize("spelling", [None, "", "  ", "\t\n", "\u00a0"])
@@ -61,14 +36,3 @@ def test_a_blank_email_is_no_email_whatever_its_spelling(spelling):
 
 def test_a_login_email_is_read_without_surrounding_spaces_and_in_lower_case():
     assert login_email("  Maria.Santos@School.ORG \n") == "maria.santos@school.org"
-
-
-@pytest.mark.parametrize("spelling", ["", "  "])
-def test_a_teacher_whose_email_is_blank_is_unmatched_and_owns_no_membership(spelling):
-    unmatched = projection(staff={MARIA: (spelling, True), JOHN: ("john@school.org", True)})
-    assert {m.owner_email for m in automatic_memberships(unmatched)} == {"john@school.org"}
-
-
-def test_the_owner_of_a_membership_is_the_teachers_login_email():
-    spaced = projection(staff={MARIA: (" Maria@School.org ", True), JOHN: ("john@school.org", True)})
-    assert Membership("maria@school.org", ANA, "homeroom", str(HOMEROOM)) in automatic_memberships(spaced)

@@ -1,0 +1,50 @@
+"""Events built by PostgreSQL, in the contracts' shape, straight into the outbox.
+
+When one statement changes thousands of rows (a roster import, a caseload materialised),
+building each event in Python costs more than the change itself: a pydantic model, its
+JSON, its CloudEvents headers, a COPY row. `outbox_insert` writes the SQL that does the
+same in the database, as an INSERT ... SELECT over the rows of the change: the payload
+`cloudevents.encode` would write (the event as JSON) and the headers
+`cloudevents.headers_for` would (CloudEvents 1.0 Kafka binary mode, as text pairs, the
+outbox's shape). The services that use it test that every row decodes, with
+`cloudevents.decode`, to the event their contract describes.
+
+The SQL is made from the service's own constants (event types, column expressions), never
+from input: the values arrive as the rows' columns and the statement's parameters.
+"""
+
+from __future__ import annotations
+
+
+def outbox_insert(*, event_type: str, source: str, rows: str, key: str, fields: dict[str, str], topic: str,
+                  district_id: str, occurred_at: str, correlation_id: str, order_by: str | None = None) -> str:
+    """SQL inserting into the outbox one event per row of `rows`.
+
+    event_type: the SQL expression of its type, a quoted constant ('roster.student_enrolled.v1')
+    or per row (a CASE choosing among the contract's types);
+
+    rows: a SELECT (or a CTE's name wrapped in one), its columns read as e.<column>;
+    key: the expression of the message key (the topic's key field), never NULL;
+    fields: the event's own fields, name -> SQL expression (json_build_object turns text,
+    numbers, booleans, uuids and json into their JSON forms);
+    topic, district_id, occurred_at (ISO 8601 text), correlation_id: SQL expressions, per
+    row or parameters ($n); a NULL correlation id is left out of the headers, as
+    cloudevents.headers_for leaves it out;
+    order_by: the order the rows take in the outbox (the relay publishes in id order).
+
+    Each event gets a random event id (gen_random_uuid()), as a new Event does."""
+    payload = ", ".join(f"'{name}', {expr}" for name, expr in fields.items())
+    order = f" ORDER BY {order_by}" if order_by else ""
+    return f"""
+        INSERT INTO outbox (topic, key, payload, headers)
+        SELECT {topic}, convert_to(({key})::text, 'UTF8'),
+               convert_to(json_build_object(
+                   'event_id', e.event_id, 'event_type', ({event_type})::text, 'occurred_at', ({occurred_at})::text,
+                   'district_id', ({district_id})::text, 'correlation_id', ({correlation_id})::text,
+                   'producer', '{source}', {payload})::text, 'UTF8'),
+               ARRAY['ce_specversion', '1.0', 'ce_id', e.event_id::text, 'ce_type', ({event_type})::text,
+                     'ce_source', '{source}', 'ce_time', ({occurred_at})::text,
+                     'ce_districtid', ({district_id})::text, 'content-type', 'application/json']
+               || CASE WHEN ({correlation_id}) IS NULL THEN ARRAY[]::text[]
+                       ELSE ARRAY['ce_correlationid', ({correlation_id})::text] END
+        FROM (SELECT gen_random_uuid() AS event_id, r.* FROM ({rows}) r) e{order}"""
