@@ -192,8 +192,13 @@ def _wanted(students: str, grades: str) -> str:
                WHERE {students} AND s.status = 'active'
            ),
            enrolled AS MATERIALIZED (
+               -- Each student's classes by class_members_by_person, student by student (OFFSET 0
+               -- keeps the subquery from being flattened into a join): a hash join would read
+               -- every class list of the district for each batch, 8 million rows at city size.
                SELECT b.student_id, b.district_id, b.grade, m.class_id
-               FROM batch b JOIN class_members m ON m.person_id = b.student_id AND m.role = 'student'
+               FROM batch b CROSS JOIN LATERAL (
+                   SELECT m.class_id FROM class_members m WHERE m.person_id = b.student_id AND m.role = 'student'
+                   OFFSET 0) m
                WHERE b.grade = ANY({grades}::text[])
            ),
            wanted AS (
