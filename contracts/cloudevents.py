@@ -28,7 +28,8 @@ class BadMessage(ValueError):
     """A message that can never be processed: it goes to the dead-letter topic."""
 
 
-def headers_for(event: Event, source: str) -> list[tuple[str, bytes]]:
+def header_pairs(event: Event, source: str) -> list[tuple[str, str]]:
+    """The event's CloudEvents attributes as (header, text) pairs: what the outbox keeps."""
     headers = [
         ("ce_specversion", SPEC_VERSION),
         ("ce_id", str(event.event_id)),
@@ -40,7 +41,12 @@ def headers_for(event: Event, source: str) -> list[tuple[str, bytes]]:
     ]
     if event.correlation_id:
         headers.append(("ce_correlationid", event.correlation_id))
-    return [(name, value.encode()) for name, value in headers]
+    return headers
+
+
+def headers_for(event: Event, source: str) -> list[tuple[str, bytes]]:
+    """The event's CloudEvents attributes as Kafka record headers."""
+    return [(name, value.encode()) for name, value in header_pairs(event, source)]
 
 
 def encode(event: Event) -> bytes:

@@ -116,11 +116,11 @@ def message_for(event: Event, *, source: str, kafka: KafkaSettings) -> OutgoingM
         raise Unpublishable(f"{event_type}: no key ({topic.key_field} is empty)")
     try:
         payload = cloudevents.encode(event)
-        headers = cloudevents.headers_for(event, source)
+        headers = cloudevents.header_pairs(event, source)  # text, as the outbox keeps them
         key_bytes = str(key).encode()
     except (ValueError, TypeError, AttributeError) as e:  # pydantic's PydanticSerializationError is a ValueError
         raise Unpublishable(f"{event_type}: cannot be serialised ({type(e).__name__})") from None
-    size = len(key_bytes) + len(payload) + sum(len(n) + len(v) for n, v in headers)
+    size = len(key_bytes) + len(payload) + sum(len(n) + len(v.encode()) for n, v in headers)
     if size > kafka.max_message_bytes:
         raise Unpublishable(f"{event_type}: {size} bytes, more than the {kafka.max_message_bytes} a message may have "
                             "(KAFKA_MAX_MESSAGE_BYTES)")
@@ -128,7 +128,7 @@ def message_for(event: Event, *, source: str, kafka: KafkaSettings) -> OutgoingM
         topic=kafka.topic(topic.name),
         key=key_bytes,
         payload=payload,
-        headers=[(n, v.decode()) for n, v in headers],
+        headers=headers,
     )
 
 
