@@ -5,9 +5,11 @@ One consumed batch is handled in one database transaction:
   -> claim the event ids in the inbox (ids already there are skipped: duplicates)
   -> run the service's handlers on runs of same-type events, in order
   -> write emitted events and dead letters to the outbox
-  -> commit -> only then commit the Kafka offsets.
+  -> commit -> only then commit the Kafka offsets of that batch.
 A crash anywhere before the offset commit redelivers the batch, and the inbox turns the
-second delivery into no effect.
+second delivery into no effect. While a batch is handled, the next one is read and decoded
+(Python's work, overlapping the database's); offsets are committed batch by batch, never
+the consumer's position, so a batch read ahead is committed only once handled.
 
 Nothing between the broker and the inbox may drop a record: FastStream's parser is
 replaced by one that leaves every record raw (a header value that is not UTF-8, or has no
@@ -123,6 +125,9 @@ class EventConsumer:
         self._source = f"caseflow.{settings.service}"
         self._topic_name = settings.kafka.topic(subscription.topic.name)
         self.reading_fails_since: float | None = None  # epoch seconds; None while reads succeed
+        self._read: Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]] | None = None
+        self._ahead: asyncio.Task | None = None  # the next batch, being read and decoded
+        self._read_ahead: tuple[tuple[ConsumerRecord, ...], _Batch] | None = None
 
     def attach(self, broker: KafkaBroker) -> None:
         sub = self.subscription
@@ -155,9 +160,11 @@ class EventConsumer:
         subscriber.get_msg = self._reading(subscriber.get_msg)
 
     def _reading(self, get_msg: Callable[[Any], Awaitable[tuple[ConsumerRecord, ...]]]):
+        """FastStream's read, wrapped: a failed read is retried, never stepped over; and the
+        batch read ahead while the last one was handled (_prefetch) is handed over first."""
         pause = 0.5
 
-        async def read(consumer: Any) -> tuple[ConsumerRecord, ...]:
+        async def read_once(consumer: Any) -> tuple[ConsumerRecord, ...]:
             nonlocal pause
             try:
                 records = await get_msg(consumer)
@@ -173,33 +180,87 @@ class EventConsumer:
             self.reading_fails_since, pause = None, 0.5
             return records
 
+        async def read(consumer: Any) -> tuple[ConsumerRecord, ...]:
+            if self._ahead is None:
+                return await read_once(consumer)
+            task, self._ahead = self._ahead, None
+            records, batch = await task
+            self._read_ahead = (records, batch) if records else None
+            return records
+
+        self._read = read_once
         return read
+
+    def _prefetch(self, consumer: Any) -> None:
+        """Read and decode the next batch while this one is handled: decoding is Python's
+        work, and runs while this batch waits on the database. Offsets are committed batch
+        by batch (_commit), never the consumer's position, so a batch read ahead is not
+        committed before it is handled; a batch that fails rewinds it too (_rewind_ahead)."""
+        if self._ahead is not None or self._read is None:
+            return
+        read_once = self._read
+
+        async def ahead() -> tuple[tuple[ConsumerRecord, ...], _Batch | None]:
+            records = await read_once(consumer)
+            return records, (self._decode(records) if records else None)
+
+        self._ahead = asyncio.create_task(ahead())
+        self._ahead.add_done_callback(_retrieve)
+
+    async def _rewind_ahead(self, consumer: Any) -> None:
+        """Forget the batch read ahead, and seek its partitions back to its first records,
+        so it is read again after the batch that failed."""
+        task, self._ahead = self._ahead, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        try:
+            records, _ = await task
+        except (asyncio.CancelledError, KafkaError, ConsumerStoppedError):
+            return  # cancelled before it drained anything, or it read nothing
+        for tp, (first, _) in _offsets(records).items():
+            consumer.seek(tp, first)
+
+    async def _commit(self, consumer: Any, records: Sequence[ConsumerRecord]) -> None:
+        """Commit this batch's offsets, partition by partition: the next record of each.
+        A partition taken away by a rebalance is left to its new owner (whose inbox makes
+        a second handling of these records change nothing)."""
+        assigned = consumer.assignment()
+        offsets = {tp: last + 1 for tp, (_, last) in _offsets(records).items() if tp in assigned}
+        if offsets:
+            await consumer.commit(offsets)
 
     async def on_batch(self, message: Any) -> None:
         records: Sequence[ConsumerRecord] = message.raw_message
         if not records:
             return
+        ahead, self._read_ahead = self._read_ahead, None
+        decoded = ahead[1] if ahead is not None and ahead[0] is records else None
+        self._prefetch(message.consumer)
         started = time.perf_counter()
         try:
-            await self.handle(records)
+            await self.handle(records, decoded)
         except asyncio.CancelledError:
-            raise  # shutting down: neither acked nor nacked, so redelivered to whoever runs next
-        except Exception as e:  # noqa: BLE001 - every failure must rewind, or the next ack skips this batch
+            raise  # shutting down: nothing committed, so redelivered to whoever runs next
+        except Exception as e:  # noqa: BLE001 - every failure must rewind, or the next commit skips this batch
             log.error("batch not handled; it will be redelivered", topic=self._topic_name, error=repr(e))
             self._metrics.failed.labels(stage="consume").inc()
-            await message.nack()
+            await self._rewind_ahead(message.consumer)
+            await message.nack()  # seeks each partition back to this batch's first record
             await asyncio.sleep(1.0)
             return
         crashpoint("consumer.after_db_commit")
-        await message.ack()
+        await self._commit(message.consumer, records)
         crashpoint("consumer.after_offset_commit")
         self._metrics.batch_seconds.labels(topic=self._topic_name).observe(time.perf_counter() - started)
         self._observe_lag(message.consumer, records)
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        """Handle one batch of records in one transaction; retry transient failures."""
+    async def handle(self, records: Sequence[ConsumerRecord], decoded: _Batch | None = None) -> None:
+        """Handle one batch of records in one transaction; retry transient failures.
+        decoded: the batch already decoded (read ahead), else decoded here."""
         self._metrics.consumed.labels(topic=self._topic_name).inc(len(records))
-        batch = self._decode(records)
+        batch = decoded if decoded is not None else self._decode(records)
         deadline = time.monotonic() + RETRY_FOR_SECONDS
         delay = 0.2
         isolate = False
@@ -334,6 +395,22 @@ class EventConsumer:
                 self._metrics.lag.labels(topic=topic, partition=str(partition)).set(max(end - offset - 1, 0))
 
 
+def _offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, tuple[int, int]]:
+    """Each partition's first and last offset among these records."""
+    out: dict[TopicPartition, tuple[int, int]] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        first, last = out.get(tp, (r.offset, r.offset))
+        out[tp] = (min(first, r.offset), max(last, r.offset))
+    return out
+
+
+def _retrieve(task: asyncio.Task) -> None:
+    """A read ahead that nobody awaits (the service stopping) must not warn at exit."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _text(value: bytes) -> str:
     return value.decode(errors="replace").replace("\x00", "\ufffd")
 
@@ -346,10 +423,11 @@ def _safe_message(e: Exception) -> str:
 
 
 async def _raw_records(records: tuple[ConsumerRecord, ...], default_parser: Callable) -> Any:
-    """FastStream's batch parser, given copies of the records whose header values it can
-    decode (it decodes them all, and one that is not UTF-8 would fail the whole batch);
-    the message keeps the original records, which Caseflow decodes one by one."""
-    message = await default_parser(tuple(_text_headers(r) for r in records))
+    """FastStream's batch message, made from the first record alone (its headers decoded
+    where FastStream can: one that is not UTF-8 would fail the whole batch), then given
+    every record as they came: Caseflow decodes them one by one, and FastStream's reading
+    of each record's headers and body would be thrown away."""
+    message = await default_parser((_text_headers(records[0]),))
     message.raw_message = records
     return message
 

@@ -40,7 +40,8 @@ async def record_marks(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
         await uow.conn.execute("INSERT INTO marks (student, mark) VALUES ($1, $2)", e.student, e.mark)
 
 
-async def marks_service(system: Stack, tmp_path: Path, handler) -> tuple:
+async def marks_service(system: Stack, tmp_path: Path, handler, *, batch_size: int = 2000,
+                        consumer: str | None = None) -> tuple:
     """A tiny service of marks on the kit: its topic, its database, a consumer on a broker."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -55,11 +56,11 @@ async def marks_service(system: Stack, tmp_path: Path, handler) -> tuple:
     conn = await db.connect(dsn)
     await db.migrate(conn, db.migrations_for("marks", tmp_path))
     settings = Settings(service="marks", database_url=dsn, kafka=system.kafka_settings,
-                        auth=AuthSettings(secret="x" * 40), http_port=0)
+                        auth=AuthSettings(secret="x" * 40), http_port=0, consumer_batch_size=batch_size)
     pool = await db.create_pool(dsn)
     broker = KafkaBroker(system.backends.kafka)
     metrics = Metrics("marks")
-    EventConsumer(Subscription(MARKS, f"test-{uuid.uuid4().hex[:6]}", {MarkRecorded: handler}),
+    EventConsumer(Subscription(MARKS, consumer or f"test-{uuid.uuid4().hex[:6]}", {MarkRecorded: handler}),
                   pool=pool, settings=settings, metrics=metrics, after_commit=lambda: None).attach(broker)
     return conn, pool, broker, metrics
 
@@ -136,6 +137,49 @@ async def test_a_transient_failure_is_retried_and_applied_once(system: Stack, tm
         assert len(attempts) == 3
         assert metrics.failed.labels(stage="consume")._value.get() == 2
         assert await conn.fetchval("SELECT count(*) FROM outbox") == 0  # nothing dead-lettered
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_batch_that_fails_is_read_again_with_the_batch_read_ahead_and_nothing_is_lost(
+        system: Stack, tmp_path: Path, monkeypatch):
+    """While a batch is handled the next is read ahead. When the batch fails (its
+    transaction never commits), both are read again: every mark is recorded once, in order,
+    and the group's committed offset ends at the end of the topic."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    failures = []
+    apply = EventConsumer._apply  # noqa: SLF001
+
+    async def failing_once(self, batch, *, isolate):
+        if len(failures) < 2 and batch.events and batch.events[0][1].mark in (3, 12):
+            failures.append(batch.events[0][1].mark)
+            raise RuntimeError("the database answered something unexpected")
+        await apply(self, batch, isolate=isolate)
+
+    monkeypatch.setattr(EventConsumer, "_apply", failing_once)
+    name = f"test-{uuid.uuid4().hex[:6]}"
+    conn, pool, broker, _ = await marks_service(system, tmp_path, record_marks, batch_size=3, consumer=name)
+    await conn.execute("ALTER TABLE marks ADD COLUMN seq bigserial")
+    for mark in range(30):
+        await system.publish_to(MARKS, MarkRecorded(district_id="d", student="a", mark=mark))
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) >= 30 FROM marks"), what="every mark")
+        await asyncio.sleep(1.0)  # a duplicate would show by now
+        assert [r["mark"] for r in await conn.fetch("SELECT mark FROM marks ORDER BY seq")] == list(range(30))
+        assert failures  # a batch did fail, while the next was read ahead
+        admin = AIOKafkaAdminClient(bootstrap_servers=system.backends.kafka)
+        await admin.start()
+        try:
+            async def committed_to_the_end() -> bool:
+                offsets = await admin.list_consumer_group_offsets(system.kafka_settings.topic(name))
+                return [o.offset for o in offsets.values()] == [30]
+            await eventually(committed_to_the_end, what="the offsets committed to the end")
+        finally:
+            await admin.close()
     finally:
         await broker.stop()
         await pool.close()
