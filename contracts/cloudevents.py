@@ -139,10 +139,11 @@ def _whole_event(topic: Topic, body: bytes, attrs: dict[str, str]) -> Event | No
         return None
     if not {"event_id", "occurred_at"} <= event.model_fields_set:
         return None  # ids and times are never made up here: a redelivery must decode the same
+    ce_id, ce_time = attrs.get("ce_id"), attrs.get("ce_time")
     if (
-        attrs.get("ce_id", str(event.event_id)) != str(event.event_id)
+        (ce_id is not None and ce_id != str(event.event_id))
         or attrs.get("ce_districtid", event.district_id) != event.district_id
-        or ("ce_time" in attrs and not _same_instant(attrs["ce_time"], event.occurred_at.isoformat()))
+        or (ce_time is not None and not _at(ce_time, event.occurred_at))
         or attrs.get("ce_correlationid", event.correlation_id) != event.correlation_id
     ):
         return None
@@ -171,6 +172,14 @@ def _merge(data: dict, field: str, header: str | None, same=lambda a, b: a == b)
         data[field] = header
     elif not same(str(data[field]), header):
         raise BadMessage(f"header for {field} disagrees with the body")
+
+
+def _at(text: str, moment: datetime) -> bool:
+    """Does an ISO 8601 time (a ce_time header) name this moment?"""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")) == moment
+    except (ValueError, TypeError):  # not a time, or one without an offset
+        return False
 
 
 def _same_instant(a: str, b: str) -> bool:
