@@ -76,9 +76,11 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
             added.pop((e.class_id, e.person_id), None)
             removed.append((e.class_id, e.person_id))
     await store.project_members(uow.conn, list(added.values()), removed)
-    touched: set[UUID] = {e.person_id for e in events if e.role == "student"}
-    touched |= await store.students_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
-    await refresh(uow, touched, events[-1], {e.person_id: e for e in events if e.role == "student"})
+    # An enrolment changes only the caseloads of its class: the student's in that class, or
+    # (a teacher's) every student's in that class.
+    pairs = {(e.person_id, e.class_id) for e in events if e.role == "student"}
+    pairs |= await store.students_of_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
+    await refresh(uow, (), events[-1], {e.person_id: e for e in events if e.role == "student"}, in_classes=pairs)
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
@@ -122,15 +124,19 @@ def _by_district(pairs) -> list[tuple[str, list[str]]]:
 
 
 async def refresh(uow: UnitOfWork, student_ids, cause=None, cause_of: dict | None = None,
-                  correlation_id: str | None = None, *, report: bool = False) -> list:
+                  correlation_id: str | None = None, *, report: bool = False,
+                  in_classes: set[tuple[UUID, UUID]] | None = None) -> list:
     """Bring these students' caseloads in line and publish each membership added or
     removed (CaseloadMembershipAdded / Removed, written into the outbox by the same SQL).
     cause: the event the changes answer; cause_of: the student's own event, where there is
     one (its time and correlation id go on the student's membership events); without a
     cause, now and `correlation_id`. report: return the changes (rows with `change`,
-    owner_email, student_id, reason, detail, ...), for an answer to a person's action."""
+    owner_email, student_id, reason, detail, ...), for an answer to a person's action.
+    in_classes: (student, class) pairs: only those students' caseloads in those classes
+    (student_ids is then ignored)."""
     return await store.refresh_caseloads(
         uow.conn, student_ids, topic=uow.topic(CASELOAD_MEMBERSHIPS.name), report=report,
+        in_classes=sorted(in_classes) if in_classes is not None else None,
         cause=_cause(cause) if cause is not None else store.Cause(datetime.now(UTC).isoformat(), correlation_id),
         cause_of={s: _cause(e) for s, e in (cause_of or {}).items()})
 

@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from services.caseload.domain import (
+    AUTOMATIC_CASELOADS,
     AUTOMATIC_GRADES,
     DEFAULT_POINT_PERSON_TYPES,
     PointPersonType,
@@ -129,6 +130,15 @@ async def students_in_classes(conn: asyncpg.Connection, class_ids: Iterable[UUID
     return {r[0] for r in rows}
 
 
+async def students_of_classes(conn: asyncpg.Connection, class_ids: Iterable[UUID]) -> set[tuple[UUID, UUID]]:
+    """(student, class) for every student enrolled in these classes."""
+    rows = await conn.fetch(
+        "SELECT person_id, class_id FROM class_members WHERE class_id = ANY($1::uuid[]) AND role = 'student'",
+        list(set(class_ids)),
+    )
+    return {(r[0], r[1]) for r in rows}
+
+
 async def students_taught_by(conn: asyncpg.Connection, staff_ids: Iterable[UUID]) -> set[UUID]:
     rows = await conn.fetch(
         """SELECT DISTINCT s.person_id FROM class_members t
@@ -182,24 +192,20 @@ _AUTOMATIC_JOIN, _AUTOMATIC_REASON, _AUTOMATIC_WORDS = automatic_caseloads_sql("
 # generic plan): their classes through class_members_by_person, then each class's teachers
 # through class_members_teachers (migration 004), not through the class list. No join
 # between two CTEs: without statistics the planner would nest-loop them.
-def _wanted(students: str, grades: str) -> str:
+def _wanted(students: str, grades: str, pairs: tuple[str, str] | None = None) -> str:
     """The WITH clauses computing `wanted` for the active students matching `students`;
-    `grades`: the parameter holding AUTOMATIC_GRADES."""
+    `grades`: the parameter holding AUTOMATIC_GRADES. With `pairs` (the parameters of two
+    arrays: students, classes), only the automatic memberships of those students in those
+    classes: what an enrolment added or removed can change."""
+    enrolled = (_ENROLLED_IN_PAIRS.format(students=pairs[0], classes=pairs[1], grades=grades) if pairs
+                else _ENROLLED.format(grades=grades))
     return f"""
            batch AS MATERIALIZED (
                SELECT s.student_id, s.district_id, s.school_id, s.source_id, s.grade
                FROM students s
                WHERE {students} AND s.status = 'active'
            ),
-           enrolled AS MATERIALIZED (
-               -- Each student's classes by class_members_by_person, student by student (OFFSET 0
-               -- keeps the subquery from being flattened into a join): a hash join would read
-               -- every class list of the district for each batch, 8 million rows at city size.
-               SELECT b.student_id, b.district_id, b.grade, m.class_id
-               FROM batch b CROSS JOIN LATERAL (
-                   SELECT m.class_id FROM class_members m WHERE m.person_id = b.student_id AND m.role = 'student'
-                   OFFSET 0) m
-               WHERE b.grade = ANY({grades}::text[])
+           enrolled AS MATERIALIZED ({enrolled}
            ),
            wanted AS (
                -- Seed 000's automatic caseloads (domain.AUTOMATIC_CASELOADS). staff.email holds
@@ -212,7 +218,27 @@ def _wanted(students: str, grades: str) -> str:
                JOIN classes c ON c.class_id = e.class_id
                {_AUTOMATIC_JOIN}
                JOIN class_members t ON t.class_id = c.class_id AND t.role = 'teacher'
-               JOIN staff sf ON sf.staff_id = t.person_id AND sf.active AND sf.email IS NOT NULL
+               JOIN staff sf ON sf.staff_id = t.person_id AND sf.active AND sf.email IS NOT NULL{"" if pairs else _MANUAL}
+           )"""
+
+
+_ENROLLED = """
+               -- Each student's classes by class_members_by_person, student by student (OFFSET 0
+               -- keeps the subquery from being flattened into a join): a hash join would read
+               -- every class list of the district for each batch, 8 million rows at city size.
+               SELECT b.student_id, b.district_id, b.grade, m.class_id
+               FROM batch b CROSS JOIN LATERAL (
+                   SELECT m.class_id FROM class_members m WHERE m.person_id = b.student_id AND m.role = 'student'
+                   OFFSET 0) m
+               WHERE b.grade = ANY({grades}::text[])"""
+_ENROLLED_IN_PAIRS = """
+               SELECT b.student_id, b.district_id, b.grade, p.class_id
+               FROM unnest({students}::uuid[], {classes}::uuid[]) AS p(student_id, class_id)
+               JOIN batch b ON b.student_id = p.student_id
+               WHERE b.grade = ANY({grades}::text[])
+                 AND EXISTS (SELECT 1 FROM class_members m WHERE m.class_id = p.class_id
+                             AND m.person_id = p.student_id AND m.role = 'student')"""
+_MANUAL = """
                UNION ALL
                SELECT p.owner_email, s.student_id, 'point_person', p.type, s.district_id, s.school_id,
                       coalesce(t.label, initcap(p.type)) || ' point person'
@@ -229,8 +255,7 @@ def _wanted(students: str, grades: str) -> str:
                FROM batch s
                JOIN provider_links l ON l.district_id = s.district_id AND l.student_source_id = s.source_id
                                     AND l.ended_at IS NULL
-               JOIN mandates md ON md.district_id = l.district_id AND md.mandate_id = l.mandate_id AND md.active
-           )"""
+               JOIN mandates md ON md.district_id = l.district_id AND md.mandate_id = l.mandate_id AND md.active"""
 
 
 _WANTED = _wanted("s.student_id = ANY($1::uuid[])", grades="$2")
@@ -254,13 +279,42 @@ _MEMBERSHIP_EVENTS = outbox_insert(
             "detail": "e.detail", "source_ref": "e.source_ref", "school_id": "e.school_id"},
 )
 
-_REFRESH = f"""WITH {_WANTED},
+_AUTOMATIC_REASONS = ", ".join(f"'{r.reason}'" for r in AUTOMATIC_CASELOADS)
+
+
+def _refresh(*, in_classes: bool) -> str:
+    """The refresh: memberships gone, memberships come, their events. in_classes: only the
+    automatic memberships of the students ($9) in the classes ($10) beside them."""
+    if in_classes:
+        wanted = _wanted("s.student_id = ANY($1::uuid[])", grades="$2", pairs=("$9", "$10"))
+        probe = f"""unnest($9::uuid[], $10::uuid[]) AS p(student_id, class_id)
+                    CROSS JOIN LATERAL (
+                        SELECT m.ctid, m.owner_email, m.student_id, m.reason, m.source_ref FROM memberships m
+                        WHERE m.student_id = p.student_id AND m.source_ref = p.class_id::text
+                          AND m.reason IN ({_AUTOMATIC_REASONS})
+                        OFFSET 0) m"""
+    else:
+        wanted = _WANTED
+        probe = """unnest($1::uuid[]) AS p(student_id)
+                    CROSS JOIN LATERAL (
+                        SELECT m.ctid, m.owner_email, m.student_id, m.reason, m.source_ref FROM memberships m
+                        WHERE m.student_id = p.student_id
+                        OFFSET 0) m"""
+    # The memberships held now, found student by student by the primary key (OFFSET 0 keeps
+    # the planner from hashing the whole table), deleted by their row ids unless wanted (a
+    # hashed NOT IN: the planner's guess at `wanted`'s size, often 1 row, once made it
+    # compare every held row with every wanted one).
+    return f"""WITH {wanted},
+           held AS MATERIALIZED (
+               SELECT m.ctid AS row_id, m.owner_email, m.student_id, m.reason, m.source_ref
+               FROM {probe}
+           ),
            gone AS (
                DELETE FROM memberships h
-               WHERE h.student_id = ANY($1::uuid[])
-                 AND NOT EXISTS (SELECT 1 FROM wanted w WHERE w.owner_email = h.owner_email
-                                 AND w.student_id = h.student_id AND w.reason = h.reason
-                                 AND w.source_ref = h.source_ref)
+               WHERE h.ctid = ANY(ARRAY(
+                   SELECT row_id FROM held
+                   WHERE (owner_email, student_id, reason, source_ref) NOT IN (
+                       SELECT owner_email, student_id, reason, source_ref FROM wanted)))
                RETURNING 'removed' AS change, h.owner_email, h.student_id, h.reason, h.source_ref, h.district_id,
                          h.school_id, h.detail
            ),
@@ -274,8 +328,16 @@ _REFRESH = f"""WITH {_WANTED},
            published AS ({_MEMBERSHIP_EVENTS}
                RETURNING 1
            )"""
-_REFRESH_REPORTING = _REFRESH + "\n           SELECT * FROM gone UNION ALL SELECT * FROM came"
-_REFRESH_COUNTING = _REFRESH + "\n           SELECT count(*) FROM published"
+
+
+_REPORTING = "\n           SELECT * FROM gone UNION ALL SELECT * FROM came"
+_COUNTING = "\n           SELECT count(*) FROM published"
+_REFRESH = {(in_classes, report): _refresh(in_classes=in_classes) + (_REPORTING if report else _COUNTING)
+            for in_classes in (False, True) for report in (False, True)}
+
+
+REFRESH_STUDENTS = 5_000  # students brought in line by one statement
+REFRESH_PAIRS = 10_000  # (student, class) pairs brought in line by one statement
 
 
 @dataclass(frozen=True)
@@ -287,26 +349,44 @@ class Cause:
 
 
 async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID], *, topic: str, cause: Cause,
-                            cause_of: dict[UUID, Cause] | None = None, report: bool = False) -> list[asyncpg.Record]:
+                            cause_of: dict[UUID, Cause] | None = None, report: bool = False,
+                            in_classes: list[tuple[UUID, UUID]] | None = None) -> list[asyncpg.Record]:
     """Bring these students' memberships in line with the projection and the manual
     records (point persons, supports, provider links), and publish each membership added or
     removed into the outbox (topic: caseload.memberships.v1 with the deployment's prefix),
     all in one statement. cause: the time and correlation id the events carry; cause_of:
     a student's own, where they have one. Only active students are on caseloads: a
     withdrawn student leaves every caseload, and their point persons, supports and provider
-    links bring them back if they return. Returns the rows added and removed, each with
-    `change`, when `report`; else nothing (a batch of roster events needs no rows back)."""
-    ids = list(set(student_ids))
+    links bring them back if they return. in_classes: (student, class) pairs, the only
+    memberships to bring in line (the automatic ones of those students in those classes):
+    what enrolments added or removed can change (student_ids: their students). Returns the
+    rows added and removed, each with `change`, when `report`; else nothing (a batch of
+    roster events needs no rows back)."""
+    ids = list({s for s, _ in in_classes} if in_classes is not None else set(student_ids))
     if not ids:
         return []
     await lock_students(conn, ids)
     causes = [(s, c) for s, c in (cause_of or {}).items()]
-    args = (ids, list(AUTOMATIC_GRADES), [s for s, _ in causes], [c.occurred_at for _, c in causes],
-            [c.correlation_id for _, c in causes], cause.occurred_at, cause.correlation_id, topic)
-    if report:
-        return await conn.fetch(_REFRESH_REPORTING, *args)
-    await conn.execute(_REFRESH_COUNTING, *args)
-    return []
+    why = [[s for s, _ in causes], [c.occurred_at for _, c in causes], [c.correlation_id for _, c in causes],
+           cause.occurred_at, cause.correlation_id, topic]
+    sql = _REFRESH[(in_classes is not None, report)]
+    changes: list[asyncpg.Record] = []
+    # In parts: a teacher joining 2,000 classes touches 240,000 (student, class) pairs, and
+    # one statement over all of them ran past the pool's 60 s command timeout (its cost grows
+    # faster than its size), so the batch was never handled.
+    if in_classes is None:
+        parts = [[ids[i:i + REFRESH_STUDENTS]] for i in range(0, len(ids), REFRESH_STUDENTS)]
+    else:
+        pairs = sorted(set(in_classes))
+        parts = [[sorted({s for s, _ in chunk}), [s for s, _ in chunk], [c for _, c in chunk]]
+                 for chunk in (pairs[i:i + REFRESH_PAIRS] for i in range(0, len(pairs), REFRESH_PAIRS))]
+    for part in parts:
+        args = [part[0], list(AUTOMATIC_GRADES), *why, *part[1:]]
+        if report:
+            changes += await conn.fetch(sql, *args)
+        else:
+            await conn.execute(sql, *args)
+    return changes
 
 
 _FROM_SCRATCH = f"""WITH {_wanted("true", grades="$1")},

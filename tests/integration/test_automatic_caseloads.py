@@ -158,3 +158,15 @@ async def test_each_membership_event_the_database_writes_is_the_contracts_event(
     assert (removed.occurred_at, removed.correlation_id) == (withdrawal.occurred_at, "import-42")
     assert len({e.event_id for e in events}) == len(events)
 
+
+
+async def test_a_batch_brought_in_line_in_parts_leaves_the_same_caseloads(service_db, monkeypatch):
+    """A large batch is brought in line a part at a time (store.REFRESH_STUDENTS /
+    REFRESH_PAIRS): parts of one student or one pair give what one statement gives."""
+    from services.caseload import store
+
+    whole = await caseloads(service_db)
+    monkeypatch.setattr(store, "REFRESH_STUDENTS", 1)
+    monkeypatch.setattr(store, "REFRESH_PAIRS", 1)
+    assert await caseloads(service_db) == whole
+    assert len(whole) == 2
