@@ -76,11 +76,16 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
             added.pop((e.class_id, e.person_id), None)
             removed.append((e.class_id, e.person_id))
     await store.project_members(uow.conn, list(added.values()), removed)
-    # An enrolment changes only the caseloads of its class: the student's in that class, or
-    # (a teacher's) every student's in that class.
-    pairs = {(e.person_id, e.class_id) for e in events if e.role == "student"}
-    pairs |= await store.students_of_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
-    await refresh(uow, (), events[-1], {e.person_id: e for e in events if e.role == "student"}, in_classes=pairs)
+    # A student's enrolment changes only their caseloads in that class; a teacher's, those of
+    # every student of the class (brought in line whole: at city size a batch of teachers'
+    # enrolments reaches 240,000 students' classes, and (student, class) pairs that many
+    # ran past the command timeout where whole students in parts did not).
+    cause_of = {e.person_id: e for e in events if e.role == "student"}
+    await refresh(uow, (), events[-1], cause_of,
+                  in_classes={(e.person_id, e.class_id) for e in events if e.role == "student"})
+    taught = await store.students_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
+    if taught:
+        await refresh(uow, taught, events[-1], cause_of)
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
