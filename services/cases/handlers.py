@@ -6,6 +6,7 @@ from the delivered parts."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 
@@ -114,13 +115,23 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
             tasks.append((t.task_id, t.district_id, s["student_id"], case_id, t.title, t.assignee_email.lower(),
                           t.due_date, t.actor_email, t.occurred_at))
 
-    for t, s, kind, case_id, number, manager in opened:
-        uow.emit(CaseOpened(
-            district_id=t.district_id, case_id=case_id, case_number=number, school_id=s["school_id"],
-            student_id=s["student_id"], student_source_id=s["source_id"], trigger_kind=kind,
-            source_event_id=t.event_id, source_occurred_at=t.occurred_at, correlation_id=t.correlation_id,
-            producer="caseflow.cases", case_manager=manager,
-        ))
+    # PostgreSQL stores the batch (the cases and their counters first, its longest statement)
+    # while the CaseOpened events are built here: the two no longer wait for each other.
+    saving = asyncio.ensure_future(_save_triggers(conn, cases, timeline, tasks))
+    await asyncio.sleep(0)  # the first statement is sent
+    try:
+        for t, s, kind, case_id, number, manager in opened:
+            uow.emit(CaseOpened(
+                district_id=t.district_id, case_id=case_id, case_number=number, school_id=s["school_id"],
+                student_id=s["student_id"], student_source_id=s["source_id"], trigger_kind=kind,
+                source_event_id=t.event_id, source_occurred_at=t.occurred_at, correlation_id=t.correlation_id,
+                producer="caseflow.cases", case_manager=manager,
+            ))
+    finally:
+        await saving  # also when an event could not be built: no statement is left running
+
+
+async def _save_triggers(conn, cases: list, timeline: list, tasks: list) -> None:
     await store.insert_cases(conn, cases)
     await store.add_timeline(conn, timeline)
     await store.upsert_tasks(conn, tasks)
