@@ -6,6 +6,7 @@ from the delivered parts."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 
@@ -70,18 +71,17 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
     the open case. Triggers for students the roster does not know yet wait for them."""
     conn = uow.conn
     await store.lock_students(conn, {(t.district_id, t.student_source_id) for t in triggers})
-    students = await store.students_by_source(conn, {(t.district_id, t.student_source_id) for t in triggers})
+    students, open_case = await store.students_for_triggers(conn, {(t.district_id, t.student_source_id)
+                                                                  for t in triggers})
     known = [t for t in triggers if (t.district_id, t.student_source_id) in students]
     await store.wait_for_students(conn, [t for t in triggers if (t.district_id, t.student_source_id) not in students])
     if not known:
         return
-    student_of = {id(t): students[(t.district_id, t.student_source_id)] for t in known}
-    open_case = await store.open_cases(conn, (s["student_id"] for s in student_of.values()))
     entries = await store.dictionaries(conn, {t.district_id for t in known})
 
     decisions = []
     for t in known:
-        s = student_of[id(t)]
+        s = students[(t.district_id, t.student_source_id)]
         kind = domain.KIND_OF[type(t)]
         action, why = domain.decide(kind, t.occurred_at, entries.get((t.district_id, kind)),
                                     s["student_id"] in open_case)
@@ -96,7 +96,7 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
     managers = await store.school_case_managers(conn, {(t.district_id, s["school_id"])
                                                        for t, s, _, action, _, _ in decisions if action == domain.OPEN})
     used: Counter = Counter()
-    cases, timeline, tasks = [], [], []
+    cases, timeline, tasks, opened = [], [], [], []
     for t, s, kind, action, why, case_id in decisions:
         if action == domain.OPEN:
             key = (t.district_id, t.occurred_at.year)
@@ -105,12 +105,7 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
             manager = managers.get((t.district_id, s["school_id"]))  # the school's default, where one is set
             cases.append((case_id, t.district_id, number, s["student_id"], s["school_id"], kind, t.event_id,
                           t.occurred_at, manager))
-            uow.emit(CaseOpened(
-                district_id=t.district_id, case_id=case_id, case_number=number, school_id=s["school_id"],
-                student_id=s["student_id"], student_source_id=s["source_id"], trigger_kind=kind,
-                source_event_id=t.event_id, source_occurred_at=t.occurred_at, correlation_id=t.correlation_id,
-                producer="caseflow.cases", case_manager=manager,
-            ))
+            opened.append((t, s, kind, case_id, number, manager))
         timeline.append((t.district_id, s["student_id"], case_id, t.occurred_at, kind, domain.summary(t),
                          t.actor_email, t.event_id))
         if action == domain.OPEN:
@@ -119,6 +114,24 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
         if isinstance(t, TaskAssigned):
             tasks.append((t.task_id, t.district_id, s["student_id"], case_id, t.title, t.assignee_email.lower(),
                           t.due_date, t.actor_email, t.occurred_at))
+
+    # PostgreSQL stores the batch (the cases and their counters first, its longest statement)
+    # while the CaseOpened events are built here: the two no longer wait for each other.
+    saving = asyncio.ensure_future(_save_triggers(conn, cases, timeline, tasks))
+    await asyncio.sleep(0)  # the first statement is sent
+    try:
+        for t, s, kind, case_id, number, manager in opened:
+            uow.emit(CaseOpened(
+                district_id=t.district_id, case_id=case_id, case_number=number, school_id=s["school_id"],
+                student_id=s["student_id"], student_source_id=s["source_id"], trigger_kind=kind,
+                source_event_id=t.event_id, source_occurred_at=t.occurred_at, correlation_id=t.correlation_id,
+                producer="caseflow.cases", case_manager=manager,
+            ))
+    finally:
+        await saving  # also when an event could not be built: no statement is left running
+
+
+async def _save_triggers(conn, cases: list, timeline: list, tasks: list) -> None:
     await store.insert_cases(conn, cases)
     await store.add_timeline(conn, timeline)
     await store.upsert_tasks(conn, tasks)

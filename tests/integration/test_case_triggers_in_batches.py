@@ -1,0 +1,187 @@
+"""A batch of triggers decides as the rules do, trigger by trigger (real PostgreSQL).
+
+The consumer hands the handler a whole batch: the students and their open cases are read in
+one statement, the batch is stored while its CaseOpened events are built. Whatever the mix
+(several triggers per student, students with their own open case, a closed one, an open case
+transferred in beside or instead of their own, students the roster does not know yet,
+entries off or enabled after the trigger), one batch must leave what the triggers leave
+applied one at a time, each in its own transaction, and what domain.decide and
+domain.trigger_case say, computed here from a plain read of every case."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts.cases import (
+    FileSubmitted,
+    FormSubmitted,
+    InterventionGroupMemberAdded,
+    PlanCreated,
+    PlanReviewConducted,
+    StudentMeetingScheduled,
+    TaskAssigned,
+)
+from contracts.roster import StudentEnrolled
+from services.cases import domain, handlers, store
+from services.kit.consumer import UnitOfWork
+from services.kit.settings import AuthSettings, KafkaSettings, Settings
+from services.roster.domain import student_id_for
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = Settings(service="cases", database_url="", kafka=KafkaSettings(), auth=AuthSettings(secret="x" * 40),
+                    http_port=0)
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+ENABLED_AT = T0 + timedelta(days=10)
+BATCH, ONE_BY_ONE = "batch", "single"  # two districts fed the same triggers
+STUDENTS = 40
+
+
+def event_id(district: str, k: int) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"trigger/{district}/{k}")
+
+
+def trigger(district: str, kind: int, source_id: str, at: datetime, k: int):
+    common = dict(district_id=district, occurred_at=at, student_source_id=source_id, actor_email="c@x.org",
+                  correlation_id=f"c{k}", event_id=event_id(district, k))
+    match kind:
+        case 0:
+            return FormSubmitted(**common, form_id=f"f{k}", form_name="Counseling referral")
+        case 1:
+            return PlanCreated(**common, plan_id=f"p{k}", plan_name="Tier 2 reading")
+        case 2:
+            return InterventionGroupMemberAdded(**common, group_id="g", group_name="Tier 2, period 3")
+        case 3:
+            return TaskAssigned(**common, task_id=uuid.uuid5(uuid.NAMESPACE_URL, f"{district}/{k}"),
+                                title="Call home", assignee_email="C@x.org", due_date=at.date())
+        case 4:
+            return StudentMeetingScheduled(**common, meeting_id=f"m{k}", title="Attendance", scheduled_for=at)
+        case 5:
+            return PlanReviewConducted(**common, plan_id=f"p{k}", review_id=f"r{k}", outcome="continue")
+        case _:
+            return FileSubmitted(**common, file_id=f"x{k}", file_name="504 plan.pdf")
+
+
+async def world(conn, district: str, rng: random.Random) -> None:
+    """STUDENTS students; some with their own open case, a closed one, an open case
+    transferred in (beside their own or alone); five dictionary entries on (one enabled
+    after some triggers happened), submit_file off."""
+    uow = UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS)
+    await handlers.on_roster_students(uow, [StudentEnrolled(
+        district_id=district, occurred_at=T0, student_id=student_id_for(district, f"s{i}"), source_id=f"s{i}",
+        school_id=f"H{i % 3}", grade="10", given_name="G", family_name="F") for i in range(STUDENTS)])
+    for kind in ("submit_form", "create_plan", "assign_task", "schedule_meeting"):
+        await store.set_entry(conn, district, kind, True, "admin", T0)
+    await store.set_entry(conn, district, "conduct_plan_review", True, "admin", ENABLED_AT)
+    for i in range(STUDENTS):
+        student = student_id_for(district, f"s{i}")
+        state = rng.choice(["none", "none", "open", "closed", "transferred_in", "both"])
+        if state in ("open", "closed", "both"):
+            await conn.execute(
+                """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                                      source_event_id, opened_at, closed_at)
+                   VALUES ($1, $2, $3, $4, 'H0', $5, 'submit_form', $1, $6, $7)""",
+                uuid.uuid4(), district, f"25-{i:06d}", student, "closed" if state == "closed" else "open",
+                T0 - timedelta(days=rng.randint(1, 300)), T0 if state == "closed" else None)
+        if state in ("transferred_in", "both"):
+            for n in range(rng.choice([1, 1, 2])):
+                await conn.execute(
+                    """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status,
+                                          trigger_kind, source_event_id, opened_at, transferred_in_from,
+                                          transferred_in_request, transferred_in_case_id, transferred_in_at)
+                       VALUES ($1, $2, $3, $4, NULL, 'open', 'create_plan', $5, $6, 'elsewhere', $5, $7, $6)""",
+                    uuid.uuid4(), district, f"24-{i:04d}{n:02d}", student, uuid.uuid4(),
+                    T0 - timedelta(days=rng.randint(1, 300)), uuid.uuid4())
+
+
+async def outcome(conn, district: str) -> dict:
+    """What the triggers left, by trigger (ids and case numbers differ between districts)."""
+    number = {r["case_id"]: r["case_number"] for r in await conn.fetch(
+        "SELECT case_id, case_number FROM cases WHERE district_id = $1", district)}
+    entries = [(r["source_id"], r["kind"], r["summary"].split(": ")[0], number.get(r["case_id"], "none")[:3])
+               for r in await conn.fetch(
+                   """SELECT s.source_id, t.kind, t.summary, t.case_id FROM timeline t JOIN students s USING (student_id)
+                      WHERE t.district_id = $1 ORDER BY t.entry_id""", district)]
+    tasks = sorted((r["source_id"], r["has_case"]) for r in await conn.fetch(
+        """SELECT s.source_id, t.case_id IS NOT NULL AS has_case FROM tasks t JOIN students s USING (student_id)
+           WHERE t.district_id = $1""", district))
+    opened = await conn.fetchval("SELECT count(*) FROM cases WHERE district_id = $1 AND opened_at >= $2",
+                                 district, T0)
+    waiting = await conn.fetchval("SELECT count(*) FROM waiting_triggers WHERE district_id = $1", district)
+    return {"opened": opened, "timeline": entries, "tasks": tasks, "waiting": waiting}
+
+
+async def expected_joins(conn, district: str) -> dict:
+    """domain.trigger_case over every open case of each student, from a plain read."""
+    found: dict = {}
+    for r in await conn.fetch(
+            """SELECT s.district_id, s.source_id, s.student_id, c.case_id, c.transferred_in_from IS NOT NULL AS t_in,
+                      c.opened_at
+               FROM students s JOIN cases c USING (student_id) WHERE s.district_id = $1 AND c.status = 'open'""",
+            district):
+        found.setdefault(r["student_id"], []).append(domain.OpenCase(r["case_id"], r["t_in"], r["opened_at"]))
+    return {student: domain.trigger_case(cases) for student, cases in found.items()}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_a_batch_of_triggers_leaves_what_they_leave_one_at_a_time_and_what_the_rules_say(service_db, seed):
+    pool = await service_db("cases")
+    rng = random.Random(seed)
+    async with pool.acquire() as conn, conn.transaction():
+        for district in (BATCH, ONE_BY_ONE):
+            await world(conn, district, random.Random(seed))
+    async with pool.acquire() as conn:
+        initial = {district: await expected_joins(conn, district) for district in (BATCH, ONE_BY_ONE)}
+
+    # The student lookup the handler uses: the joined case is the rule's, for every student.
+    async with pool.acquire() as conn:
+        pairs = {(BATCH, f"s{i}") for i in range(STUDENTS)} | {(BATCH, "nobody")}
+        students, joins = await store.students_for_triggers(conn, pairs)
+        assert set(students) == pairs - {(BATCH, "nobody")}
+        assert joins == await expected_joins(conn, BATCH)
+        assert await store.open_cases(conn, [s["student_id"] for s in students.values()]) == joins
+
+    plan = [(rng.randrange(7), f"s{rng.randrange(STUDENTS + 3)}",  # s40..s42: not on the roster
+             T0 + timedelta(days=rng.choice([1, 20]), seconds=k)) for k in range(150)]
+    emitted = {}
+    async with pool.acquire() as conn, conn.transaction():
+        uow = UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS)
+        await handlers.on_triggers(uow, [trigger(BATCH, kind, src, at, k) for k, (kind, src, at) in enumerate(plan)])
+        emitted[BATCH] = len(uow.outgoing)
+    emitted[ONE_BY_ONE] = 0
+    for k, (kind, src, at) in enumerate(plan):
+        async with pool.acquire() as conn, conn.transaction():
+            uow = UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS)
+            await handlers.on_triggers(uow, [trigger(ONE_BY_ONE, kind, src, at, k)])
+            emitted[ONE_BY_ONE] += len(uow.outgoing)
+
+    async with pool.acquire() as conn:
+        batch, single = await outcome(conn, BATCH), await outcome(conn, ONE_BY_ONE)
+        assert batch == single
+        assert emitted[BATCH] == emitted[ONE_BY_ONE] == batch["opened"] > 0
+        assert batch["waiting"] == sum(1 for _, src, _ in plan if int(src[1:]) >= STUDENTS) > 0
+        for district in (BATCH, ONE_BY_ONE):
+            # The rules, trigger by trigger: the case each trigger went to is the one
+            # domain.trigger_case names among the cases open before the triggers, or the one
+            # a trigger before it opened where domain.decide said so; none where neither.
+            joins = initial[district]
+            entries = await store.dictionaries(conn, {district})
+            case_of = {r["event_id"]: r["case_id"] for r in await conn.fetch(
+                "SELECT event_id, case_id FROM timeline WHERE district_id = $1 AND kind <> 'case_opened'", district)}
+            opened_by = {r["source_event_id"]: r["case_id"] for r in await conn.fetch(
+                "SELECT source_event_id, case_id FROM cases WHERE district_id = $1 AND opened_at >= $2", district, T0)}
+            for k, (kind, src, at) in enumerate(plan):
+                if int(src[1:]) >= STUDENTS:
+                    continue
+                t = trigger(district, kind, src, at, k)
+                student = student_id_for(district, src)
+                name = domain.KIND_OF[type(t)]
+                action, _ = domain.decide(name, at, entries.get((district, name)), student in joins)
+                if action == domain.OPEN:
+                    joins[student] = opened_by[t.event_id]
+                assert case_of[t.event_id] == joins.get(student), (district, k, action)
+            assert len(opened_by) == batch["opened"]
