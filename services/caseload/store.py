@@ -337,6 +337,7 @@ _REFRESH = {(in_classes, report): _refresh(in_classes=in_classes) + (_REPORTING 
 
 REFRESH_STUDENTS = 5_000  # students brought in line by one statement
 REFRESH_PAIRS = 10_000  # (student, class) pairs brought in line by one statement
+CUSTOM_PLAN_ABOVE = 200  # students: a refresh of more is planned for its own arrays
 
 
 @dataclass(frozen=True)
@@ -365,9 +366,12 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
     if not ids:
         return []
     await lock_students(conn, ids)
-    # Planned for the arrays at hand: a prepared statement's generic plan guesses 10
-    # elements, and for 10,000 pairs its nested loops ran for minutes.
-    await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+    if len(ids) > CUSTOM_PLAN_ABOVE:
+        # Planned for the arrays at hand: a prepared statement's generic plan guesses 10
+        # elements, and for 10,000 pairs its nested loops ran for minutes. A small batch
+        # (a live change) keeps the plan prepared once: planning this statement takes
+        # 10 ms, more than running it for a few students.
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
     causes = [(s, c) for s, c in (cause_of or {}).items()]
     why = [[s for s, _ in causes], [c.occurred_at for _, c in causes], [c.correlation_id for _, c in causes],
            cause.occurred_at, cause.correlation_id, topic]
