@@ -11,7 +11,6 @@ Microsoft, Clever SSO) works once an admin or the district's roster default gave
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Annotated
 
 import jwt
@@ -23,7 +22,8 @@ from services.kit import access
 from services.kit.identity import ROLES, Identity, from_token
 from services.kit.settings import AuthSettings
 
-__all__ = ["ROLES", "Caller", "Identity", "TokenVerifier", "current_identity", "mint", "not_found"]
+__all__ = ["ROLES", "Caller", "Identity", "TokenCaller", "TokenVerifier", "current_identity", "mint", "not_found",
+           "token_identity"]
 
 
 class TokenVerifier:
@@ -112,15 +112,13 @@ _BEARER = HTTPBearer(auto_error=False, bearerFormat="JWT",
                      description="A signed token: `caseflow token` mints a development one.")
 
 
-async def current_identity(request: Request,
-                           _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
-                           ) -> Identity:
+def _token_identity(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        identity = request.app.state.verifier.verify(token)
+        return request.app.state.verifier.verify(token)
     except jwt.InvalidSignatureError:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: its signature does not verify",
                             headers={"WWW-Authenticate": "Bearer"}) from None
@@ -132,11 +130,28 @@ async def current_identity(request: Request,
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token expired", headers={"WWW-Authenticate": "Bearer"}) from None
     except jwt.InvalidTokenError as e:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"invalid token: {e}", headers={"WWW-Authenticate": "Bearer"}) from None
-    granted = await access.held_by(request.app.state.pool, identity.district_id, identity.email)
-    return replace(identity, holdings=identity.holdings + granted) if granted else identity
+
+
+async def current_identity(request: Request,
+                           _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
+                           ) -> Identity:
+    identity = _token_identity(request)
+    return access.with_grants(identity, await access.held_by(request.app.state.pool, identity.district_id,
+                                                             identity.email))
+
+
+async def token_identity(request: Request,
+                         _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
+                         ) -> Identity:
+    """The caller as their signed token names them (401 without a valid one), before the
+    grants this service keeps for them: for a route that reads those in its own query, in
+    the same round trip as what it serves (access.HELD_ARRAY, access.with_grants), and
+    authorises only after that."""
+    return _token_identity(request)
 
 
 Caller = Annotated[Identity, Depends(current_identity)]
+TokenCaller = Annotated[Identity, Depends(token_identity)]  # grants not read yet: see token_identity
 
 
 def not_found(what: str = "not found") -> HTTPException:
