@@ -123,12 +123,12 @@ async def my_caseload(request: Request, token: TokenCaller, school_id: Key | Non
     # The page most read: the caller's grants and whether their kept page is still true are
     # read in one query (services/caseload/pages.py), then the caller is authorised.
     key = pages.PageKey(token.district_id, _caller(token).email, school_id, grade, reason, after, limit, None)
-    cache = request.app.state.caseload_pages
-    async with request.app.state.pool.acquire() as conn:
-        caller, page = await pages.own_caseload(cache, conn, token, key)
-        _may_read(caller)
-        if page is None:
-            page = await pages.read_afresh(cache, conn, key)
+    state = request.app.state
+    caller, page = await pages.own_caseload(state.caseload_pages, state.caseload_page_checks, state.pool, token, key)
+    _may_read(caller)
+    if page is None:
+        async with state.pool.acquire() as conn:
+            page = await pages.read_afresh(state.caseload_pages, conn, key)
     return Response(page, media_type="application/json")
 
 

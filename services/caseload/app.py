@@ -85,6 +85,6 @@ def definition() -> ServiceDefinition:
         publishes=[CASELOAD_MEMBERSHIPS, CASELOAD_ACCESS],
         background=[keep_change_feed_bounded, drop_blank_owners, grant_configured_admins, bring_roster_defaults_in_line,
                     keep_page_changes_bounded],
-        http_state=lambda: {"caseload_pages": pages.PageCache()},
+        http_state=lambda: {"caseload_pages": pages.PageCache(), "caseload_page_checks": pages.PageChecks()},
         options=CaseloadOptions.from_env(),
     )

@@ -318,20 +318,23 @@ async def caseload_page_changed(conn: asyncpg.Connection, *, district_id: str, o
         district_id, owner_email, snapshot)
 
 
-async def grants_and_caseload_page_changed(conn: asyncpg.Connection, *, district_id: str, email: str,
-                                          owner_email: str, snapshot: str | None) -> tuple[list, bool]:
-    """In one round trip: the grants of the caller (`email`) as access.HELD_ARRAY reads
-    them, and whether `owner_email`'s caseload pages changed since `snapshot` (True without
-    one; see caseload_page_changed)."""
-    row = await conn.fetchrow(
-        f"""SELECT {access.HELD_ARRAY} AS held,
-                   $3::text IS NULL OR EXISTS (
-                       SELECT 1 FROM caseload_page_changes
-                       WHERE district_id = $1 AND owner_email = $4
-                         AND xid >= pg_snapshot_xmin($3::text::pg_snapshot)
-                         AND NOT pg_visible_in_snapshot(xid, $3::text::pg_snapshot)) AS changed""",
-        district_id, access.held_email(email), snapshot, owner_email)
-    return row["held"], row["changed"]
+async def grants_and_caseload_pages_changed(
+        conn: asyncpg.Connection, checks: list[tuple[str, str, str, str | None]]) -> list[tuple[list, bool]]:
+    """For each (district_id, email, owner_email, snapshot), in one round trip: the grants of
+    the caller (`email`) as access.held_array reads them, and whether `owner_email`'s
+    caseload pages changed since `snapshot` (True without one; see caseload_page_changed)."""
+    rows = await conn.fetch(
+        f"""SELECT {access.held_array("c.district_id", "c.email")} AS held,
+                   c.snapshot IS NULL OR EXISTS (
+                       SELECT 1 FROM caseload_page_changes p
+                       WHERE p.district_id = c.district_id AND p.owner_email = c.owner_email
+                         AND p.xid >= pg_snapshot_xmin(c.snapshot::pg_snapshot)
+                         AND NOT pg_visible_in_snapshot(p.xid, c.snapshot::pg_snapshot)) AS changed
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+                 AS c(district_id, email, owner_email, snapshot, n)
+            ORDER BY c.n""",
+        *([c[i] for c in checks] for i in range(3)), [c[3] for c in checks])
+    return [(r["held"], r["changed"]) for r in rows]
 
 
 async def caseload_page_horizon(conn: asyncpg.Connection) -> int:

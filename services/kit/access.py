@@ -45,11 +45,13 @@ async def on_access(uow: UnitOfWork, events: list[AccessGranted | AccessRevoked]
     )
 
 
-# The caller's grants as one array of (level, school_id, basis, granted_by, as_of) records,
-# for a service's own query to read beside what it serves (one round trip): $1 is the
-# district, $2 the email as held (held_email). Read with holdings().
-HELD_ARRAY = """array(SELECT ROW(level, school_id, basis, granted_by, as_of) FROM access_held
-                      WHERE district_id = $1 AND staff_email = $2 AND held)"""
+def held_array(district_id: str = "$1", email: str = "$2") -> str:
+    """SQL for a caller's grants as one array of (level, school_id, basis, granted_by, as_of)
+    records, for a service's own query to read beside what it serves (one round trip):
+    `district_id` and `email` are SQL expressions (parameters or columns), the email as
+    held (held_email). Read with holdings()."""
+    return f"""array(SELECT ROW(h.level, h.school_id, h.basis, h.granted_by, h.as_of) FROM access_held h
+                      WHERE h.district_id = {district_id} AND h.staff_email = {email} AND h.held)"""
 
 
 def held_email(email: str) -> str:

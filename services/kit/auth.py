@@ -145,7 +145,7 @@ async def token_identity(request: Request,
                          ) -> Identity:
     """The caller as their signed token names them (401 without a valid one), before the
     grants this service keeps for them: for a route that reads those in its own query, in
-    the same round trip as what it serves (access.HELD_ARRAY, access.with_grants), and
+    the same round trip as what it serves (access.held_array, access.with_grants), and
     authorises only after that."""
     return _token_identity(request)
 

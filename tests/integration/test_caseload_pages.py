@@ -8,6 +8,7 @@ it (which a "newest version" number would miss)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -22,6 +23,8 @@ from contracts.roster import (
     StudentUpdated,
 )
 from services.caseload import store
+from services.caseload.pages import PageChecks
+from services.kit import access
 from services.kit.auth import mint
 from services.roster.domain import class_id_for, staff_id_for, student_id_for
 from tests.support import SECRET, Stack, eventually
@@ -244,3 +247,30 @@ async def test_a_transaction_that_began_before_the_page_was_read_and_committed_a
         assert await store.forget_caseload_page_changes(reader, before=horizon) == kept
         await reader.execute("UPDATE students SET grade = '04' WHERE student_id = $1", student_id)
         assert await store.caseload_page_changed(reader, district_id=district, owner_email=owner, snapshot=snapshot)
+
+
+async def test_checks_sent_together_each_get_their_own_answer(service_db):
+    """Many requests' checks in one query (pages.PageChecks): each answer is its own
+    caller's grants and its own owner's page, whatever else shares the query; a check that
+    arrives while a query is out goes in the next one."""
+    pool = await service_db("caseload")
+    district = "d-batch"
+    async with pool.acquire() as conn:
+        _, fresh = await store.caseload_page_read(conn, district_id=district, owner_email="x", school_id=None,
+                                                  grade=None, reason=None, after=None, limit=1, schools=None)
+        for n in range(0, 40, 2):  # the even owners' pages change after the snapshot; the even callers hold a level
+            await conn.execute("INSERT INTO caseload_page_changes (district_id, owner_email) VALUES ($1, $2)",
+                               district, f"owner{n}@d.org")
+            await conn.execute(
+                """INSERT INTO access_held (grant_id, district_id, staff_email, level, school_id, basis, held, as_of)
+                   VALUES (gen_random_uuid(), $1, $2, 'caseload_viewer', $3, 'granted', true, now())""",
+                district, f"caller{n}@d.org", f"S{n}")
+    checks = PageChecks()
+    answers = await asyncio.gather(*(checks.check(pool, district, f"Caller{n}@d.org ", f"owner{n}@d.org", fresh)
+                                     for n in range(40)))
+    for n, (held, changed) in enumerate(answers):
+        assert changed == (n % 2 == 0), n
+        assert [(h.level, h.school_id) for h in access.holdings(held)] == ([("caseload_viewer", f"S{n}")]
+                                                                            if n % 2 == 0 else []), n
+    held, changed = await checks.check(pool, district, "caller1@d.org", "owner1@d.org", None)
+    assert changed and held == []  # no kept page: read it
