@@ -51,19 +51,11 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary")
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """What a connection going back to the pool needs beyond asyncpg's own clean-up (which
-    rolls back an open transaction and drops listeners): nothing. asyncpg's default sends
-    `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every release,
-    a round trip per query a route makes (16% of the caseload service's CPU on its caseload
-    page, and as much work again for PostgreSQL). No code leaves session state on a pooled
-    connection: settings are SET LOCAL, temporary tables ON COMMIT DROP, advisory locks
-    transaction-level; the locks that outlive a transaction (the relay's leadership, the
-    migrations') are taken on connections of their own, never the pool's."""
-
-
 class _FairPool(asyncpg.Pool):
-    """asyncpg's pool, handing out connections first come, first served.
+    """asyncpg's pool, handing out connections first come, first served. A connection going
+    back is reset as asyncpg resets it (a round trip: `pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`): the roster importer holds a session-level advisory lock on a
+    pooled connection for the length of an import and lets the reset release it.
 
     asyncpg keeps its free connections in an asyncio.Queue, which lets a newcomer whose get()
     finds a connection just returned take it before the waiter that return woke; the waiter
@@ -107,7 +99,7 @@ class _FairPool(asyncpg.Pool):
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await _FairPool(
         dsn, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,
-        init=_init_connection, reset=_keep_session, command_timeout=60, loop=None,
+        init=_init_connection, command_timeout=60, loop=None,
         connection_class=asyncpg.Connection, record_class=asyncpg.Record,
     )
 

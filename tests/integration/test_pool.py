@@ -1,7 +1,7 @@
 """The kit's connection pool (services/kit/db.py) on a real PostgreSQL: connections go to
-those waiting in the order they asked, a connection returned does not reset the session
-(nothing is left on one: asyncpg still rolls back an open transaction), and one that
-breaks while out still gives its turn back."""
+those waiting in the order they asked, a connection returned is reset (its transaction
+rolled back, a session-level advisory lock released), and one that breaks while out still
+gives its turn back."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ async def test_waiters_are_served_in_the_order_they_asked(postgres_url):
     assert granted == 2000 and passed_by <= 4, passed_by
 
 
-async def test_a_returned_connection_has_its_transaction_rolled_back(postgres_url):
+async def test_a_returned_connection_is_reset(postgres_url):
     pool = await db.create_pool(postgres_url, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
@@ -46,6 +46,12 @@ async def test_a_returned_connection_has_its_transaction_rolled_back(postgres_ur
         async with pool.acquire() as conn:
             assert not conn.is_in_transaction()
             assert await conn.fetchval("SELECT to_regclass('pg_temp.left_open')") is None
+            await conn.execute("SELECT pg_advisory_lock(7461999)")  # as the roster importer holds one
+        other = await db.connect(postgres_url)
+        try:
+            assert await other.fetchval("SELECT pg_try_advisory_lock(7461999)")
+        finally:
+            await other.close()
     finally:
         await pool.close()
 
