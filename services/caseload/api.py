@@ -18,9 +18,9 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, Field
 
-from services.caseload import actions, domain, handlers, store
+from services.caseload import actions, domain, handlers, pages, store
 from services.caseload.domain import Refused
-from services.kit.auth import Caller, Identity, not_found
+from services.kit.auth import Caller, Identity, TokenCaller, not_found
 from services.kit.http import correlation_id
 from services.kit.inputs import INT8, Email, EmailText, Key, Moment, text
 
@@ -117,11 +117,19 @@ async def _act(request: Request, identity: Identity, action: actions.Action, stu
 
 
 @router.get("/caseloads/me")
-async def my_caseload(request: Request, caller: Caller, school_id: Key | None = None, grade: Key | None = None,
+async def my_caseload(request: Request, token: TokenCaller, school_id: Key | None = None, grade: Key | None = None,
                       reason: Key | None = None, after: UUID | None = None, limit: Page = 100) -> Response:
     """The caller's caseload, each student with why they are on it and since when."""
+    # The page most read: the caller's grants and whether their kept page is still true are
+    # read in one query (services/caseload/pages.py), then the caller is authorised.
+    key = pages.PageKey(token.district_id, _caller(token).email, school_id, grade, reason, after, limit, None)
+    state = request.app.state
+    caller, page = await pages.own_caseload(state.caseload_pages, state.caseload_page_checks, state.pool, token, key)
     _may_read(caller)
-    return await _caseload(request, caller, _caller(caller).email, school_id, grade, reason, after, limit)
+    if page is None:
+        async with state.pool.acquire() as conn:
+            page = await pages.read_afresh(state.caseload_pages, conn, key)
+    return Response(page, media_type="application/json")
 
 
 @router.get("/caseloads/{owner_email}")
@@ -132,7 +140,8 @@ async def caseload_of(request: Request, caller: Caller, owner_email: EmailText, 
     students of the schools they see)."""
     owner = _named(owner_email, "caseload")
     if owner == _caller(caller).email:
-        return await my_caseload(request, caller, school_id, grade, reason, after, limit)
+        _may_read(caller)
+        return await _caseload(request, caller, owner, school_id, grade, reason, after, limit)
     if not caller.roles & (domain.ADMIN_ROLES | {"supervisor"}):
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only admins and supervisors read other staff members' "
                                                         "caseloads")
@@ -142,10 +151,10 @@ async def caseload_of(request: Request, caller: Caller, owner_email: EmailText, 
 async def _caseload(request, caller: Identity, owner_email, school_id, grade, reason, after, limit) -> Response:
     # An admin reading another's caseload sees only the students of their own schools.
     schools = None if owner_email == _caller(caller).email else caller.scope("school_admin", "supervisor")
+    key = pages.PageKey(caller.district_id, owner_email, school_id, grade, reason, after, limit,
+                        None if schools is None else tuple(schools))
     async with request.app.state.pool.acquire() as conn:
-        page = await store.caseload_page(conn, district_id=caller.district_id, owner_email=owner_email,
-                                         school_id=school_id, grade=grade, reason=reason, after=after, limit=limit,
-                                         schools=schools)
+        page = await pages.caseload_page(request.app.state.caseload_pages, conn, key)
     return Response(page, media_type="application/json")
 
 

@@ -25,13 +25,14 @@ from contracts.topics import (
     ROSTER_STUDENTS,
     SPED_MANDATES,
 )
-from services.caseload import api, handlers
+from services.caseload import api, handlers, pages
 from services.caseload.upkeep import (
     CaseloadOptions,
     bring_roster_defaults_in_line,
     drop_blank_owners,
     grant_configured_admins,
     keep_change_feed_bounded,
+    keep_page_changes_bounded,
 )
 from services.kit.consumer import Subscription
 from services.kit.runtime import ServiceDefinition
@@ -82,6 +83,8 @@ def definition() -> ServiceDefinition:
         ],
         routers=[api.router],
         publishes=[CASELOAD_MEMBERSHIPS, CASELOAD_ACCESS],
-        background=[keep_change_feed_bounded, drop_blank_owners, grant_configured_admins, bring_roster_defaults_in_line],
+        background=[keep_change_feed_bounded, drop_blank_owners, grant_configured_admins, bring_roster_defaults_in_line,
+                    keep_page_changes_bounded],
+        http_state=lambda: {"caseload_pages": pages.PageCache(), "caseload_page_checks": pages.PageChecks()},
         options=CaseloadOptions.from_env(),
     )

@@ -19,7 +19,7 @@ from services.caseload.domain import (
     first_attendance_verdict_sql,
     login_email,
 )
-from services.kit import db
+from services.kit import access, db
 from services.kit.events_sql import outbox_insert
 
 SOURCE = "caseflow.caseload"
@@ -436,6 +436,25 @@ async def student(conn: asyncpg.Connection, *, district_id: str, student_id: UUI
     )
 
 
+_CASELOAD_PAGE = """
+    WITH page AS (
+        SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.school_ids, s.grade,
+               jsonb_agg(jsonb_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
+                         ORDER BY m.since, m.detail) AS why
+        FROM memberships m JOIN students s ON s.student_id = m.student_id
+        WHERE m.district_id = $1 AND m.owner_email = $2
+          AND ($3::text IS NULL OR $3 = ANY(s.school_ids)) AND ($4::text IS NULL OR s.grade = $4)
+          AND ($5::text IS NULL OR m.reason = $5) AND ($6::uuid IS NULL OR m.student_id > $6)
+          AND ($8::text[] IS NULL OR s.school_ids && $8::text[])
+        GROUP BY s.student_id ORDER BY s.student_id LIMIT $7
+    )
+    SELECT json_build_object(
+        'owner_email', $2::text,
+        'items', coalesce(json_agg(page ORDER BY page.student_id), '[]'::json),
+        'next_after', CASE WHEN count(*) = $7 THEN max(page.student_id::text) END)::text
+    FROM page"""
+
+
 async def caseload_page(conn: asyncpg.Connection, *, district_id: str, owner_email: str, school_id: str | None,
                         grade: str | None, reason: str | None, after: UUID | None, limit: int,
                         schools: list[str] | None) -> str:
@@ -443,25 +462,61 @@ async def caseload_page(conn: asyncpg.Connection, *, district_id: str, owner_ema
     teacher's 150 students cost one query and no Python-side conversion. `school_id`: the
     students enrolled in that school; `schools`: only students enrolled in one of these
     (None: all). A dual-enrolled student is a student of each of their schools."""
+    return await conn.fetchval(_CASELOAD_PAGE, district_id, owner_email, school_id, grade, reason, after, limit,
+                               schools)
+
+
+async def caseload_page_read(conn: asyncpg.Connection, *, district_id: str, owner_email: str, school_id: str | None,
+                             grade: str | None, reason: str | None, after: UUID | None, limit: int,
+                             schools: list[str] | None) -> tuple[str, str]:
+    """caseload_page, and the snapshot it was read in (pg_current_snapshot, as text): what a
+    kept copy is checked against (caseload_page_changed; services/caseload/pages.py)."""
+    row = await conn.fetchrow(f"SELECT ({_CASELOAD_PAGE}) AS page, pg_current_snapshot()::text AS snapshot",
+                              district_id, owner_email, school_id, grade, reason, after, limit, schools)
+    return row["page"], row["snapshot"]
+
+
+async def caseload_page_changed(conn: asyncpg.Connection, *, district_id: str, owner_email: str,
+                                snapshot: str) -> bool:
+    """Whether a transaction the snapshot does not see (one committed after it was taken)
+    changed something the owner's caseload pages show (migration 008's rows)."""
     return await conn.fetchval(
-        """WITH page AS (
-               SELECT s.student_id, s.given_name, s.family_name, s.school_id, s.school_ids, s.grade,
-                      jsonb_agg(jsonb_build_object('reason', m.reason, 'detail', m.detail, 'since', m.since)
-                                ORDER BY m.since, m.detail) AS why
-               FROM memberships m JOIN students s ON s.student_id = m.student_id
-               WHERE m.district_id = $1 AND m.owner_email = $2
-                 AND ($3::text IS NULL OR $3 = ANY(s.school_ids)) AND ($4::text IS NULL OR s.grade = $4)
-                 AND ($5::text IS NULL OR m.reason = $5) AND ($6::uuid IS NULL OR m.student_id > $6)
-                 AND ($8::text[] IS NULL OR s.school_ids && $8::text[])
-               GROUP BY s.student_id ORDER BY s.student_id LIMIT $7
-           )
-           SELECT json_build_object(
-               'owner_email', $2::text,
-               'items', coalesce(json_agg(page ORDER BY page.student_id), '[]'::json),
-               'next_after', CASE WHEN count(*) = $7 THEN max(page.student_id::text) END)::text
-           FROM page""",
-        district_id, owner_email, school_id, grade, reason, after, limit, schools,
-    )
+        """SELECT EXISTS (SELECT 1 FROM caseload_page_changes
+                          WHERE district_id = $1 AND owner_email = $2
+                            AND xid >= pg_snapshot_xmin($3::text::pg_snapshot)
+                            AND NOT pg_visible_in_snapshot(xid, $3::text::pg_snapshot))""",
+        district_id, owner_email, snapshot)
+
+
+async def grants_and_caseload_pages_changed(
+        conn: asyncpg.Connection, checks: list[tuple[str, str, str, str | None]]) -> list[tuple[list, bool]]:
+    """For each (district_id, email, owner_email, snapshot), in one round trip: the grants of
+    the caller (`email`) as access.held_array reads them, and whether `owner_email`'s
+    caseload pages changed since `snapshot` (True without one; see caseload_page_changed)."""
+    rows = await conn.fetch(
+        f"""SELECT {access.held_array("c.district_id", "c.email")} AS held,
+                   c.snapshot IS NULL OR EXISTS (
+                       SELECT 1 FROM caseload_page_changes p
+                       WHERE p.district_id = c.district_id AND p.owner_email = c.owner_email
+                         AND p.xid >= pg_snapshot_xmin(c.snapshot::pg_snapshot)
+                         AND NOT pg_visible_in_snapshot(p.xid, c.snapshot::pg_snapshot)) AS changed
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+                 AS c(district_id, email, owner_email, snapshot, n)
+            ORDER BY c.n""",
+        *([c[i] for c in checks] for i in range(3)), [c[3] for c in checks])
+    return [(r["held"], r["changed"]) for r in rows]
+
+
+async def caseload_page_horizon(conn: asyncpg.Connection) -> int:
+    """The oldest transaction still running (every older one is seen by any snapshot taken
+    from now on), as a number."""
+    return int(await conn.fetchval("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+
+
+async def forget_caseload_page_changes(conn: asyncpg.Connection, *, before: int) -> int:
+    """Forget the rows of transactions older than `before` (a caseload_page_horizon)."""
+    done = await conn.execute("DELETE FROM caseload_page_changes WHERE xid < $1::text::xid8", str(before))
+    return int(done.split()[-1])
 
 
 async def caseloads_with(conn: asyncpg.Connection, *, district_id: str, student_id: UUID) -> list[asyncpg.Record]:

@@ -7,7 +7,7 @@ import asyncio
 import os
 from dataclasses import dataclass
 
-from services.caseload import actions, handlers, store
+from services.caseload import actions, handlers, pages, store
 from services.kit import logs
 
 log = logs.get("caseflow.caseload.upkeep")
@@ -74,6 +74,23 @@ async def keep_change_feed_bounded(runtime) -> None:
             log.info("old caseload changes forgotten", rows=forgotten, retention_days=options.changes_retention_days)
         runtime.tasks.succeeded()
         await asyncio.sleep(options.upkeep_interval_seconds)
+
+
+async def keep_page_changes_bounded(runtime) -> None:
+    """Background job: forget the caseload page changes (migration 008) no kept page can
+    still need. Each pass notes the oldest running transaction, and removes the rows older
+    than the one noted a pass before, FORGET_AFTER_SECONDS ago: every page kept by any
+    instance was read since (pages expire after KEEP_SECONDS), in a snapshot that sees them."""
+    horizon = None
+    while True:
+        async with runtime.pool.acquire() as conn:
+            if horizon is not None:
+                forgotten = await store.forget_caseload_page_changes(conn, before=horizon)
+                if forgotten:
+                    log.info("old caseload page changes forgotten", rows=forgotten)
+            horizon = await store.caseload_page_horizon(conn)
+        runtime.tasks.succeeded()
+        await asyncio.sleep(pages.FORGET_AFTER_SECONDS)
 
 
 async def drop_blank_owners(runtime) -> None:

@@ -9,12 +9,14 @@ caller's rows per request, so a revoke takes effect as soon as this service has 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import asyncpg
 
 from contracts.caseload import AccessGranted, AccessRevoked
 from contracts.topics import CASELOAD_ACCESS
 from services.kit.consumer import Subscription, UnitOfWork
-from services.kit.identity import Holding
+from services.kit.identity import Holding, Identity
 
 
 def subscription(service: str) -> Subscription:
@@ -43,9 +45,31 @@ async def on_access(uow: UnitOfWork, events: list[AccessGranted | AccessRevoked]
     )
 
 
+def held_array(district_id: str = "$1", email: str = "$2") -> str:
+    """SQL for a caller's grants as one array of (level, school_id, basis, granted_by, as_of)
+    records, for a service's own query to read beside what it serves (one round trip):
+    `district_id` and `email` are SQL expressions (parameters or columns), the email as
+    held (held_email). Read with holdings()."""
+    return f"""array(SELECT ROW(h.level, h.school_id, h.basis, h.granted_by, h.as_of) FROM access_held h
+                      WHERE h.district_id = {district_id} AND h.staff_email = {email} AND h.held)"""
+
+
+def held_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def holdings(records) -> tuple[Holding, ...]:
+    return tuple(Holding(*r) for r in records)
+
+
+def with_grants(identity: Identity, granted: tuple[Holding, ...]) -> Identity:
+    """The identity a token names, holding also what this service knows was granted."""
+    return replace(identity, holdings=identity.holdings + granted) if granted else identity
+
+
 async def held_by(conn: asyncpg.Connection | asyncpg.Pool, district_id: str, email: str) -> tuple[Holding, ...]:
     """What this service knows `email` holds in the district (from caseload.access.v1)."""
     rows = await conn.fetch(
         """SELECT level, school_id, basis, granted_by, as_of FROM access_held
-           WHERE district_id = $1 AND staff_email = $2 AND held""", district_id, email.strip().lower())
+           WHERE district_id = $1 AND staff_email = $2 AND held""", district_id, held_email(email))
     return tuple(Holding(r["level"], r["school_id"], r["basis"], r["granted_by"], r["as_of"]) for r in rows)

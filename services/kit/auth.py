@@ -11,7 +11,6 @@ Microsoft, Clever SSO) works once an admin or the district's roster default gave
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from typing import Annotated
 
 import jwt
@@ -23,7 +22,8 @@ from services.kit import access
 from services.kit.identity import ROLES, Identity, from_token
 from services.kit.settings import AuthSettings
 
-__all__ = ["ROLES", "Caller", "Identity", "TokenVerifier", "current_identity", "mint", "not_found"]
+__all__ = ["ROLES", "Caller", "Identity", "TokenCaller", "TokenVerifier", "current_identity", "mint", "not_found",
+           "token_identity"]
 
 
 class TokenVerifier:
@@ -36,8 +36,30 @@ class TokenVerifier:
             raise RuntimeError("no token key: set CASEFLOW_JWT_PUBLIC_KEY (production) or CASEFLOW_JWT_SECRET (development)")
         self._issuer = auth.issuer
         self._audience = auth.audience
+        self._verified: dict[str, tuple[Identity, int]] = {}
+
+    # A client sends the same token with every call for hours: its signature is checked and
+    # its claims read once per process (a quarter of a cached caseload page's CPU). The
+    # token's exact text is the key, so a token altered in any byte is verified afresh (and
+    # refused); only verified tokens are kept. What time changes is checked on every call:
+    # a kept token answers only until its `exp`, then is verified again (and refused as
+    # expired); `nbf` and `iat` were already in the past when it was kept and stay there.
+    VERIFIED_KEPT = 10_000
 
     def verify(self, token: str) -> Identity:
+        kept = self._verified.get(token)
+        if kept is not None:
+            identity, expires = kept
+            if time.time() < expires:  # PyJWT's rule: expired once exp <= now
+                return identity
+            del self._verified[token]
+        identity, expires = self._verify(token)
+        if len(self._verified) >= self.VERIFIED_KEPT:
+            del self._verified[next(iter(self._verified))]  # the oldest kept
+        self._verified[token] = (identity, expires)
+        return identity
+
+    def _verify(self, token: str) -> tuple[Identity, int]:
         claims = jwt.decode(
             token,
             self._key,
@@ -53,7 +75,7 @@ class TokenVerifier:
         email, district_id = str(claims.get("email") or claims["sub"]), str(claims["district_id"])
         schools = [str(s) for s in claims.get("schools", [])]
         _check_claims(email, district_id, schools)
-        return Identity(email=email, district_id=district_id, holdings=from_token(roles, schools))
+        return Identity(email=email, district_id=district_id, holdings=from_token(roles, schools)), int(claims["exp"])
 
 
 def _check_claims(email: str, district_id: str, schools: list[str]) -> None:
@@ -90,15 +112,13 @@ _BEARER = HTTPBearer(auto_error=False, bearerFormat="JWT",
                      description="A signed token: `caseflow token` mints a development one.")
 
 
-async def current_identity(request: Request,
-                           _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
-                           ) -> Identity:
+def _token_identity(request: Request) -> Identity:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
     try:
-        identity = request.app.state.verifier.verify(token)
+        return request.app.state.verifier.verify(token)
     except jwt.InvalidSignatureError:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "invalid token: its signature does not verify",
                             headers={"WWW-Authenticate": "Bearer"}) from None
@@ -110,11 +130,28 @@ async def current_identity(request: Request,
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "token expired", headers={"WWW-Authenticate": "Bearer"}) from None
     except jwt.InvalidTokenError as e:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, f"invalid token: {e}", headers={"WWW-Authenticate": "Bearer"}) from None
-    granted = await access.held_by(request.app.state.pool, identity.district_id, identity.email)
-    return replace(identity, holdings=identity.holdings + granted) if granted else identity
+
+
+async def current_identity(request: Request,
+                           _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
+                           ) -> Identity:
+    identity = _token_identity(request)
+    return access.with_grants(identity, await access.held_by(request.app.state.pool, identity.district_id,
+                                                             identity.email))
+
+
+async def token_identity(request: Request,
+                         _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)] = None
+                         ) -> Identity:
+    """The caller as their signed token names them (401 without a valid one), before the
+    grants this service keeps for them: for a route that reads those in its own query, in
+    the same round trip as what it serves (access.held_array, access.with_grants), and
+    authorises only after that."""
+    return _token_identity(request)
 
 
 Caller = Annotated[Identity, Depends(current_identity)]
+TokenCaller = Annotated[Identity, Depends(token_identity)]  # grants not read yet: see token_identity
 
 
 def not_found(what: str = "not found") -> HTTPException:

@@ -73,8 +73,9 @@ async def only_known_query_parameters(request: Request) -> None:
         raise HTTPException(422, f"an unknown query parameter: this route takes {takes}")
 
 
-def build_app(service: Any, routers: list[APIRouter]) -> FastAPI:
-    """`service` is the running ServiceRuntime; routes reach it as request.app.state.runtime."""
+def build_app(service: Any, routers: list[APIRouter], state: dict[str, Any] | None = None) -> FastAPI:
+    """`service` is the running ServiceRuntime; routes reach it as request.app.state.runtime,
+    and each of `state` (the service's http_state) as request.app.state.<name>."""
     # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package,
     # not a CDN: they work on a machine without internet.
     app = FastAPIOffline(title=f"Caseflow {service.name}", version="1.0", docs_url="/docs", redoc_url="/redoc",
@@ -83,6 +84,8 @@ def build_app(service: Any, routers: list[APIRouter]) -> FastAPI:
     app.state.runtime = service
     app.state.verifier = service.verifier
     app.state.pool = service.pool
+    for name, value in (state or {}).items():
+        setattr(app.state, name, value)
     app.add_middleware(RequestEdge, max_body_bytes=service.settings.http_max_body_bytes)
 
     @app.exception_handler(RequestValidationError)

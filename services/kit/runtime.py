@@ -56,6 +56,9 @@ class ServiceDefinition:
     # pass with runtime.tasks.succeeded().
     background: list[Callable[[ServiceRuntime], Awaitable[None]]] = field(default_factory=list)
     options: Any = None  # the service's own settings, read by its app.py
+    # What the service's routes share while it runs (a cache of pages...): made once per
+    # HTTP app, each value reachable as request.app.state.<name>.
+    http_state: Callable[[], dict[str, Any]] | None = None
 
 
 class ServiceRuntime:
@@ -196,7 +199,8 @@ class ServiceRuntime:
             self.relay.wake()
 
     def http_app(self):
-        return build_app(self, self.definition.routers)
+        state = self.definition.http_state
+        return build_app(self, self.definition.routers, state() if state else None)
 
 
 def _with_subscribed_payloads(spec: dict, definition: ServiceDefinition, kafka: KafkaSettings) -> dict:

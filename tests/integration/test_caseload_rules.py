@@ -382,7 +382,6 @@ async def test_a_teacher_whose_email_is_blank_owns_no_membership_until_a_real_on
 async def test_memberships_a_blank_email_held_from_before_leave_as_the_service_starts(service_db):
     """Before a blank email was no email, "" owned memberships. They leave once, at start,
     each removal published like any other."""
-    import json
     from contextlib import asynccontextmanager
 
     from services.caseload.upkeep import drop_blank_owners

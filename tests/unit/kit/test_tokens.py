@@ -72,3 +72,27 @@ def test_production_verifies_against_a_public_key_and_refuses_the_shared_secret(
 def test_a_service_without_any_key_refuses_to_start():
     with pytest.raises(RuntimeError, match="no token key"):
         TokenVerifier(AuthSettings())
+
+
+def test_a_kept_token_is_refused_once_it_expires():
+    """Tokens are verified once per process and kept; a kept one still expires on time."""
+    v = verifier()
+    token = mint(SECRET, email="c@s.org", district_id="d1", roles=["caseload_viewer"], ttl_seconds=1)
+    assert v.verify(token).email == "c@s.org"
+    assert v.verify(token).email == "c@s.org"  # kept
+    time.sleep(1.05)
+    with pytest.raises(jwt.ExpiredSignatureError):
+        v.verify(token)
+
+
+def test_a_token_altered_after_a_good_one_was_kept_is_refused():
+    v = verifier()
+    token = mint(SECRET, email="c@s.org", district_id="d1", roles=["caseload_viewer"])
+    v.verify(token)
+    header, payload, signature = token.split(".")
+    forged = jwt.encode({**jwt.decode(token, options={"verify_signature": False}), "district_id": "d2"},
+                        "another-secret-of-enough-length-000000", algorithm="HS256").split(".")[1]
+    with pytest.raises(jwt.InvalidSignatureError):
+        v.verify(".".join([header, forged, signature]))
+    with pytest.raises(jwt.InvalidSignatureError):
+        v.verify(token[:-2] + ("AA" if not token.endswith("AA") else "BB"))
