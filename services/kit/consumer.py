@@ -61,8 +61,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout: see _TOO_LONG
 )
 RETRY_FOR_SECONDS = 60.0
+# A statement that ran past the pool's command timeout (asyncpg) or the server's statement_timeout.
+_TOO_LONG = (asyncio.TimeoutError, asyncpg.exceptions.QueryCanceledError)
 
 
 class UnitOfWork:
@@ -272,6 +275,13 @@ class EventConsumer:
             except _HandlerFailed:
                 isolate = True  # find the failing event(s), one savepoint each
             except TRANSIENT_ERRORS as e:
+                if isinstance(e, _TOO_LONG) and not isolate and len(batch.events) > 1:
+                    # A statement over the whole batch ran past its timeout: run again, it
+                    # would time out again, for ever. Event by event, each statement is small.
+                    log.warning("a statement ran past its timeout; handling the batch event by event",
+                                topic=self._topic_name, events=len(batch.events))
+                    isolate = True
+                    continue
                 if time.monotonic() > deadline:
                     raise
                 self._metrics.failed.labels(stage="consume").inc()

@@ -186,6 +186,33 @@ async def test_a_batch_that_fails_is_read_again_with_the_batch_read_ahead_and_no
         await conn.close()
 
 
+async def test_a_batch_whose_statement_runs_past_its_timeout_is_handled_event_by_event(system: Stack, tmp_path: Path):
+    """A statement over a whole batch that runs past the command timeout would do so again
+    at every redelivery, blocking its partitions for ever: the batch is handled event by
+    event instead, and every mark is recorded once."""
+    sizes = []
+
+    async def too_long_for_a_batch(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
+        sizes.append(len(events))
+        if len(events) > 1:
+            raise TimeoutError  # what asyncpg raises when a query runs past command_timeout
+        await record_marks(uow, events)
+
+    conn, pool, broker, _ = await marks_service(system, tmp_path, too_long_for_a_batch)
+    for mark in range(5):
+        await system.publish_to(MARKS, MarkRecorded(district_id="d", student="a", mark=mark))
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) >= 5 FROM marks"), what="every mark")
+        assert sorted(r["mark"] for r in await conn.fetch("SELECT mark FROM marks")) == list(range(5))
+        assert max(sizes) > 1 and sizes.count(1) >= 5  # tried whole, then one by one
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0  # nothing dead-lettered
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+
+
 class _NotUtf8Name(str):
     """A header name whose bytes on the wire are not UTF-8 (what a foreign producer may send)."""
 
