@@ -17,7 +17,8 @@ from __future__ import annotations
 
 
 def outbox_insert(*, event_type: str, source: str, rows: str, key: str, fields: dict[str, str], topic: str,
-                  district_id: str, occurred_at: str, correlation_id: str, order_by: str | None = None) -> str:
+                  district_id: str, occurred_at: str, correlation_id: str, order_by: str | None = None,
+                  event_id: str = "gen_random_uuid()") -> str:
     """SQL inserting into the outbox one event per row of `rows`.
 
     event_type: the SQL expression of its type, a quoted constant ('roster.student_enrolled.v1')
@@ -30,9 +31,9 @@ def outbox_insert(*, event_type: str, source: str, rows: str, key: str, fields: 
     topic, district_id, occurred_at (ISO 8601 text), correlation_id: SQL expressions, per
     row or parameters ($n); a NULL correlation id is left out of the headers, as
     cloudevents.headers_for leaves it out;
-    order_by: the order the rows take in the outbox (the relay publishes in id order).
-
-    Each event gets a random event id (gen_random_uuid()), as a new Event does."""
+    order_by: the order the rows take in the outbox (the relay publishes in id order);
+    event_id: the SQL expression of each event's id over the row as r.<column> (a column not
+    named event_id), by default a random one, as a new Event has."""
     payload = ", ".join(f"'{name}', {expr}" for name, expr in fields.items())
     order = f" ORDER BY {order_by}" if order_by else ""
     return f"""
@@ -47,4 +48,4 @@ def outbox_insert(*, event_type: str, source: str, rows: str, key: str, fields: 
                      'ce_districtid', ({district_id})::text, 'content-type', 'application/json']
                || CASE WHEN ({correlation_id}) IS NULL THEN ARRAY[]::text[]
                        ELSE ARRAY['ce_correlationid', ({correlation_id})::text] END
-        FROM (SELECT gen_random_uuid() AS event_id, r.* FROM ({rows}) r) e{order}"""
+        FROM (SELECT {event_id} AS event_id, r.* FROM ({rows}) r) e{order}"""

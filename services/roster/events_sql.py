@@ -41,6 +41,22 @@ MEMBER_FIELDS = {
     "class_source_id": "e.class_source_id", "user_source_id": "e.user_source_id", "school_id": "e.school_id",
 }
 
+
+
+def sis_student_events(change: str, rows: str, topic: str) -> str:
+    """INSERT INTO outbox the StudentEnrolled (change 'enrolled') or StudentUpdated ('updated')
+    of each row of `rows` that the SIS caused: each its own event id (e.roster_event_id,
+    derived from the fact's), district, time and correlation id (store.enrol_students)."""
+    event_type, fields = {
+        "enrolled": ("roster.student_enrolled.v1", STUDENT_FIELDS),
+        "updated": ("roster.student_updated.v1", {**STUDENT_FIELDS, "changed": "to_json(e.changed)"}),
+    }[change]
+    return outbox_insert(event_type=f"'{event_type}'", source=SOURCE, rows=f"{rows} WHERE change = '{change}'",
+                         key="e.student_id", fields=fields, topic=topic, district_id="e.district_id",
+                         occurred_at="e.occurred_at", correlation_id="e.correlation_id", order_by="e.n",
+                         event_id="r.roster_event_id")
+
+
 # Removals before additions: one person's events are published in the order they happen.
 MEMBER_REMOVED = event_sql("roster.enrollment_removed.v1", ROSTER_ENROLLMENTS.name,
                            "SELECT * FROM member_removals", "e.person_id", MEMBER_FIELDS)

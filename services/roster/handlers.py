@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from contracts.topics import ROSTER_STUDENTS
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 from services.kit.consumer import UnitOfWork
 from services.roster import domain, store
 
 
 async def on_sis_students_enrolled(uow: UnitOfWork, facts: list[SisStudentEnrolled]) -> None:
-    held = await store.lock_students(uow.conn, (domain.student_id_for(f.district_id, f.source_id) for f in facts))
-    changed, events = domain.enrol(held, facts)
-    await store.save_students(uow.conn, changed.values())
-    for event in events:
-        uow.emit(event)
+    """A student the roster does not hold is enrolled; one it holds is updated, naming what
+    changed; identical facts change nothing and say nothing (domain.student_change_sql).
+    Facts apply in order, a turn of students at a time, each turn one statement that also
+    writes the events into the outbox."""
+    for turn in domain.in_turns(facts):
+        await store.enrol_students(uow.conn, uow.topic(ROSTER_STUDENTS.name), domain.enrolment_columns(turn))
 
 
 async def on_sis_students_withdrawn(uow: UnitOfWork, facts: list[SisStudentWithdrawn]) -> None:

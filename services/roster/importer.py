@@ -677,7 +677,8 @@ def _diff_statements(package: Package) -> list[str]:
         "classes_bulk": package.mode("classes") == "bulk",
         "enrollments_bulk": package.mode("enrollments") == "bulk",
     }
-    sql = _DIFF.format(HOME_SCHOOL=_HOME_SCHOOL, **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
+    sql = _DIFF.format(HOME_SCHOOL=_HOME_SCHOOL, STUDENT_CHANGE=domain.student_change_sql("f", "c"),
+                      STUDENT_CHANGES=domain.STUDENT_CHANGES, **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
     statements = [statement.strip() for statement in sql.split(";")]
     # (a statement is never only a comment: a semicolon in a comment would split it)
     assert all(any(line and not line.startswith("--") for line in map(str.strip, s.splitlines()))
@@ -720,22 +721,11 @@ WHERE b.read AND c.birth_date IS DISTINCT FROM b.birth_date
 
 CREATE TEMP TABLE student_changes ON COMMIT DROP AS
 SELECT * FROM (
-    SELECT f.*,
-           CASE WHEN c.student_id IS NULL OR c.status = 'withdrawn' THEN 'enrolled' ELSE 'updated' END AS change,
-           array_remove(ARRAY[
-               CASE WHEN c.school_id IS DISTINCT FROM f.school_id THEN 'school_id' END,
-               CASE WHEN c.grade IS DISTINCT FROM f.grade THEN 'grade' END,
-               CASE WHEN c.given_name IS DISTINCT FROM f.given_name THEN 'given_name' END,
-               CASE WHEN c.family_name IS DISTINCT FROM f.family_name THEN 'family_name' END,
-               CASE WHEN c.birth_date IS DISTINCT FROM f.birth_date THEN 'birth_date' END,
-               CASE WHEN c.email IS DISTINCT FROM f.email THEN 'email' END,
-               CASE WHEN c.state_id IS DISTINCT FROM f.state_id THEN 'state_id' END,
-               CASE WHEN c.school_ids IS DISTINCT FROM f.school_ids THEN 'school_ids' END
-           ], NULL) AS changed
+    SELECT f.*, {STUDENT_CHANGE}
     FROM student_facts f
     LEFT JOIN students c ON c.student_id = f.student_id
 ) d
-WHERE change = 'enrolled' OR cardinality(changed) > 0;
+WHERE {STUDENT_CHANGES};
 
 CREATE TEMP TABLE student_withdrawals ON COMMIT DROP AS
 SELECT c.student_id, c.source_id, c.school_id, 'absent_from_bulk_file' AS reason

@@ -7,8 +7,10 @@ from uuid import UUID
 
 import asyncpg
 
+from services.roster import domain
 from services.roster.class_members import current
 from services.roster.domain import StaffMember, Student
+from services.roster.events_sql import sis_student_events
 
 _COLUMNS = ("student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, "
             "state_id, school_ids")
@@ -24,29 +26,43 @@ async def lock_students(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -
     return {r["student_id"]: Student(**{**dict(r), "school_ids": tuple(r["school_ids"])}) for r in rows}
 
 
-async def save_students(conn: asyncpg.Connection, students: Iterable[Student]) -> None:
-    rows = list(students)
-    if not rows:
-        return
-    await conn.execute(
-        f"""INSERT INTO students ({_COLUMNS})
-            SELECT student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email,
-                   state_id, string_to_array(school_ids, chr(31))
-            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                        $8::date[], $9::text[], $10::text[], $11::text[])
-                 AS r(student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date,
-                      email, state_id, school_ids)
-            ON CONFLICT (student_id) DO UPDATE SET
-                school_id = EXCLUDED.school_id, school_ids = EXCLUDED.school_ids, grade = EXCLUDED.grade,
-                given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
-                birth_date = EXCLUDED.birth_date, email = EXCLUDED.email, state_id = EXCLUDED.state_id,
-                status = 'active', withdrawn_at = NULL, updated_at = now()""",
-        *(list(col) for col in zip(*(
-            (s.student_id, s.district_id, s.source_id, s.school_id, s.grade, s.given_name, s.family_name,
-             s.birth_date, s.email, s.state_id, chr(31).join(s.school_ids))
-            for s in rows
-        ), strict=True)),
-    )
+# One turn of SIS enrolment facts (domain.in_turns: each student once), brought into the
+# roster and its events written into the outbox by PostgreSQL, in one statement: the facts
+# as columns (domain.enrolment_columns), the students they name locked, each compared with
+# the roster's rule (domain.student_change_sql), and what changed saved and said.
+_ENROL_STUDENTS = f"""
+WITH fact AS MATERIALIZED (
+    SELECT f.student_id, f.district_id, f.source_id, f.school_id, f.grade, f.given_name, f.family_name,
+           f.birth_date, f.email, f.state_id, string_to_array(f.school_ids, chr(31)) AS school_ids,
+           f.roster_event_id, f.occurred_at, f.correlation_id, f.n
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::date[],
+                $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[]) WITH ORDINALITY
+         AS f(student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email,
+              state_id, school_ids, roster_event_id, occurred_at, correlation_id, n)
+), held AS MATERIALIZED (
+    SELECT * FROM students WHERE student_id = ANY($1::uuid[]) ORDER BY student_id FOR UPDATE
+), kept AS MATERIALIZED (
+    SELECT * FROM (SELECT f.*, {domain.student_change_sql("f", "c")}
+                   FROM fact f LEFT JOIN held c ON c.student_id = f.student_id) d
+    WHERE {domain.STUDENT_CHANGES}
+), saved AS (
+    INSERT INTO students ({_COLUMNS})
+    SELECT {_COLUMNS} FROM kept
+    ON CONFLICT (student_id) DO UPDATE SET
+        school_id = EXCLUDED.school_id, school_ids = EXCLUDED.school_ids, grade = EXCLUDED.grade,
+        given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, birth_date = EXCLUDED.birth_date,
+        email = EXCLUDED.email, state_id = EXCLUDED.state_id, status = 'active', withdrawn_at = NULL,
+        updated_at = now()
+), enrolled AS ({sis_student_events("enrolled", "SELECT * FROM kept", "$15")})
+{sis_student_events("updated", "SELECT * FROM kept", "$15")}"""
+
+
+async def enrol_students(conn: asyncpg.Connection, topic: str, columns: list[list]) -> None:
+    """Bring one turn of SIS enrolment facts into the roster (columns: domain.enrolment_columns,
+    each student at most once) and write the StudentEnrolled / StudentUpdated they cause
+    into the outbox for `topic` (the deployment's roster.students topic)."""
+    if columns[0]:
+        await conn.execute(_ENROL_STUDENTS, *columns, topic)
 
 
 async def lock_staff(conn: asyncpg.Connection, staff_ids: Iterable[UUID]) -> dict[UUID, StaffMember]:

@@ -1,0 +1,174 @@
+"""The roster publishes exact changes to what SIS events say about students: a new student is
+enrolled, a changed one updated (saying what changed), identical facts say nothing. Each
+example runs as the service runs it: SIS facts through the roster's handler into a real
+PostgreSQL, where the rule (domain.student_change_sql) decides and writes the events into
+the outbox; every event is read back through the contract."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts import cloudevents
+from contracts.roster import StudentEnrolled, StudentUpdated
+from contracts.sis import SisStudentEnrolled
+from contracts.topics import ROSTER_STUDENTS
+from services.roster import handlers
+from services.roster.domain import student_id_for
+from services.kit.consumer import UnitOfWork
+from services.kit.settings import AuthSettings, KafkaSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = Settings(service="roster", database_url="", kafka=KafkaSettings(), auth=AuthSettings(secret="x" * 40),
+                    http_port=0)
+T0 = datetime(2026, 9, 1, 12, tzinfo=UTC)
+
+
+def fact(source_id="S-1", **changes) -> SisStudentEnrolled:
+    base = dict(district_id="d1", source_id=source_id, school_id="02M001", grade="05", given_name="Ana",
+                family_name="Reyes", birth_date=date(2015, 3, 1), occurred_at=T0)
+    return SisStudentEnrolled(**{**base, **changes})
+
+
+async def enrol(conn, facts: list[SisStudentEnrolled]) -> tuple[dict, list]:
+    """The facts as one batch through the handler, on conn: (the students it saved, as
+    {student_id: record}, and the events it wrote, decoded with the contract, in order)."""
+    before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+    uow = UnitOfWork(conn, source="caseflow.roster", settings=SETTINGS)
+    await handlers.on_sis_students_enrolled(uow, facts)
+    assert uow.outgoing == []  # the database wrote them
+    events = []
+    for r in await conn.fetch("SELECT topic, key, payload, headers FROM outbox WHERE id > $1 ORDER BY id", before):
+        headers = [(n, v.encode()) for n, v in zip(r["headers"][::2], r["headers"][1::2], strict=True)]
+        # the fast path: the body is the whole event and agrees with its headers
+        assert cloudevents._whole_event(ROSTER_STUDENTS, r["payload"], {n: v.decode() for n, v in headers})
+        event = cloudevents.decode(ROSTER_STUDENTS, r["payload"], headers)
+        assert (r["topic"], r["key"]) == (ROSTER_STUDENTS.name, str(event.student_id).encode())
+        events.append(event)
+    saved = await conn.fetch("SELECT * FROM students WHERE updated_at = now()")  # this transaction's
+    return {r["student_id"]: r for r in saved}, events
+
+
+@pytest.fixture
+async def roster(service_db):
+    """A connection in a transaction on a migrated roster database, rolled back after."""
+    pool = await service_db("roster")
+    async with pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        yield conn
+        await tx.rollback()
+
+
+async def test_a_student_the_roster_does_not_hold_is_enrolled(roster):
+    saved, events = await enrol(roster, [fact(correlation_id="sis-run-7")])
+    sid = student_id_for("d1", "S-1")
+    assert list(saved) == [sid]
+    (event,) = events
+    assert isinstance(event, StudentEnrolled)
+    assert (event.student_id, event.source_id, event.grade, event.district_id) == (sid, "S-1", "05", "d1")
+    assert (event.given_name, event.family_name, event.birth_date) == ("Ana", "Reyes", date(2015, 3, 1))
+    assert (event.school_ids, event.email, event.state_id) == (["02M001"], None, None)
+    assert (event.producer, event.occurred_at, event.correlation_id) == ("caseflow.roster", T0, "sis-run-7")
+
+
+async def test_identical_facts_change_nothing_and_say_nothing(roster):
+    await enrol(roster, [fact()])
+    await roster.execute("UPDATE students SET updated_at = now() - interval '1 day'")  # not this batch's
+    saved, events = await enrol(roster, [fact(occurred_at=T0 + timedelta(days=1))])
+    assert saved == {} and events == []
+
+
+async def test_a_changed_student_is_updated_with_the_fields_that_changed(roster):
+    await enrol(roster, [fact()])
+    saved, events = await enrol(roster, [fact(grade="06", school_id="02M002")])
+    (event,) = events
+    assert isinstance(event, StudentUpdated)
+    assert event.changed == ["school_id", "grade", "school_ids"]
+    assert (event.grade, event.school_id, event.school_ids) == ("06", "02M002", ["02M002"])
+    assert saved[event.student_id]["grade"] == "06"
+
+
+async def test_a_withdrawn_student_the_sis_enrols_again_is_enrolled_again(roster):
+    await enrol(roster, [fact()])
+    await roster.execute("UPDATE students SET status = 'withdrawn', withdrawn_at = now()")
+    saved, events = await enrol(roster, [fact()])
+    assert [type(e) for e in events] == [StudentEnrolled]
+    assert next(iter(saved.values()))["status"] == "active"
+
+
+def test_the_same_student_in_two_districts_is_two_students():
+    assert student_id_for("d1", "S-1") != student_id_for("d2", "S-1")
+    assert student_id_for("d1", "S-1") == student_id_for("d1", "S-1")
+
+
+async def test_facts_in_one_batch_apply_in_order(roster):
+    saved, events = await enrol(roster, [fact(grade="05"), fact(grade="06"), fact(grade="06"),
+                                         fact(source_id="S-2")])
+    one = student_id_for("d1", "S-1")
+    assert [(type(e), e.grade) for e in events if e.student_id == one] == [(StudentEnrolled, "05"),
+                                                                            (StudentUpdated, "06")]
+    assert saved[one]["grade"] == "06" and len(saved) == 2
+
+
+async def test_each_roster_event_id_is_derived_from_the_fact_that_caused_it(roster):
+    f = fact()
+    (first,) = (await enrol(roster, [f]))[1]
+    await roster.execute("DELETE FROM students")
+    (again,) = (await enrol(roster, [f]))[1]
+    assert first.event_id == again.event_id != f.event_id
+
+
+async def test_a_student_of_several_schools_belongs_to_each_whatever_order_the_sis_lists_them(roster):
+    _, (enrolled,) = await enrol(roster, [fact(school_ids=["02M475", "02M001"])])
+    assert enrolled.school_id == "02M001" and enrolled.school_ids == ["02M001", "02M475"]
+    assert (await enrol(roster, [fact(school_ids=["02M001", "02M475"])]))[1] == []
+
+
+async def test_text_the_sis_sends_reaches_the_event_as_sent(roster):
+    """Quotes, backslashes, accents and line breaks survive the database's JSON."""
+    name = 'O\'Brien "Jr." \\ Ñuñez\tzé\u2028x 😀'
+    _, (event,) = await enrol(roster, [fact(given_name=name, email="ana+1@school.org", state_id="OSIS-1")])
+    assert (event.given_name, event.email, event.state_id) == (name, "ana+1@school.org", "OSIS-1")
+
+
+grades = st.sampled_from(["KG", "01", "05", "09", "12"])
+facts = st.lists(
+    st.builds(lambda s, g, school: fact(source_id=s, grade=g, school_id=school),
+              st.sampled_from(["S-1", "S-2", "S-3"]), grades, st.sampled_from(["A", "B"])),
+    max_size=12,
+)
+
+
+def per_student(events) -> dict:
+    out = defaultdict(list)
+    for e in events:
+        out[e.student_id].append((type(e), e.grade, e.school_id, tuple(getattr(e, "changed", ()))))
+    return dict(out)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=facts, cut=st.integers(min_value=0, max_value=12))
+async def test_one_batch_or_two_leave_the_same_roster_and_say_the_same(roster, sequence, cut):
+    """Batches are an optimisation: one batch or two, the roster and each student's events
+    agree, and the roster holds the last fact about each student."""
+    async def apply(batches):
+        await roster.execute("SAVEPOINT example")
+        try:
+            said = []
+            for batch in batches:
+                said += (await enrol(roster, batch))[1]
+            rows = await roster.fetch("SELECT student_id, grade, school_id FROM students")
+            return {r["student_id"]: (r["grade"], r["school_id"]) for r in rows}, per_student(said)
+        finally:
+            await roster.execute("ROLLBACK TO SAVEPOINT example")
+
+    whole = await apply([sequence])
+    assert await apply([sequence[:cut], sequence[cut:]]) == whole
+    last = {student_id_for("d1", f.source_id): (f.grade, f.school_id) for f in sequence}
+    assert whole[0] == last
