@@ -219,9 +219,11 @@ async def slice_part(b: Backends, sizes: Sizes, ports: Ports, keep: bool) -> lis
     return [
         Row("Slice end to end per instance: roster", goal, r["roster"], "ev/s", r["raw"], "aiokafka+COPY+commit",
             met(r["roster"]), f"consume, inbox, store, outbox, relay publish; {sizes.slice_events:,} events; raw "
-            f"timed over {r['raw_seconds']:.1f} s ({r['raw_passes']} passes)"),
+            f"timed over {r['raw_seconds']:.1f} s ({r['raw_passes']} passes); CPU per event: service "
+            f"{r['roster_us']:,.0f} µs, PostgreSQL {r['roster_db_us']:,.0f} µs"),
         Row("Slice end to end per instance: caseload", goal, r["caseload"], "ev/s", r["raw"], "aiokafka+COPY+commit",
-            met(r["caseload"]), "consume, inbox, projection"),
+            met(r["caseload"]), f"consume, inbox, projection; CPU per event: service {r['caseload_us']:,.0f} µs, "
+            f"PostgreSQL {r['caseload_db_us']:,.0f} µs"),
     ]
 
 

@@ -10,7 +10,9 @@ same N records with a bare aiokafka consumer, COPYs them into a table and commit
 offsets: no logic, same broker, same database; it reads them again and again until it has
 been timed over at least --raw-seconds (a single pass of 30,000 records takes a fraction of
 a second, too short to time on a shared machine). Figures are events/s and the ratio to
-the baseline (this machine is noisy: compare ratios, and repeat with --rounds).
+the baseline (this machine is noisy: compare ratios, and repeat with --rounds), and the CPU
+each service and its PostgreSQL connections spent per event (microseconds, from /proc: the
+figure other load on the machine moves least; the service's includes its relay).
 --gc-threshold (repeatable) runs the services with each CASEFLOW_GC_THRESHOLD in turn, round
 by round (0: Python's own garbage collector settings), each beside its own raw baseline.
 Each round's topics and databases are dropped at its end unless --keep.
@@ -35,7 +37,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Backends, Ports, System, add_port_flag, backends  # noqa: E402
+from harness import Backends, Ports, System, add_port_flag, backends, cpu_seconds  # noqa: E402
 
 from contracts import cloudevents  # noqa: E402
 from contracts.sis import SisStudentEnrolled  # noqa: E402
@@ -128,6 +130,46 @@ async def wait_inbox(dsn: str, n: int, check) -> tuple[datetime, datetime]:
         await conn.close()
 
 
+async def backend_cpu(dsn: str) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend connected to the database of dsn (the
+    service's pool), when the server runs on this machine; {} when it does not."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        pids = [r["pid"] for r in await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    finally:
+        await conn.close()
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            return {}
+    return out
+
+
+class CpuPerEvent:
+    """The CPU a service and its PostgreSQL connections spend per event over a stretch of
+    work, in microseconds: a figure the machine's other load hardly moves, unlike a rate."""
+
+    def __init__(self, service, dsn: str) -> None:
+        self.service, self.dsn = service, dsn
+
+    async def __aenter__(self) -> CpuPerEvent:
+        self.own, self.db = self.service.cpu_seconds(), await backend_cpu(self.dsn)
+        return self
+
+    async def per_event(self, n: int) -> tuple[float, float]:
+        """(service µs, PostgreSQL µs) per event since entering; PostgreSQL NaN when not measurable."""
+        own = self.service.cpu_seconds() - self.own
+        db_now = await backend_cpu(self.dsn)
+        db = sum(t - self.db.get(pid, 0.0) for pid, t in db_now.items()) if db_now else float("nan")
+        return own / n * 1e6, db / n * 1e6
+
+    async def __aexit__(self, *exc) -> None:
+        return None
+
+
 async def run_round(backends_: Backends, n: int, gc_threshold: int | None = None, *, raw_seconds: float = 5.0,
                     ports: Ports | None = None, keep: bool = False) -> dict:
     """One round: the raw baseline, then roster, then caseload over the same n records."""
@@ -142,17 +184,23 @@ async def run_round(backends_: Backends, n: int, gc_threshold: int | None = None
                                                     SIS_STUDENTS.partitions, n, raw_seconds)
 
         roster = await system.start("roster", **env)
-        first, last_commit = await wait_inbox(system.dsn("roster"), n, roster.check_alive)
-        await wait_published(backends_.kafka, system.topic(ROSTER_STUDENTS.name), n)
-        published_at = datetime.now(UTC)
+        async with CpuPerEvent(roster, system.dsn("roster")) as roster_cpu:
+            first, last_commit = await wait_inbox(system.dsn("roster"), n, roster.check_alive)
+            await wait_published(backends_.kafka, system.topic(ROSTER_STUDENTS.name), n)
+            published_at = datetime.now(UTC)
+            roster_us, roster_db_us = await roster_cpu.per_event(n)
         roster_rate = n / (published_at - first).total_seconds()
         roster_consume_rate = n / max((last_commit - first).total_seconds(), 1e-3)
 
         caseload = await system.start("caseload", **env)
-        c_first, c_last = await wait_inbox(system.dsn("caseload"), n, caseload.check_alive)
+        async with CpuPerEvent(caseload, system.dsn("caseload")) as caseload_cpu:
+            c_first, c_last = await wait_inbox(system.dsn("caseload"), n, caseload.check_alive)
+            caseload_us, caseload_db_us = await caseload_cpu.per_event(n)
         caseload_rate = n / max((c_last - c_first).total_seconds(), 1e-3)
     return {"produce": n / produced_in, "raw": raw, "raw_passes": passes, "raw_seconds": raw_timed,
-            "roster": roster_rate, "roster_consume": roster_consume_rate, "caseload": caseload_rate}
+            "roster": roster_rate, "roster_consume": roster_consume_rate, "caseload": caseload_rate,
+            "roster_us": roster_us, "roster_db_us": roster_db_us, "caseload_us": caseload_us,
+            "caseload_db_us": caseload_db_us}
 
 
 async def main() -> None:
@@ -190,6 +238,8 @@ def report(events: int, rounds: list[dict], setting: str = "") -> None:
     print(f"  caseload consume+inbox+projection               {med['caseload']:>10,.0f} events/s"
           f"   {med['caseload'] / med['raw']:.2f}x")
     print(f"  (producer loading the input: {med['produce']:,.0f} events/s)")
+    print(f"  CPU per event, roster:   service {med['roster_us']:,.0f} µs, PostgreSQL {med['roster_db_us']:,.0f} µs")
+    print(f"  CPU per event, caseload: service {med['caseload_us']:,.0f} µs, PostgreSQL {med['caseload_db_us']:,.0f} µs")
 
 
 if __name__ == "__main__":
