@@ -11,7 +11,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from uuid import UUID
 
-from contracts.roster import EnrollmentRemoved, StaffUpserted, StudentWithdrawn
+from contracts.roster import EnrollmentRemoved, StudentWithdrawn
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 
 # Student ids are derived from (district, SIS id): the same student gets the same id from
@@ -72,12 +72,12 @@ def student_change_sql(fact: str, held: str) -> str:
 STUDENT_CHANGES = "(change = 'enrolled' OR cardinality(changed) > 0)"
 
 
-def in_turns(facts: list[SisStudentEnrolled]) -> list[list[SisStudentEnrolled]]:
-    """A batch's facts in turns, each student at most once a turn and each student's facts in
-    their order: turn n holds every student's n-th fact. Applying the turns one after another
+def in_turns(facts: list) -> list[list]:
+    """A batch's facts (of students, or of staff) in turns, each person at most once a turn and
+    each person's facts in their order: turn n holds every person's n-th fact. Applying the turns one after another
     is applying the facts in order (a grade then a school change of one student in one batch
     are two updates, the second seeing the first)."""
-    turns: list[list[SisStudentEnrolled]] = []
+    turns: list[list] = []
     seen: dict[tuple[str, str], int] = {}
     for fact in facts:
         key = (fact.district_id, fact.source_id)
@@ -156,47 +156,41 @@ def withdraw(
     return events
 
 
-@dataclass(frozen=True)
-class StaffMember:
-    staff_id: UUID
-    district_id: str
-    source_id: str
-    role: str
-    given_name: str
-    family_name: str
-    email: str | None
-    identifier: str | None
-    school_ids: tuple[str, ...]
-
-
 @lru_cache(maxsize=65_536)
 def staff_id_for(district_id: str, source_id: str) -> UUID:
     """Stable for (district, SIS id), whichever feed names the staff member."""
     return uuid.uuid5(_STUDENT_IDS, f"{district_id}\nstaff\n{source_id}")
 
 
-def upsert_staff(
-    current: dict[UUID, StaffMember], facts: list[SisStaffUpserted]
-) -> tuple[dict[UUID, StaffMember], list[StaffUpserted]]:
-    """Apply SIS staff facts in order; only a new or changed account says anything."""
-    held = dict(current)
-    changed: dict[UUID, StaffMember] = {}
-    events: list[StaffUpserted] = []
-    for fact in facts:
-        sid = staff_id_for(fact.district_id, fact.source_id)
-        incoming = StaffMember(sid, fact.district_id, fact.source_id, fact.role, fact.given_name, fact.family_name,
-                               login_email(fact.email), fact.identifier, tuple(fact.school_ids))
-        if held.get(sid) == incoming:
-            continue
-        held[sid] = changed[sid] = incoming
-        events.append(StaffUpserted(
-            event_id=_caused_by(fact.event_id), district_id=fact.district_id, occurred_at=fact.occurred_at,
-            correlation_id=fact.correlation_id or str(fact.event_id), producer="caseflow.roster", staff_id=sid,
-            source_id=fact.source_id, role=fact.role, given_name=fact.given_name, family_name=fact.family_name,
-            email=incoming.email, identifier=fact.identifier, school_ids=list(fact.school_ids),
-            matched=incoming.email is not None,
-        ))
-    return changed, events
+# What the roster holds about a staff member that a StaffUpserted restates when it changes.
+STAFF_FACTS = ("role", "given_name", "family_name", "email", "identifier", "school_ids")
+
+
+def staff_change_sql(fact: str, held: str) -> str:
+    """The roster's rule for a staff member's facts, as the SQL both feeds run: true when
+    the fact row `fact` says something new beside the record `held` (LEFT JOINed: NULL when
+    the roster does not hold them) — a staff member it does not hold, holds inactive, or
+    holds with other STAFF_FACTS. Only a new or changed account says anything. The SIS
+    handler (store.upsert_staff) and the OneRoster importer use it."""
+    was = ", ".join(f"{held}.{name}" for name in STAFF_FACTS)
+    now = ", ".join(f"{fact}.{name}" for name in STAFF_FACTS)
+    return f"({held}.staff_id IS NULL OR {held}.status = 'inactive' OR ({was}) IS DISTINCT FROM ({now}))"
+
+
+def staff_columns(facts: list[SisStaffUpserted]) -> list[list]:
+    """SIS staff facts as the columns store.upsert_staff takes, one value per fact: staff id
+    (text), district, source id, role, given and family name, login email (login_email:
+    none when blank), identifier, schools (joined by U+001F, as listed), the roster event's
+    id (derived from the fact's), its time (ISO 8601) and correlation id."""
+    return [
+        [_uuid5_text(f"{f.district_id}\nstaff\n{f.source_id}") for f in facts],
+        [f.district_id for f in facts], [f.source_id for f in facts], [f.role for f in facts],
+        [f.given_name for f in facts], [f.family_name for f in facts], [login_email(f.email) for f in facts],
+        [f.identifier for f in facts], ["\x1f".join(f.school_ids) for f in facts],
+        [_uuid5_text(f"caused-by\n{f.event_id}") for f in facts],
+        [f.occurred_at.isoformat() for f in facts],
+        [f.correlation_id or str(f.event_id) for f in facts],
+    ]
 
 
 def login_email(raw: str | None) -> str | None:

@@ -36,6 +36,11 @@ STUDENT_FIELDS = {
     "school_ids": "to_json(e.school_ids)", "grade": "e.grade", "given_name": "e.given_name",
     "family_name": "e.family_name", "birth_date": "e.birth_date", "email": "e.email", "state_id": "e.state_id",
 }
+STAFF_FIELDS = {
+    "staff_id": "e.staff_id", "source_id": "e.source_id", "role": "e.role", "given_name": "e.given_name",
+    "family_name": "e.family_name", "email": "e.email", "identifier": "e.identifier",
+    "school_ids": "to_json(e.school_ids)", "matched": "(e.email IS NOT NULL)",
+}
 MEMBER_FIELDS = {
     "person_id": "e.person_id", "role": "e.role", "class_id": "e.class_id",
     "class_source_id": "e.class_source_id", "user_source_id": "e.user_source_id", "school_id": "e.school_id",
@@ -53,8 +58,16 @@ def sis_student_events(change: str, rows: str, topic: str) -> str:
     }[change]
     return outbox_insert(event_type=f"'{event_type}'", source=SOURCE, rows=f"{rows} WHERE change = '{change}'",
                          key="e.student_id", fields=fields, topic=topic, district_id="e.district_id",
-                         occurred_at="e.occurred_at", correlation_id="e.correlation_id", order_by="e.n",
+                         occurred_at="e.occurred_at", correlation_id="e.correlation_id",
                          event_id="r.roster_event_id")
+
+
+def sis_staff_events(rows: str, topic: str) -> str:
+    """INSERT INTO outbox the StaffUpserted of each row of `rows` that the SIS caused, each
+    its own event id (e.roster_event_id), district, time and correlation id (store.upsert_staff)."""
+    return outbox_insert(event_type="'roster.staff_upserted.v1'", source=SOURCE, rows=rows, key="e.staff_id",
+                         fields=STAFF_FIELDS, topic=topic, district_id="e.district_id", occurred_at="e.occurred_at",
+                         correlation_id="e.correlation_id", event_id="r.roster_event_id")
 
 
 # Removals before additions: one person's events are published in the order they happen.
@@ -76,9 +89,7 @@ IMPORT_EVENTS = [
               "e.student_id", {"student_id": "e.student_id", "source_id": "e.source_id", "school_id": "e.school_id",
                                "reason": "e.reason"}),
     event_sql("roster.staff_upserted.v1", ROSTER_STAFF.name, "SELECT * FROM staff_changes", "e.staff_id",
-              {"staff_id": "e.staff_id", "source_id": "e.source_id", "role": "e.role", "given_name": "e.given_name",
-               "family_name": "e.family_name", "email": "e.email", "identifier": "e.identifier",
-               "school_ids": "to_json(e.school_ids)", "matched": "(e.email IS NOT NULL)"}),
+              STAFF_FIELDS),
     event_sql("roster.staff_deactivated.v1", ROSTER_STAFF.name, "SELECT * FROM staff_deactivations", "e.staff_id",
               {"staff_id": "e.staff_id", "source_id": "e.source_id"}),
     event_sql("roster.class_upserted.v1", ROSTER_CLASSES.name, "SELECT * FROM class_changes", "e.class_id",

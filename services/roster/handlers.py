@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contracts.topics import ROSTER_STUDENTS
+from contracts.topics import ROSTER_STAFF, ROSTER_STUDENTS
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
 from services.kit.consumer import UnitOfWork
 from services.roster import domain, store
@@ -31,8 +31,7 @@ async def on_sis_students_withdrawn(uow: UnitOfWork, facts: list[SisStudentWithd
 
 
 async def on_sis_staff_upserted(uow: UnitOfWork, facts: list[SisStaffUpserted]) -> None:
-    held = await store.lock_staff(uow.conn, (domain.staff_id_for(f.district_id, f.source_id) for f in facts))
-    changed, events = domain.upsert_staff(held, facts)
-    await store.save_staff(uow.conn, changed.values())
-    for event in events:
-        uow.emit(event)
+    """Only a new or changed staff account says anything (domain.staff_change_sql); a login
+    email of spaces is none (domain.login_email). Facts apply in order, a turn at a time."""
+    for turn in domain.in_turns(facts):
+        await store.upsert_staff(uow.conn, uow.topic(ROSTER_STAFF.name), domain.staff_columns(turn))

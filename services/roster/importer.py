@@ -678,7 +678,8 @@ def _diff_statements(package: Package) -> list[str]:
         "enrollments_bulk": package.mode("enrollments") == "bulk",
     }
     sql = _DIFF.format(HOME_SCHOOL=_HOME_SCHOOL, STUDENT_CHANGE=domain.student_change_sql("f", "c"),
-                      STUDENT_CHANGES=domain.STUDENT_CHANGES, **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
+                      STUDENT_CHANGES=domain.STUDENT_CHANGES,
+                      STAFF_CHANGE=domain.staff_change_sql("s", "c"), **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
     statements = [statement.strip() for statement in sql.split(";")]
     # (a statement is never only a comment: a semicolon in a comment would split it)
     assert all(any(line and not line.startswith("--") for line in map(str.strip, s.splitlines()))
@@ -740,10 +741,7 @@ WHERE NOT {users_bulk} AND s.status = 'tobedeleted' AND c.status = 'active';
 
 CREATE TEMP TABLE staff_changes ON COMMIT DROP AS
 SELECT s.* FROM stage_staff s LEFT JOIN staff c ON c.staff_id = s.staff_id
-WHERE s.status = 'active'
-  AND (c.staff_id IS NULL OR c.status = 'inactive'
-       OR (c.role, c.given_name, c.family_name, c.email, c.identifier, c.school_ids)
-          IS DISTINCT FROM (s.role, s.given_name, s.family_name, s.email, s.identifier, s.school_ids));
+WHERE s.status = 'active' AND {STAFF_CHANGE};
 
 CREATE TEMP TABLE staff_deactivations ON COMMIT DROP AS
 SELECT c.staff_id, c.source_id FROM staff c

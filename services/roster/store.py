@@ -9,8 +9,8 @@ import asyncpg
 
 from services.roster import domain
 from services.roster.class_members import current
-from services.roster.domain import StaffMember, Student
-from services.roster.events_sql import sis_student_events
+from services.roster.domain import Student
+from services.roster.events_sql import sis_staff_events, sis_student_events
 
 _COLUMNS = ("student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email, "
             "state_id, school_ids")
@@ -65,26 +65,39 @@ async def enrol_students(conn: asyncpg.Connection, topic: str, columns: list[lis
         await conn.execute(_ENROL_STUDENTS, *columns, topic)
 
 
-async def lock_staff(conn: asyncpg.Connection, staff_ids: Iterable[UUID]) -> dict[UUID, StaffMember]:
-    rows = await conn.fetch(
-        """SELECT staff_id, district_id, source_id, role, given_name, family_name, email, identifier, school_ids
-           FROM staff WHERE staff_id = ANY($1::uuid[]) AND status = 'active' ORDER BY staff_id FOR UPDATE""",
-        list(set(staff_ids)),
-    )
-    return {r["staff_id"]: StaffMember(**{**dict(r), "school_ids": tuple(r["school_ids"])}) for r in rows}
+# One turn of SIS staff facts (domain.in_turns: each staff member once), brought into the
+# roster and their StaffUpserted written into the outbox, in one statement, by the rule of
+# domain.staff_change_sql.
+_UPSERT_STAFF = f"""
+WITH fact AS MATERIALIZED (
+    SELECT f.staff_id, f.district_id, f.source_id, f.role, f.given_name, f.family_name, f.email, f.identifier,
+           string_to_array(f.school_ids, chr(31)) AS school_ids, f.roster_event_id, f.occurred_at, f.correlation_id
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::uuid[], $11::text[], $12::text[])
+         AS f(staff_id, district_id, source_id, role, given_name, family_name, email, identifier, school_ids,
+              roster_event_id, occurred_at, correlation_id)
+), held AS MATERIALIZED (
+    SELECT * FROM staff WHERE staff_id = ANY($1::uuid[]) ORDER BY staff_id FOR UPDATE
+), kept AS MATERIALIZED (
+    SELECT f.* FROM fact f LEFT JOIN held c ON c.staff_id = f.staff_id WHERE {domain.staff_change_sql("f", "c")}
+), saved AS (
+    INSERT INTO staff (staff_id, district_id, source_id, role, given_name, family_name, email, identifier,
+                       school_ids, status)
+    SELECT staff_id, district_id, source_id, role, given_name, family_name, email, identifier, school_ids, 'active'
+    FROM kept
+    ON CONFLICT (staff_id) DO UPDATE SET role = EXCLUDED.role, given_name = EXCLUDED.given_name,
+        family_name = EXCLUDED.family_name, email = EXCLUDED.email, identifier = EXCLUDED.identifier,
+        school_ids = EXCLUDED.school_ids, status = 'active', updated_at = now()
+)
+{sis_staff_events("SELECT * FROM kept", "$13")}"""
 
 
-async def save_staff(conn: asyncpg.Connection, staff: Iterable[StaffMember]) -> None:
-    await conn.executemany(
-        """INSERT INTO staff (staff_id, district_id, source_id, role, given_name, family_name, email, identifier,
-                              school_ids, status)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active')
-           ON CONFLICT (staff_id) DO UPDATE SET role = EXCLUDED.role, given_name = EXCLUDED.given_name,
-               family_name = EXCLUDED.family_name, email = EXCLUDED.email, identifier = EXCLUDED.identifier,
-               school_ids = EXCLUDED.school_ids, status = 'active', updated_at = now()""",
-        [(s.staff_id, s.district_id, s.source_id, s.role, s.given_name, s.family_name, s.email, s.identifier,
-          list(s.school_ids)) for s in staff],
-    )
+async def upsert_staff(conn: asyncpg.Connection, topic: str, columns: list[list]) -> None:
+    """Bring one turn of SIS staff facts into the roster (columns: domain.staff_columns, each
+    staff member at most once) and write the StaffUpserted they cause into the outbox for
+    `topic` (the deployment's roster.staff topic)."""
+    if columns[0]:
+        await conn.execute(_UPSERT_STAFF, *columns, topic)
 
 
 async def class_enrollments_of(conn: asyncpg.Connection, district_id: str, source_id: str) -> list[asyncpg.Record]:

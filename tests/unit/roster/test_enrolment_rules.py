@@ -1,6 +1,6 @@
-"""The roster's rules that run in Python: staff facts from the SIS, the home school, and
-how a batch of SIS student facts is taken in turns. What a student's facts change, and the
-events that say so, is decided in PostgreSQL (tests/integration/test_sis_enrolments.py)."""
+"""The roster's rules that run in Python: ids, the home school, and how a batch of SIS facts
+is taken in turns. What a student's or a staff member's facts change, and the events that
+say so, is decided in PostgreSQL (tests/integration/test_sis_roster_facts.py)."""
 
 from datetime import UTC, datetime
 from uuid import UUID, uuid4
@@ -59,33 +59,9 @@ def test_a_staff_member_from_the_sis_gets_the_same_id_as_from_the_files():
     assert staff_id_for("d1", "T-1") == file_staff_id("d1", "T-1")
 
 
-def test_sis_staff_facts_say_only_what_changed_and_match_a_teacher_once_they_have_an_email():
-    from contracts.sis import SisStaffUpserted
-    from services.roster.domain import upsert_staff
-
-    fact = SisStaffUpserted(district_id="d1", source_id="T-1", role="teacher", given_name="Maria",
-                            family_name="Lopez", school_ids=["02M001"], occurred_at=T0)
-    held, events = upsert_staff({}, [fact])
-    assert [e.matched for e in events] == [False]
-    assert upsert_staff(held, [fact]) == ({}, [])
-    _, events = upsert_staff(held, [fact.model_copy(update={"email": "mlopez@example.org"})])
-    assert [(e.matched, e.email) for e in events] == [(True, "mlopez@example.org")]
-
-
 def test_the_home_school_is_the_files_primary_else_the_one_held_else_the_first_listed():
     from services.roster.domain import home_school
 
     assert home_school(["B", "A"], primary="A") == "A"
     assert home_school(["B", "A"], held="A") == "A"
     assert home_school(["B", "A"], held="C") == "B"
-
-
-def test_a_staff_email_of_spaces_is_no_email():
-    from contracts.sis import SisStaffUpserted
-    from services.roster.domain import upsert_staff
-
-    staff = SisStaffUpserted.model_construct(district_id="d1", source_id="T-1", role="teacher", given_name="Ana",
-                                             family_name="Reyes", email="  ", identifier=None, school_ids=["02M001"],
-                                             event_id=uuid4(), occurred_at=T0, correlation_id=None)
-    _, (event,) = upsert_staff({}, [staff])
-    assert event.email is None and event.matched is False

@@ -1,5 +1,6 @@
-"""The roster publishes exact changes to what SIS events say about students: a new student is
-enrolled, a changed one updated (saying what changed), identical facts say nothing. Each
+"""The roster publishes exact changes to what SIS events say about students and staff: a new
+student is enrolled, a changed one updated (saying what changed), identical facts say
+nothing; only a new or changed staff account says anything. Each
 example runs as the service runs it: SIS facts through the roster's handler into a real
 PostgreSQL, where the rule (domain.student_change_sql) decides and writes the events into
 the outbox; every event is read back through the contract."""
@@ -8,17 +9,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
+from uuid import uuid4
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts import cloudevents
-from contracts.roster import StudentEnrolled, StudentUpdated
-from contracts.sis import SisStudentEnrolled
-from contracts.topics import ROSTER_STUDENTS
+from contracts.roster import StaffUpserted, StudentEnrolled, StudentUpdated
+from contracts.sis import SisStaffUpserted, SisStudentEnrolled
+from contracts.topics import ROSTER_STAFF, ROSTER_STUDENTS
 from services.roster import handlers
-from services.roster.domain import student_id_for
+from services.roster.domain import staff_id_for, student_id_for
 from services.kit.consumer import UnitOfWork
 from services.kit.settings import AuthSettings, KafkaSettings, Settings
 
@@ -172,3 +174,59 @@ async def test_one_batch_or_two_leave_the_same_roster_and_say_the_same(roster, s
     assert await apply([sequence[:cut], sequence[cut:]]) == whole
     last = {student_id_for("d1", f.source_id): (f.grade, f.school_id) for f in sequence}
     assert whole[0] == last
+
+
+# ------------------------------------------------------------------------- staff from the SIS
+
+
+def staff_fact(**changes) -> SisStaffUpserted:
+    base = dict(district_id="d1", source_id="T-1", role="teacher", given_name="Maria", family_name="Lopez",
+                school_ids=["02M001"], occurred_at=T0)
+    return SisStaffUpserted(**{**base, **changes})
+
+
+async def upsert(conn, facts) -> list:
+    """Staff facts as one batch through the handler: the events it wrote, decoded, in order."""
+    before = await conn.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
+    uow = UnitOfWork(conn, source="caseflow.roster", settings=SETTINGS)
+    await handlers.on_sis_staff_upserted(uow, facts)
+    assert uow.outgoing == []
+    events = []
+    for r in await conn.fetch("SELECT topic, key, payload, headers FROM outbox WHERE id > $1 ORDER BY id", before):
+        headers = [(n, v.encode()) for n, v in zip(r["headers"][::2], r["headers"][1::2], strict=True)]
+        assert cloudevents._whole_event(ROSTER_STAFF, r["payload"], {n: v.decode() for n, v in headers})
+        event = cloudevents.decode(ROSTER_STAFF, r["payload"], headers)
+        assert (r["topic"], r["key"]) == (ROSTER_STAFF.name, str(event.staff_id).encode())
+        events.append(event)
+    return events
+
+
+async def test_sis_staff_facts_say_only_what_changed_and_match_a_teacher_once_they_have_an_email(roster):
+    fact = staff_fact(identifier="EIS-7", correlation_id="sis-run-8")
+    (first,) = await upsert(roster, [fact])
+    assert isinstance(first, StaffUpserted)
+    assert (first.staff_id, first.matched, first.email) == (staff_id_for("d1", "T-1"), False, None)
+    assert (first.role, first.identifier, first.school_ids) == ("teacher", "EIS-7", ["02M001"])
+    assert (first.producer, first.occurred_at, first.correlation_id) == ("caseflow.roster", T0, "sis-run-8")
+    assert await upsert(roster, [fact]) == []
+    (matched,) = await upsert(roster, [fact.model_copy(update={"email": "mlopez@example.org"})])
+    assert (matched.matched, matched.email) == (True, "mlopez@example.org")
+
+
+async def test_a_staff_email_of_spaces_is_no_email(roster):
+    staff = SisStaffUpserted.model_construct(district_id="d1", source_id="T-1", role="teacher", given_name="Ana",
+                                             family_name="Reyes", email="  ", identifier=None, school_ids=["02M001"],
+                                             event_id=uuid4(), occurred_at=T0, correlation_id=None)
+    (event,) = await upsert(roster, [staff])
+    assert event.email is None and event.matched is False
+
+
+async def test_staff_facts_in_one_batch_apply_in_order_and_a_deactivated_account_comes_back(roster):
+    events = await upsert(roster, [staff_fact(), staff_fact(role="aide"), staff_fact(role="aide"),
+                                   staff_fact(source_id="T-2")])
+    one = staff_id_for("d1", "T-1")
+    assert [e.role for e in events if e.staff_id == one] == ["teacher", "aide"]
+    await roster.execute("UPDATE staff SET status = 'inactive' WHERE staff_id = $1", one)
+    (back,) = await upsert(roster, [staff_fact(role="aide")])
+    assert back.staff_id == one
+    assert await roster.fetchval("SELECT status FROM staff WHERE staff_id = $1", one) == "active"
