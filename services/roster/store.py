@@ -34,11 +34,11 @@ _ENROL_STUDENTS = f"""
 WITH fact AS MATERIALIZED (
     SELECT f.student_id, f.district_id, f.source_id, f.school_id, f.grade, f.given_name, f.family_name,
            f.birth_date, f.email, f.state_id, string_to_array(f.school_ids, chr(31)) AS school_ids,
-           f.roster_event_id, f.occurred_at, f.correlation_id, f.n
+           f.roster_event_id, f.occurred_at, f.correlation_id
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::date[],
-                $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[]) WITH ORDINALITY
+                $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[])
          AS f(student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email,
-              state_id, school_ids, roster_event_id, occurred_at, correlation_id, n)
+              state_id, school_ids, roster_event_id, occurred_at, correlation_id)
 ), held AS MATERIALIZED (
     SELECT * FROM students WHERE student_id = ANY($1::uuid[]) ORDER BY student_id FOR UPDATE
 ), kept AS MATERIALIZED (
