@@ -185,3 +185,29 @@ async def test_a_batch_of_triggers_leaves_what_they_leave_one_at_a_time_and_what
                     joins[student] = opened_by[t.event_id]
                 assert case_of[t.event_id] == joins.get(student), (district, k, action)
             assert len(opened_by) == batch["opened"]
+
+
+async def test_a_case_a_trigger_opens_is_written_only_into_the_indexes_a_read_needs(service_db):
+    """Each index entry of an opened case is written in the trigger path's transaction: the
+    case opened (open, at a school, no team, leader or manager yet) goes into the indexes of
+    its id, its number, its student (the probe of the trigger path and the student's
+    cases), one open case per student, and a school's open cases (search by school); none
+    other (migrations 008, 009)."""
+    pool = await service_db("cases")
+    async with pool.acquire() as conn, conn.transaction():
+        await world(conn, BATCH, random.Random(1))
+        uow = UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS)
+        await handlers.on_triggers(uow, [trigger(BATCH, 0, f"s{i}", T0 + timedelta(days=1), i) for i in range(STUDENTS)])
+        assert uow.outgoing
+    async with pool.acquire() as conn:
+        case_id = await conn.fetchval("SELECT case_id FROM cases WHERE district_id = $1 AND opened_at > $2 LIMIT 1",
+                                      BATCH, T0)
+        written = set()
+        for r in await conn.fetch(
+                """SELECT c.relname AS name, pg_get_expr(i.indpred, i.indrelid) AS predicate
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'cases'::regclass"""):
+            if await conn.fetchval(f"SELECT count(*) FROM cases WHERE case_id = $1 AND ({r['predicate'] or 'true'})",
+                                   case_id):
+                written.add(r["name"])
+    assert written == {"cases_pkey", "cases_district_id_case_number_key", "cases_by_student",
+                       "cases_one_open_per_student", "cases_open_by_school"}
