@@ -342,3 +342,38 @@ async def test_the_counters_equal_a_recount_after_any_mix_of_case_and_task_write
                      AND week >= date_trunc('week', $3::date)::date - 7 * 11 GROUP BY 1, 2 ORDER BY 1, 2""",
                 district, schools, TODAY)
             assert board["opened_by_week"] == [dict(r) for r in weekly], (ops, schools)
+
+
+async def test_the_counters_kept_before_migration_010_show_the_same_boards_after_it(postgres_url):
+    """Migration 010 removes the counter rows it no longer keeps (a school's cases with no
+    team, leader or manager; the district's rows by school) from counters kept since 002:
+    the boards read after it show what a recount of the cases says."""
+    from importlib import import_module
+    from urllib.parse import urlsplit, urlunsplit
+
+    from services.kit import db
+
+    dsn = urlunsplit(urlsplit(postgres_url)._replace(path=f"/t{uuid.uuid4().hex[:10]}_cases"))
+    await db.ensure_database(dsn)
+    conn = await db.connect(dsn)
+    try:
+        migrations = db.migrations_for("cases", import_module("services.cases.app").definition().directory)
+        before = [m for m in migrations if not m.name.startswith("cases/01")]
+        assert len(before) < len(migrations)
+        await db.migrate(conn, before)
+        district = "d-migrated"
+        for n in range(30):
+            await conn.execute(
+                """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                                      source_event_id, opened_at, team_name, team_leader, case_manager)
+                   VALUES ($1, $2, $3, $4, $5, $6, 'attendance', $7, now(), $8, $9, $10)""",
+                uuid.uuid4(), district, f"2026-{n:05d}", uuid.uuid4(), SCHOOLS[n % 3],
+                "closed" if n % 7 == 0 else "open", uuid.uuid4(), TEAMS[n % 3], PEOPLE[n // 3 % 3], PEOPLE[n // 9 % 3])
+        await db.migrate(conn, migrations)
+        cases = [dict(r) for r in await conn.fetch("SELECT * FROM cases WHERE district_id = $1", district)]
+        for schools in (None, SCHOOLS[:1], SCHOOLS[1:]):
+            board = await store.dashboard(conn, district_id=district, schools=schools, today=date(2026, 11, 2))
+            assert shown(board) == expected(cases, schools), schools
+        assert not await conn.fetchval("SELECT count(*) FROM open_case_counts WHERE dimension <> 'school' AND key = ''")
+    finally:
+        await conn.close()
