@@ -144,7 +144,8 @@ async def open_cases(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> d
     return _trigger_cases(rows)
 
 
-# A student's open cases, one index probe per student. Written as a lateral probe, not
+# A student's open cases, one index probe per student (cases_open_by_student: see migration
+# 009 for why it stays). Written as a lateral probe, not
 # `student_id = ANY($1) AND status = 'open'`: with statistics taken before a burst of
 # openings (autovacuum lags behind a busy consumer), the planner read that as "few open
 # cases" and scanned every open case for each batch (a bitmap of cases_open_by_school,
@@ -381,9 +382,10 @@ async def dashboard(conn: asyncpg.Connection, *, district_id: str, schools: list
     before today, not of a case transferred out: no one's work here, seed 003), the oldest
     first; cases opened by week and trigger kind. schools: None for the whole district.
 
-    From counters kept as cases and tasks change (migrations 002, 007) and the open tasks'
-    indexes: a few hundred rows at most, whatever the size of the district. The whole
-    district reads the district's own counters; a set of schools sums theirs."""
+    From counters kept as cases and tasks change (migrations 002, 007, 010) and the open
+    tasks' indexes: a few hundred rows, and one a school for the district's schools ranked,
+    whatever the number of cases. The whole district reads the district's own counters; a
+    set of schools sums theirs."""
     if schools is None:
         return await _district_board(conn, district_id, today, weeks)
     return await _schools_board(conn, district_id, schools, today, weeks)
@@ -411,12 +413,18 @@ _OVERDUE_COLUMNS = """t.task_id, t.title, t.assignee_email, t.due_date, t.case_i
 
 
 async def _district_board(conn, district_id: str, today, weeks: int) -> dict:
+    # Teams, leaders and managers ranked by the district's counters' index; schools from
+    # their own counters (one row a school, migration 010), ranked here.
     rows = await conn.fetch(
         f"""SELECT d.dimension, r.key, r.open_cases
             FROM unnest($2::text[]) AS d(dimension) CROSS JOIN LATERAL (
                 SELECT key, open_cases FROM district_open_case_counts
                 WHERE district_id = $1 AND dimension = d.dimension AND open_cases > 0
-                ORDER BY open_cases DESC, key LIMIT {_TOP}) AS r""", district_id, list(_DIMENSIONS))
+                ORDER BY open_cases DESC, key LIMIT {_TOP}) AS r
+            UNION ALL
+            (SELECT 'school', school_id, open_cases FROM open_case_counts
+             WHERE district_id = $1 AND dimension = 'school' AND key = '' AND open_cases > 0
+             ORDER BY open_cases DESC, school_id LIMIT {_TOP})""", district_id, [d for d in _DIMENSIONS if d != "school"])
     ranked = {d: _ranked(r for r in rows if r["dimension"] == d) for d in _DIMENSIONS}
     open_cases = await conn.fetchval(
         """SELECT coalesce(sum(open_cases), 0)::bigint FROM district_open_case_counts
@@ -438,16 +446,25 @@ async def _district_board(conn, district_id: str, today, weeks: int) -> dict:
 
 async def _schools_board(conn, district_id: str, schools: list[str], today, weeks: int) -> dict:
     # The school counters keep their school in school_id (their key is empty); the others
-    # are per school and key, summed over the schools.
+    # are per school and key named, summed over the schools; the cases with no team (leader,
+    # manager) are the schools' open cases less those with one (migration 010).
     rows = await conn.fetch(
-        f"""SELECT dimension, key, open_cases FROM (
+        f"""WITH kept AS (SELECT dimension, school_id, key, open_cases FROM open_case_counts
+                          WHERE district_id = $1 AND school_id = ANY($2::text[]))
+            SELECT dimension, key, open_cases FROM (
                 SELECT dimension, key, open_cases,
                        row_number() OVER (PARTITION BY dimension ORDER BY open_cases DESC, key) AS rank
                 FROM (SELECT dimension, CASE WHEN dimension = 'school' THEN school_id ELSE key END AS key,
                              sum(open_cases)::bigint AS open_cases
-                      FROM open_case_counts WHERE district_id = $1 AND school_id = ANY($2::text[])
-                      GROUP BY 1, 2 HAVING sum(open_cases) > 0) AS summed) AS ranked
-            WHERE rank <= {_TOP} ORDER BY dimension, rank""", district_id, schools)
+                      FROM kept GROUP BY 1, 2
+                      UNION ALL
+                      SELECT d.dimension, '',
+                             sum(CASE WHEN k.dimension = 'school' THEN k.open_cases ELSE -k.open_cases END)::bigint
+                      FROM unnest($3::text[]) AS d(dimension) JOIN kept k ON k.dimension IN ('school', d.dimension)
+                      GROUP BY 1) AS summed
+                WHERE open_cases > 0) AS ranked
+            WHERE rank <= {_TOP} ORDER BY dimension, rank""", district_id, schools,
+        [d for d in _DIMENSIONS if d != "school"])
     ranked = {d: _ranked(r for r in rows if r["dimension"] == d) for d in _DIMENSIONS}
     open_cases = await conn.fetchval(
         """SELECT coalesce(sum(open_cases), 0)::bigint FROM open_case_counts

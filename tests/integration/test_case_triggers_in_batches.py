@@ -185,3 +185,43 @@ async def test_a_batch_of_triggers_leaves_what_they_leave_one_at_a_time_and_what
                     joins[student] = opened_by[t.event_id]
                 assert case_of[t.event_id] == joins.get(student), (district, k, action)
             assert len(opened_by) == batch["opened"]
+
+
+async def test_a_case_a_trigger_opens_is_written_only_into_the_indexes_a_read_needs(service_db):
+    """Each index entry of an opened case is written in the trigger path's transaction: the
+    case opened (open, at a school, no team, leader or manager yet) goes into the indexes of
+    its id, its number, its student (all its cases; its open ones, the trigger path's
+    probe), one open case per student, and a school's open cases (search by school); none
+    other (migrations 008, 009)."""
+    pool = await service_db("cases")
+    async with pool.acquire() as conn, conn.transaction():
+        await world(conn, BATCH, random.Random(1))
+        uow = UnitOfWork(conn, source="caseflow.cases", settings=SETTINGS)
+        await handlers.on_triggers(uow, [trigger(BATCH, 0, f"s{i}", T0 + timedelta(days=1), i) for i in range(STUDENTS)])
+        assert uow.outgoing
+    async with pool.acquire() as conn:
+        case_id = await conn.fetchval("SELECT case_id FROM cases WHERE district_id = $1 AND opened_at > $2 LIMIT 1",
+                                      BATCH, T0)
+        written = set()
+        for r in await conn.fetch(
+                """SELECT c.relname AS name, pg_get_expr(i.indpred, i.indrelid) AS predicate
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'cases'::regclass"""):
+            if await conn.fetchval(f"SELECT count(*) FROM cases WHERE case_id = $1 AND ({r['predicate'] or 'true'})",
+                                   case_id):
+                written.add(r["name"])
+    assert written == {"cases_pkey", "cases_district_id_case_number_key", "cases_by_student", "cases_open_by_student",
+                       "cases_one_open_per_student", "cases_open_by_school"}
+
+
+async def test_the_probe_of_open_cases_stays_a_probe_in_a_plan_made_while_the_tables_are_young(service_db):
+    """The statement is prepared once per connection and its generic plan kept: made while
+    the cases table was empty, it walked a school's open cases (cases_open_by_school) for
+    each student when no index of a student's open cases was there (a batch went from 25 to
+    830 ms as cases were opened, bench/cases.py --only throughput)."""
+    pool = await service_db("cases")
+    async with pool.acquire() as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        plan = "\n".join(r[0] for r in await conn.fetch(
+            f"EXPLAIN SELECT c.case_id FROM unnest($1::uuid[]) AS k(id) "
+            f"LEFT JOIN LATERAL ({store._OPEN_CASES_OF.format(student='k.id')}) c ON true", [uuid.uuid4()]))
+    assert "Index Scan using cases_open_by_student" in plan, plan

@@ -105,6 +105,34 @@ async def test_three_open_cases_at_two_schools_show_as_two_rows(cases_pool):
     assert board["by_school"] == [{"key": "02M001", "open_cases": 2}, {"key": "02M475", "open_cases": 1}]
 
 
+async def test_cases_opened_with_no_team_take_one_counter_row_a_school(cases_pool):
+    """A case opens with no team, leader or manager: a batch of them at many schools updates
+    one counter row a school (its open cases), not one more for each "none" and one among
+    the district's (migration 010); the boards show the cases with none all the same."""
+    district = f"d-{uuid.uuid4().hex[:8]}"
+    async with cases_pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                                  source_event_id, opened_at, case_manager)
+               SELECT gen_random_uuid(), $1, '2026-' || lpad(n::text, 5, '0'), gen_random_uuid(), ($2::text[])[1 + n % 3],
+                      'open', 'attendance', gen_random_uuid(), now(), CASE WHEN n = 0 THEN 'a.reyes@x.org' END
+               FROM generate_series(0, 8) AS n""", district, SCHOOLS)
+        school_rows = sorted(tuple(r) for r in await conn.fetch(
+            "SELECT school_id, dimension, key, open_cases FROM open_case_counts WHERE district_id = $1", district))
+        district_rows = sorted(tuple(r) for r in await conn.fetch(
+            "SELECT dimension, key, open_cases FROM district_open_case_counts WHERE district_id = $1", district))
+        boards = [await store.dashboard(conn, district_id=district, schools=schools, today=date(2026, 11, 2))
+                  for schools in (None, SCHOOLS[:1])]
+    assert school_rows == [(SCHOOLS[0], "case_manager", "a.reyes@x.org", 1), *((s, "school", "", 3) for s in SCHOOLS)]
+    assert district_rows == [("case_manager", "", 8), ("case_manager", "a.reyes@x.org", 1), ("district", "", 9),
+                             ("team", "", 9), ("team_leader", "", 9)]
+    assert [(b["by_school"], b["by_team"], b["by_case_manager"]) for b in boards] == [
+        ([{"key": s, "open_cases": 3} for s in SCHOOLS], [{"key": None, "open_cases": 9}],
+         [{"key": None, "open_cases": 8}, {"key": "a.reyes@x.org", "open_cases": 1}]),
+        ([{"key": SCHOOLS[0], "open_cases": 3}], [{"key": None, "open_cases": 3}],
+         [{"key": None, "open_cases": 2}, {"key": "a.reyes@x.org", "open_cases": 1}])]
+
+
 # ---------------------------------------------------------------------------- tasks, transfers and the district's totals
 
 TODAY = date(2026, 11, 2)
@@ -252,7 +280,7 @@ async def counters(conn, district: str) -> dict:
         "recomputed": {
             "district_open_case_counts": rows(await conn.fetch(
                 """SELECT d.dimension, d.key, count(*) FROM cases c,
-                          LATERAL (VALUES ('district', ''), ('school', coalesce(c.school_id, '')),
+                          LATERAL (VALUES ('district', ''),
                                           ('team', coalesce(c.team_name, '')), ('team_leader', coalesce(c.team_leader, '')),
                                           ('case_manager', coalesce(c.case_manager, ''))) AS d(dimension, key)
                    WHERE c.district_id = $1 AND c.status = 'open' GROUP BY 1, 2""", district)),
@@ -314,3 +342,38 @@ async def test_the_counters_equal_a_recount_after_any_mix_of_case_and_task_write
                      AND week >= date_trunc('week', $3::date)::date - 7 * 11 GROUP BY 1, 2 ORDER BY 1, 2""",
                 district, schools, TODAY)
             assert board["opened_by_week"] == [dict(r) for r in weekly], (ops, schools)
+
+
+async def test_the_counters_kept_before_migration_010_show_the_same_boards_after_it(postgres_url):
+    """Migration 010 removes the counter rows it no longer keeps (a school's cases with no
+    team, leader or manager; the district's rows by school) from counters kept since 002:
+    the boards read after it show what a recount of the cases says."""
+    from importlib import import_module
+    from urllib.parse import urlsplit, urlunsplit
+
+    from services.kit import db
+
+    dsn = urlunsplit(urlsplit(postgres_url)._replace(path=f"/t{uuid.uuid4().hex[:10]}_cases"))
+    await db.ensure_database(dsn)
+    conn = await db.connect(dsn)
+    try:
+        migrations = db.migrations_for("cases", import_module("services.cases.app").definition().directory)
+        before = [m for m in migrations if not m.name.startswith("cases/01")]
+        assert len(before) < len(migrations)
+        await db.migrate(conn, before)
+        district = "d-migrated"
+        for n in range(30):
+            await conn.execute(
+                """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                                      source_event_id, opened_at, team_name, team_leader, case_manager)
+                   VALUES ($1, $2, $3, $4, $5, $6, 'attendance', $7, now(), $8, $9, $10)""",
+                uuid.uuid4(), district, f"2026-{n:05d}", uuid.uuid4(), SCHOOLS[n % 3],
+                "closed" if n % 7 == 0 else "open", uuid.uuid4(), TEAMS[n % 3], PEOPLE[n // 3 % 3], PEOPLE[n // 9 % 3])
+        await db.migrate(conn, migrations)
+        cases = [dict(r) for r in await conn.fetch("SELECT * FROM cases WHERE district_id = $1", district)]
+        for schools in (None, SCHOOLS[:1], SCHOOLS[1:]):
+            board = await store.dashboard(conn, district_id=district, schools=schools, today=date(2026, 11, 2))
+            assert shown(board) == expected(cases, schools), schools
+        assert not await conn.fetchval("SELECT count(*) FROM open_case_counts WHERE dimension <> 'school' AND key = ''")
+    finally:
+        await conn.close()
