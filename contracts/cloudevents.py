@@ -134,7 +134,7 @@ def _whole_event(topic: Topic, body: bytes, attrs: dict[str, str]) -> Event | No
     if cls is None:
         return None
     try:
-        event = cls.model_validate_json(body)
+        event = cls.from_json(body)
     except ValidationError:
         return None
     if not {"event_id", "occurred_at"} <= event.model_fields_set:
