@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -343,9 +343,9 @@ REFRESH_PAIRS = 10_000  # (student, class) pairs brought in line by one statemen
 CUSTOM_PLAN_ABOVE = 200  # students: a refresh of more is planned for its own arrays
 
 
-@dataclass(frozen=True)
-class Cause:
-    """The event a membership change answers: its time (ISO 8601 text) and correlation id."""
+class Cause(NamedTuple):
+    """The event a membership change answers: its time (ISO 8601 text) and correlation id
+    (a tuple: one is made per roster event)."""
 
     occurred_at: str
     correlation_id: str | None
@@ -375,8 +375,8 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
         # (a live change) keeps the plan prepared once: planning this statement takes
         # 10 ms, more than running it for a few students.
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-    causes = [(s, c) for s, c in (cause_of or {}).items()]
-    why = [[s for s, _ in causes], [c.occurred_at for _, c in causes], [c.correlation_id for _, c in causes],
+    cause_of = cause_of or {}
+    why = [list(cause_of), [c.occurred_at for c in cause_of.values()], [c.correlation_id for c in cause_of.values()],
            cause.occurred_at, cause.correlation_id, topic]
     sql = _REFRESH[(in_classes is not None, report)]
     changes: list[asyncpg.Record] = []
