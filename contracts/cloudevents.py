@@ -137,7 +137,8 @@ def _whole_event(topic: Topic, body: bytes, attrs: dict[str, str]) -> Event | No
         event = cls.from_json(body)
     except ValidationError:
         return None
-    if not {"event_id", "occurred_at"} <= event.model_fields_set:
+    given = event.__pydantic_fields_set__
+    if "event_id" not in given or "occurred_at" not in given:
         return None  # ids and times are never made up here: a redelivery must decode the same
     ce_id, ce_time = attrs.get("ce_id"), attrs.get("ce_time")
     if (

@@ -212,3 +212,14 @@ def test_from_json_reads_what_model_validate_json_reads():
     named = _WHOLE.model_copy(update={"given_name": "Zoë \"Ana\"", "family_name": "Núñez\\Reyes"})
     for body in (cloudevents.encode(_WHOLE), cloudevents.encode(named), named.model_dump_json(indent=2).encode()):
         assert StudentEnrolled.from_json(body) == StudentEnrolled.model_validate_json(body)
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_an_event_that_can_hold_a_time_besides_occurred_at_has_its_json_times_looked_at(event_type):
+    """Event.from_json looks for times out of range in the bytes of every event that can hold a
+    time other than occurred_at (which _in_utc checks): cross-checked with the JSON Schema."""
+    cls = EVENT_TYPES[event_type]
+    schema = cls.model_json_schema()
+    del schema["properties"]["occurred_at"]
+    if '"date-time"' in json.dumps(schema):
+        assert cls._times_beyond_occurred_at()
