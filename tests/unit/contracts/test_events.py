@@ -223,3 +223,16 @@ def test_an_event_that_can_hold_a_time_besides_occurred_at_has_its_json_times_lo
     del schema["properties"]["occurred_at"]
     if '"date-time"' in json.dumps(schema):
         assert cls._times_beyond_occurred_at()
+
+
+def test_a_ce_id_names_an_event_id_only_in_its_canonical_text():
+    """The whole-event path compares ce_id with the id's canonical text (str(UUID)), made
+    from its int: every other spelling of the same UUID takes the long way, as before."""
+    event_id = UUID("0123abcd-4567-89ef-0123-456789abcdef")
+    canonical = str(event_id)
+    spellings = [canonical, canonical.upper(), canonical.replace("-", ""), "{" + canonical + "}",
+                 "urn:uuid:" + canonical, canonical[:8] + canonical[9:13] + "-" + canonical[8] + canonical[13:],
+                 canonical[:-1] + "-", canonical + " ", "", str(uuid4())]
+    for text in spellings:
+        assert cloudevents._names(text, event_id) == (text == canonical), text
+    assert cloudevents._names(str(UUID(int=0)), UUID(int=0))
