@@ -33,9 +33,9 @@ async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | Stu
     latest = domain.latest_students(events, held)
     await store.project_students(uow.conn, latest)
     # First attendances that waited for the roster to know the student (asked only of the
-    # districts where one is pending: the sources are locked, none can arrive meanwhile).
+    # districts where one is pending: the sources are locked, none of theirs can arrive meanwhile).
     known = [(s.district_id, s.source_id) for s in latest if s.source_id]
-    waiting = await store.districts_with_pending_first_attendances(uow.conn, known)
+    waiting = await store.districts_with_pending_first_attendances(uow.conn, {d for d, _ in known})
     for district_id, source_ids in _by_district(pair for pair in known if pair[0] in waiting):
         await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
     await refresh(uow, own, events[-1], own)

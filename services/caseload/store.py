@@ -624,20 +624,18 @@ _FIRST_ATTENDANCE_VERDICT = first_attendance_verdict_sql(
     student_known="school_id IS NOT NULL", mandate_found="mandate_id IS NOT NULL", provider_authorised="authorised")
 
 
-async def districts_with_pending_first_attendances(conn: asyncpg.Connection,
-                                                  students: list[tuple[str, str]]) -> set[str]:
-    """The districts among these (district, SIS id) pairs where a first attendance of one of
-    them is pending: one probe, so a batch of students from many districts asks
-    apply_first_attendances only where there is something to apply."""
-    if not students:
+async def districts_with_pending_first_attendances(conn: asyncpg.Connection, districts: Iterable[str]) -> set[str]:
+    """Those of these districts where any first attendance is pending: one probe (on the
+    pending index), so a batch of students from many districts asks apply_first_attendances
+    only where there may be something to apply."""
+    districts = list(set(districts))
+    if not districts:
         return set()
-    districts, sources = (list(c) for c in zip(*students, strict=True))
     rows = await conn.fetch(
-        """SELECT DISTINCT a.district_id
-           FROM unnest($1::text[], $2::text[]) AS p(district_id, source_id)
-           JOIN first_attendances a ON a.district_id = p.district_id AND a.student_source_id = p.source_id
-                                   AND a.status = 'pending'""",
-        districts, sources)
+        """SELECT d.district_id FROM unnest($1::text[]) AS d(district_id)
+           WHERE EXISTS (SELECT 1 FROM first_attendances a
+                         WHERE a.district_id = d.district_id AND a.status = 'pending')""",
+        districts)
     return {r["district_id"] for r in rows}
 
 
