@@ -236,3 +236,16 @@ def test_a_ce_id_names_an_event_id_only_in_its_canonical_text():
     for text in spellings:
         assert cloudevents._names(text, event_id) == (text == canonical), text
     assert cloudevents._names(str(UUID(int=0)), UUID(int=0))
+
+
+@pytest.mark.parametrize("raw", [b"\x00", b"\xed\xa0\x80", b"\xff"])
+def test_a_raw_nul_surrogate_or_byte_that_is_not_utf8_in_a_json_body_is_refused(raw):
+    """storable_as_json lets pydantic's JSON parser refuse what no escape spells (a raw control
+    character, bytes that are not UTF-8, a surrogate encoded as bytes): should a parser ever
+    accept them, this fails before an unstorable text is accepted."""
+    body = cloudevents.encode(_WHOLE).replace(b'"Reyes"', b'"Re' + raw + b'yes"')
+    assert raw in body
+    with pytest.raises(ValidationError):
+        StudentEnrolled.from_json(body)
+    with pytest.raises(cloudevents.BadMessage):
+        cloudevents.decode(TOPICS["roster.students.v1"], body, cloudevents.headers_for(_WHOLE, "caseflow.roster"))
