@@ -134,20 +134,28 @@ def _whole_event(topic: Topic, body: bytes, attrs: dict[str, str]) -> Event | No
     if cls is None:
         return None
     try:
-        event = cls.model_validate_json(body)
+        event = cls.from_json(body)
     except ValidationError:
         return None
-    if not {"event_id", "occurred_at"} <= event.model_fields_set:
+    given = event.__pydantic_fields_set__
+    if "event_id" not in given or "occurred_at" not in given:
         return None  # ids and times are never made up here: a redelivery must decode the same
     ce_id, ce_time = attrs.get("ce_id"), attrs.get("ce_time")
     if (
-        (ce_id is not None and ce_id != str(event.event_id))
+        (ce_id is not None and not _names(ce_id, event.event_id))
         or attrs.get("ce_districtid", event.district_id) != event.district_id
         or (ce_time is not None and not _at(ce_time, event.occurred_at))
         or attrs.get("ce_correlationid", event.correlation_id) != event.correlation_id
     ):
         return None
     return event
+
+
+def _names(ce_id: str, event_id: uuid.UUID) -> bool:
+    """ce_id == str(event_id): the UUID's canonical text, without making it in Python
+    (UUID.__str__ slices and joins in Python; its int is at hand)."""
+    return (len(ce_id) == 36 and ce_id[8] == ce_id[13] == ce_id[18] == ce_id[23] == "-"
+            and ce_id.replace("-", "") == "%032x" % event_id.int)
 
 
 def describe(error: ValidationError) -> str:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from uuid import UUID, uuid4
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from types import UnionType
+from typing import Literal, Self, Union, get_args, get_origin
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 def utc_now() -> datetime:
@@ -32,6 +35,38 @@ def out_of_range(moment: datetime) -> str | None:
     except OverflowError:
         return "is out of range: in UTC it falls before year 1 or after year 9999"
     return None
+
+
+def storable_as_json(body: bytes, *, times: bool = True) -> bool:
+    """True when nothing a JSON body spells can be unstorable, seen in its bytes alone.
+
+    pydantic's JSON parser refuses a body that is not UTF-8, a raw control character in a
+    string and a lone surrogate escape: text read from JSON can be unstorable only by holding
+    NUL, which JSON spells only as an escape (\\u0000). A time is out of range once in UTC
+    only in year 1 or 9999, and a time written as text starts with its year ("0001-...);
+    one written as a number is a Unix time, read in UTC. So a body without a backslash
+    (no escape, which could spell NUL or disguise a year's digits) and without "0001- or
+    "9999- holds no text and no time Event._storable would refuse. times=False: the body's
+    times are checked otherwise (an event whose only time is occurred_at, which _in_utc
+    checks), so only its text is looked at: one scan for one byte."""
+    if b"\\" in body:
+        return False
+    return not times or (b'"0001-' not in body and b'"9999-' not in body)
+
+
+# The validation context of Event.from_json for a body storable_as_json passed.
+_STORABLE_AS_JSON = {"storable": "seen in the bytes"}
+
+
+def _may_hold_a_time(annotation) -> bool:
+    if annotation in (str, int, float, bool, UUID, date, type(None)):
+        return False
+    if get_origin(annotation) is Literal:
+        return False
+    args = get_args(annotation)
+    if get_origin(annotation) in (list, tuple, set, frozenset, Union, UnionType) and args:
+        return any(_may_hold_a_time(a) for a in args if a is not Ellipsis)
+    return True  # a datetime, a nested model, a mapping, or a type not foreseen here: look
 
 
 # Values with no text and no time in them: nothing to refuse (every event checks every field).
@@ -71,16 +106,37 @@ class Event(BaseModel):
     @field_validator("occurred_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
-        if problem := out_of_range(value):
-            raise ValueError(problem)
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)  # one conversion, which is also out_of_range's test
+        except OverflowError:
+            raise ValueError(out_of_range(value)) from None
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Self:
+        """The event a JSON body holds: cls.model_validate_json(body), the same refusals,
+        with Event._storable's walk over every field left out when the bytes already say
+        that nothing in them can be unstorable (storable_as_json)."""
+        plain = type(body) is bytes and storable_as_json(body, times=cls._times_beyond_occurred_at())
+        return cls.model_validate_json(body, context=_STORABLE_AS_JSON if plain else None)
+
+    @classmethod
+    def _times_beyond_occurred_at(cls) -> bool:
+        """Can a field other than occurred_at hold a time (a datetime, in a list, a nested
+        model, a mapping, anything untyped)? Worked out once per class."""
+        cached = cls.__dict__.get("_times_cache")
+        if cached is None:
+            cached = any(_may_hold_a_time(f.annotation) for name, f in cls.model_fields.items() if name != "occurred_at")
+            type.__setattr__(cls, "_times_cache", cached)
+        return cached
 
     @model_validator(mode="after")
-    def _storable(self):
+    def _storable(self, info: ValidationInfo):
         """Every event's text and times are what its consumers can store: no NUL, no lone
         surrogate, no time outside the calendar once in UTC. An event that breaks this is
         refused where it is made (an HTTP request answers 422) or dead-lettered where it
         arrives, never accepted and then lost in a consumer's database."""
+        if info.context is _STORABLE_AS_JSON:
+            return self  # from_json: its bytes hold nothing unstorable
         for name, value in self.__dict__.items():
             kind = type(value)
             if kind is str:  # most fields: the checks of unstorable, without a call each

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 from contracts.roster import StudentEnrolled, StudentUpdated, StudentWithdrawn
@@ -119,6 +120,9 @@ def student_schools(school_id: str, school_ids: Iterable[str] | None) -> tuple[s
     """Every school a student is enrolled in, as a set written one way (sorted): the home
     school always among them; None (an older producer) means the home school alone; the
     order the roster lists them in never changes anything."""
+    if school_ids is None or (len(school_ids) == 1 and school_ids[0] == school_id):
+        if school_id and school_id == school_id.strip():  # the home school alone: most students
+            return (school_id,)
     listed = {s.strip() for s in (school_ids or ())}
     return tuple(sorted((listed | {school_id}) - {""}))
 
@@ -328,8 +332,10 @@ def check_provider_link(*, caller: Caller, provider_email: str, provider_schools
 # -------------------------------------------------------------------- the roster projection
 
 
-@dataclass(frozen=True)
-class ProjectedStudent:
+class ProjectedStudent(NamedTuple):
+    """A student as the caseload service's projection holds them (a tuple: one is made per
+    roster event, and a frozen dataclass's fields are set one call each)."""
+
     student_id: UUID
     district_id: str
     school_id: str
@@ -356,7 +362,7 @@ def latest_students(events: Iterable[StudentEnrolled | StudentUpdated | StudentW
         if isinstance(e, StudentWithdrawn):
             if before is None:
                 continue  # withdrawn before we knew them: nothing to keep
-            now = ProjectedStudent(**{**before.__dict__, "status": "withdrawn", "as_of": e.occurred_at})
+            now = before._replace(status="withdrawn", as_of=e.occurred_at)
         else:
             now = ProjectedStudent(
                 student_id=e.student_id, district_id=e.district_id, school_id=e.school_id, grade=e.grade,

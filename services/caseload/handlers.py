@@ -26,14 +26,19 @@ from services.kit.consumer import UnitOfWork
 
 
 async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | StudentUpdated | StudentWithdrawn]) -> None:
-    await store.lock_sources(uow.conn, {(e.district_id, e.source_id) for e in events if e.source_id})
-    held = await store.held_students(uow.conn, (e.student_id for e in events))
+    sources = {(e.district_id, e.source_id) for e in events if e.source_id}
+    await store.lock_sources(uow.conn, sources)
+    own = {e.student_id: e for e in events}  # each student's last event in the batch
+    held = await store.held_students(uow.conn, own)
     latest = domain.latest_students(events, held)
     await store.project_students(uow.conn, latest)
-    # First attendances that waited for the roster to know the student.
-    for district_id, source_ids in _by_district((s.district_id, s.source_id) for s in latest if s.source_id):
+    # First attendances that waited for the roster to know the student (asked only of the
+    # districts where one is pending: the sources are locked, none of theirs can arrive meanwhile).
+    known = [(s.district_id, s.source_id) for s in latest if s.source_id]
+    waiting = await store.districts_with_pending_first_attendances(uow.conn, {d for d, _ in known})
+    for district_id, source_ids in _by_district(pair for pair in known if pair[0] in waiting):
         await store.apply_first_attendances(uow.conn, district_id, source_ids=source_ids)
-    await refresh(uow, {e.student_id for e in events}, events[-1], {e.student_id: e for e in events})
+    await refresh(uow, own, events[-1], own)
 
 
 async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDeactivated]) -> None:

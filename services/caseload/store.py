@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -343,9 +343,9 @@ REFRESH_PAIRS = 10_000  # (student, class) pairs brought in line by one statemen
 CUSTOM_PLAN_ABOVE = 200  # students: a refresh of more is planned for its own arrays
 
 
-@dataclass(frozen=True)
-class Cause:
-    """The event a membership change answers: its time (ISO 8601 text) and correlation id."""
+class Cause(NamedTuple):
+    """The event a membership change answers: its time (ISO 8601 text) and correlation id
+    (a tuple: one is made per roster event)."""
 
     occurred_at: str
     correlation_id: str | None
@@ -375,8 +375,8 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
         # (a live change) keeps the plan prepared once: planning this statement takes
         # 10 ms, more than running it for a few students.
         await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
-    causes = [(s, c) for s, c in (cause_of or {}).items()]
-    why = [[s for s, _ in causes], [c.occurred_at for _, c in causes], [c.correlation_id for _, c in causes],
+    cause_of = cause_of or {}
+    why = [list(cause_of), [c.occurred_at for c in cause_of.values()], [c.correlation_id for c in cause_of.values()],
            cause.occurred_at, cause.correlation_id, topic]
     sql = _REFRESH[(in_classes is not None, report)]
     changes: list[asyncpg.Record] = []
@@ -622,6 +622,21 @@ async def record_first_attendances(conn: asyncpg.Connection, events) -> None:
 # candidates below: what it waits for, NULL when it applies.
 _FIRST_ATTENDANCE_VERDICT = first_attendance_verdict_sql(
     student_known="school_id IS NOT NULL", mandate_found="mandate_id IS NOT NULL", provider_authorised="authorised")
+
+
+async def districts_with_pending_first_attendances(conn: asyncpg.Connection, districts: Iterable[str]) -> set[str]:
+    """Those of these districts where any first attendance is pending: one probe (on the
+    pending index), so a batch of students from many districts asks apply_first_attendances
+    only where there may be something to apply."""
+    districts = list(set(districts))
+    if not districts:
+        return set()
+    rows = await conn.fetch(
+        """SELECT d.district_id FROM unnest($1::text[]) AS d(district_id)
+           WHERE EXISTS (SELECT 1 FROM first_attendances a
+                         WHERE a.district_id = d.district_id AND a.status = 'pending')""",
+        districts)
+    return {r["district_id"] for r in rows}
 
 
 async def apply_first_attendances(conn: asyncpg.Connection, district_id: str, *,

@@ -341,6 +341,8 @@ class EventConsumer:
             [r.partition for r, _ in events],
             [r.offset for r, _ in events],
         )
+        if len(claimed) == len(events):
+            return events  # every id claimed, so every event is new and none repeats in the batch
         new_ids = {row["event_id"] for row in claimed}
         fresh = []
         for record, event in events:
@@ -407,12 +409,15 @@ class EventConsumer:
 
 def _offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, tuple[int, int]]:
     """Each partition's first and last offset among these records."""
-    out: dict[TopicPartition, tuple[int, int]] = {}
+    seen: dict[tuple[str, int], tuple[int, int]] = {}
     for r in records:
-        tp = TopicPartition(r.topic, r.partition)
-        first, last = out.get(tp, (r.offset, r.offset))
-        out[tp] = (min(first, r.offset), max(last, r.offset))
-    return out
+        key, offset = (r.topic, r.partition), r.offset
+        span = seen.get(key)
+        if span is None:
+            seen[key] = (offset, offset)
+        elif offset < span[0] or offset > span[1]:
+            seen[key] = (min(span[0], offset), max(span[1], offset))
+    return {TopicPartition(*key): span for key, span in seen.items()}  # one TopicPartition a partition
 
 
 def _retrieve(task: asyncio.Task) -> None:

@@ -81,19 +81,15 @@ class _Batch:
         return getattr(self._batch, name)
 
     def __iter__(self) -> Iterator:
-        last = None
         try:
-            for record in self._batch:
-                last = record.offset
-                yield record
+            records = list(self._batch)  # read whole by the client's reader: no Python step per record
         except CorruptRecordException:
             raise
         except Exception:
             if self._raw[16] != 2:  # only the v2 format has headers; anything else is the client's
                 raise
-            for record in read_batch(bytes(self._raw)):
-                if last is None or record.offset > last:
-                    yield record
+            return read_batch(bytes(self._raw))  # every record of the batch, as it is
+        return iter(records)
 
 
 def read_batch(raw: bytes) -> Iterator[Record]:

@@ -80,3 +80,16 @@ async def test_a_mandate_and_the_student_of_a_waiting_first_attendance_arriving_
     await second_runs_before_first_commits(pool, *((recorded, enrol) if first == "mandate" else
                                                    (enrol, recorded)), settings=SETTINGS)
     assert await linked(pool) == ([("applied", None)], [PROVIDER])
+
+
+async def test_a_batch_of_students_of_many_districts_applies_the_first_attendance_waiting_for_one_of_them(pool):
+    """on_roster_students asks for waiting first attendances once a batch, then only in the
+    districts where one waits: a student of d1 among students of other districts still
+    gets their provider."""
+    await handle(pool, handlers.on_mandates_recorded, [mandate("s1")])
+    await handle(pool, handlers.on_first_attendances, [attended("s1")])  # waits for the student
+    others = [StudentEnrolled(district_id=f"d{n}", occurred_at=T0, student_id=student_id_for(f"d{n}", "s1"),
+                              source_id="s1", school_id="A", grade="03", given_name="G", family_name="F")
+              for n in (2, 3)]
+    await handle(pool, handlers.on_roster_students, [others[0], student("s1"), others[1]])
+    assert await linked(pool) == ([("applied", None)], [PROVIDER])

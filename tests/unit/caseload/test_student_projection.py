@@ -48,3 +48,25 @@ def test_the_projection_keeps_every_school_and_the_lists_order_changes_nothing()
     assert again.school_ids == student.school_ids
     (older,) = latest_students([enrolled()])
     assert older.school_ids == ("A",)
+
+
+def test_a_student_of_one_school_reads_as_the_general_rule_reads_them():
+    """student_schools answers the common case (the home school alone) without building sets;
+    its answer is the rule's for every spelling of that case."""
+    def rule(school_id, school_ids):
+        return tuple(sorted(({s.strip() for s in (school_ids or ())} | {school_id}) - {""}))
+
+    for school_id in ("02M104", " 02M104", "02M104 ", "", " "):
+        for school_ids in (None, [], [school_id], [school_id.strip()], [school_id, school_id], ["02M475"]):
+            assert student_schools(school_id, school_ids) == rule(school_id, school_ids), (school_id, school_ids)
+
+
+def test_a_withdrawal_keeps_what_was_known_of_the_student():
+    from contracts.roster import StudentWithdrawn
+
+    (known,) = latest_students([enrolled()])
+    gone = StudentWithdrawn(district_id="d1", student_id=SID, source_id="S-1", school_id="A", reason="tobedeleted",
+                            occurred_at=T0 + timedelta(hours=1))
+    (withdrawn,) = latest_students([gone], {SID: known})
+    assert withdrawn == known._replace(status="withdrawn", as_of=T0 + timedelta(hours=1))
+    assert latest_students([gone]) == []  # withdrawn before we knew them: nothing to keep

@@ -169,3 +169,83 @@ def test_from_an_outside_system_a_blank_optional_text_means_none(blank):
 def test_from_an_outside_system_a_blank_required_text_is_still_refused():
     with pytest.raises(ValidationError):
         SisStudentEnrolled.model_validate({**FACTS, "given_name": "  "})
+
+
+_WHOLE = StudentEnrolled(district_id="d1", student_id=uuid4(), source_id="S-1", school_id="02M001", grade="05",
+                         given_name="Ana", family_name="Reyes", school_ids=["02M001"])
+
+
+@pytest.mark.parametrize(
+    ("field", "json_value", "refusal"),
+    [
+        ("given_name", '"An\\u0000a"', "NUL"),
+        ("school_ids", '["02M001", "X\\u0000"]', "NUL"),
+        ("given_name", '"An\\ud800a"', "lone surrogate"),
+        ("occurred_at", '"0001-01-01T00:00:00+01:00"', "out of range"),
+        ("occurred_at", '"9999-12-31T23:59:59-01:00"', "out of range"),
+        ("occurred_at", '"\\u0030001-01-01T00:00:00+01:00"', "out of range"),  # a year's digit as an escape
+    ],
+)
+def test_a_json_body_with_unstorable_text_or_time_is_refused_as_when_made_in_python(field, json_value, refusal):
+    """Event.from_json leaves out the walk over every field when the bytes show nothing can be
+    unstorable; whatever could be is still walked and refused, with the reason."""
+    body = _WHOLE.model_dump_json().replace(f'"{field}":', f'"{field}":{json_value},"was_{field}":', 1).encode()
+    with pytest.raises(ValidationError):
+        StudentEnrolled.from_json(body)
+    with pytest.raises(cloudevents.BadMessage, match=refusal):
+        headers = [h for h in cloudevents.headers_for(_WHOLE, "caseflow.roster") if h[0] != "ce_time"]
+        cloudevents.decode(TOPICS["roster.students.v1"], body, headers)
+
+
+@pytest.mark.parametrize("time", ['"9999-12-31T23:59:59-14:00"', '"\\u0039999-12-31T23:59:59-14:00"'])
+def test_a_time_out_of_range_anywhere_in_a_json_body_is_refused(time):
+    from contracts.cases import StudentMeetingScheduled
+
+    meeting = StudentMeetingScheduled(district_id="d1", student_source_id="S-1", meeting_id="m-1", title="Attendance",
+                                      scheduled_for=datetime(2026, 11, 20, 15, tzinfo=UTC))
+    body = meeting.model_dump_json().replace('"2026-11-20T15:00:00Z"', time).encode()
+    with pytest.raises(ValidationError, match="scheduled_for is out of range"):
+        StudentMeetingScheduled.from_json(body)
+
+
+def test_from_json_reads_what_model_validate_json_reads():
+    named = _WHOLE.model_copy(update={"given_name": "Zoë \"Ana\"", "family_name": "Núñez\\Reyes"})
+    for body in (cloudevents.encode(_WHOLE), cloudevents.encode(named), named.model_dump_json(indent=2).encode()):
+        assert StudentEnrolled.from_json(body) == StudentEnrolled.model_validate_json(body)
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_an_event_that_can_hold_a_time_besides_occurred_at_has_its_json_times_looked_at(event_type):
+    """Event.from_json looks for times out of range in the bytes of every event that can hold a
+    time other than occurred_at (which _in_utc checks): cross-checked with the JSON Schema."""
+    cls = EVENT_TYPES[event_type]
+    schema = cls.model_json_schema()
+    del schema["properties"]["occurred_at"]
+    if '"date-time"' in json.dumps(schema):
+        assert cls._times_beyond_occurred_at()
+
+
+def test_a_ce_id_names_an_event_id_only_in_its_canonical_text():
+    """The whole-event path compares ce_id with the id's canonical text (str(UUID)), made
+    from its int: every other spelling of the same UUID takes the long way, as before."""
+    event_id = UUID("0123abcd-4567-89ef-0123-456789abcdef")
+    canonical = str(event_id)
+    spellings = [canonical, canonical.upper(), canonical.replace("-", ""), "{" + canonical + "}",
+                 "urn:uuid:" + canonical, canonical[:8] + canonical[9:13] + "-" + canonical[8] + canonical[13:],
+                 canonical[:-1] + "-", canonical + " ", "", str(uuid4())]
+    for text in spellings:
+        assert cloudevents._names(text, event_id) == (text == canonical), text
+    assert cloudevents._names(str(UUID(int=0)), UUID(int=0))
+
+
+@pytest.mark.parametrize("raw", [b"\x00", b"\xed\xa0\x80", b"\xff"])
+def test_a_raw_nul_surrogate_or_byte_that_is_not_utf8_in_a_json_body_is_refused(raw):
+    """storable_as_json lets pydantic's JSON parser refuse what no escape spells (a raw control
+    character, bytes that are not UTF-8, a surrogate encoded as bytes): should a parser ever
+    accept them, this fails before an unstorable text is accepted."""
+    body = cloudevents.encode(_WHOLE).replace(b'"Reyes"', b'"Re' + raw + b'yes"')
+    assert raw in body
+    with pytest.raises(ValidationError):
+        StudentEnrolled.from_json(body)
+    with pytest.raises(cloudevents.BadMessage):
+        cloudevents.decode(TOPICS["roster.students.v1"], body, cloudevents.headers_for(_WHOLE, "caseflow.roster"))

@@ -51,3 +51,15 @@ async def test_a_kafka_error_is_left_to_faststreams_loop():
     c = consumer()
     with pytest.raises(KafkaConnectionError):
         await c._reading(get_msg)(None)  # noqa: SLF001
+
+
+def test_a_batch_is_committed_from_each_partitions_first_and_last_record_in_any_order():
+    from types import SimpleNamespace
+
+    from aiokafka import TopicPartition
+
+    from services.kit.consumer import _offsets
+
+    records = [SimpleNamespace(topic="t", partition=p, offset=o) for p, o in [(0, 5), (1, 3), (0, 4), (0, 9), (1, 2), (2, 7)]]
+    assert _offsets(records) == {TopicPartition("t", 0): (4, 9), TopicPartition("t", 1): (2, 3),
+                                 TopicPartition("t", 2): (7, 7)}
