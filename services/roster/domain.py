@@ -17,16 +17,27 @@ from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdr
 # Student ids are derived from (district, SIS id): the same student gets the same id from
 # every feed (SIS events, OneRoster files), on every instance, with no lookup.
 _STUDENT_IDS = uuid.UUID("3d5b8a52-6d0c-4c3e-8f3e-2b7f0c6a9d11")
+_IDS_HASH = hashlib.sha1(_STUDENT_IDS.bytes)  # uuid5's hash with the namespace already in
+_VERSION_5 = (0x5000 << 64) | (0x8000 << 48)  # version 5, RFC 4122 variant
+_NOT_VERSION = ~((0xF000 << 64) | (0xC000 << 48))
+
+
+def _derived_id(name: str) -> UUID:
+    """uuid.uuid5(_STUDENT_IDS, name), at under half the cost: an import derives a million
+    ids (the namespace is hashed once, and the UUID is made from its int)."""
+    digest = _IDS_HASH.copy()
+    digest.update(name.encode())
+    return UUID(int=(int.from_bytes(digest.digest()[:16]) & _NOT_VERSION) | _VERSION_5)
 
 
 @lru_cache(maxsize=65_536)  # the handler and the rules both ask, per fact
 def student_id_for(district_id: str, source_id: str) -> UUID:
-    return uuid.uuid5(_STUDENT_IDS, f"{district_id}\n{source_id}")
+    return _derived_id(f"{district_id}\n{source_id}")
 
 
 @lru_cache(maxsize=65_536)
 def class_id_for(district_id: str, source_id: str) -> UUID:
-    return uuid.uuid5(_STUDENT_IDS, f"{district_id}\nclass\n{source_id}")
+    return _derived_id(f"{district_id}\nclass\n{source_id}")
 
 
 @dataclass(frozen=True)
@@ -172,7 +183,7 @@ class StaffMember:
 @lru_cache(maxsize=65_536)
 def staff_id_for(district_id: str, source_id: str) -> UUID:
     """Stable for (district, SIS id), whichever feed names the staff member."""
-    return uuid.uuid5(_STUDENT_IDS, f"{district_id}\nstaff\n{source_id}")
+    return _derived_id(f"{district_id}\nstaff\n{source_id}")
 
 
 def upsert_staff(
