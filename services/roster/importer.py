@@ -698,8 +698,10 @@ _HOME_SCHOOL = ("coalesce(CASE WHEN s.primary_school = ANY(s.school_ids) THEN s.
 _DIFF = """
 CREATE TEMP TABLE student_facts ON COMMIT DROP AS
 SELECT s.student_id, s.source_id, h.home AS school_id,
-       ARRAY[h.home] || ARRAY(SELECT x FROM unnest(s.school_ids) x WHERE x <> h.home ORDER BY x COLLATE "C")
-           AS school_ids,
+       -- (most students are at one school: no sorted subquery for them)
+       CASE WHEN cardinality(s.school_ids) = 1 THEN s.school_ids
+            ELSE ARRAY[h.home] || ARRAY(SELECT x FROM unnest(s.school_ids) x WHERE x <> h.home ORDER BY x COLLATE "C")
+       END AS school_ids,
        s.grade, s.given_name, s.family_name,
        CASE WHEN NOT {demographics_sent} THEN c.birth_date
             WHEN b.source_id IS NULL THEN CASE WHEN {demographics_bulk} THEN NULL ELSE c.birth_date END
