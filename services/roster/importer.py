@@ -657,12 +657,13 @@ CREATE TEMP TABLE stage_enrollments (source_id text, class_source_id text, user_
 CREATE TEMP TABLE stage_rejected (entity text, source_id text, line int, data jsonb, reasons text[]) ON COMMIT DROP;
 """
 
+# (stage_enrollments has none: it is only ever read whole, beside the held records, in
+# record_diff, and an index on its million rows cost more than the diff saved.)
 _STAGING_INDEXES = """
 CREATE INDEX ON stage_students (student_id);
 CREATE INDEX ON stage_staff (staff_id);
 CREATE INDEX ON stage_classes (class_id);
 CREATE INDEX ON stage_birth_dates (source_id);
-CREATE INDEX ON stage_enrollments (source_id);
 CREATE INDEX ON stage_rejected (entity, source_id);
 """
 
@@ -678,8 +679,9 @@ def _diff_statements(package: Package) -> list[str]:
         "enrollments_bulk": package.mode("enrollments") == "bulk",
     }
     sql = _DIFF.format(HOME_SCHOOL=_HOME_SCHOOL, STUDENT_CHANGE=domain.student_change_sql("f", "c"),
-                      STUDENT_CHANGES=domain.STUDENT_CHANGES,
-                      STAFF_CHANGE=domain.staff_change_sql("s", "c"), **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
+                      STUDENT_CHANGES=domain.STUDENT_CHANGES, STAFF_CHANGE=domain.staff_change_sql("s", "c"),
+                      records_join="FULL JOIN" if flags["enrollments_bulk"] else "LEFT JOIN",
+                      **{k: "TRUE" if v else "FALSE" for k, v in flags.items()})
     statements = [statement.strip() for statement in sql.split(";")]
     # (a statement is never only a comment: a semicolon in a comment would split it)
     assert all(any(line and not line.startswith("--") for line in map(str.strip, s.splitlines()))
@@ -697,8 +699,10 @@ _HOME_SCHOOL = ("coalesce(CASE WHEN s.primary_school = ANY(s.school_ids) THEN s.
 _DIFF = """
 CREATE TEMP TABLE student_facts ON COMMIT DROP AS
 SELECT s.student_id, s.source_id, h.home AS school_id,
-       ARRAY[h.home] || ARRAY(SELECT x FROM unnest(s.school_ids) x WHERE x <> h.home ORDER BY x COLLATE "C")
-           AS school_ids,
+       -- (most students are at one school: no sorted subquery for them)
+       CASE WHEN cardinality(s.school_ids) = 1 THEN s.school_ids
+            ELSE ARRAY[h.home] || ARRAY(SELECT x FROM unnest(s.school_ids) x WHERE x <> h.home ORDER BY x COLLATE "C")
+       END AS school_ids,
        s.grade, s.given_name, s.family_name,
        CASE WHEN NOT {demographics_sent} THEN c.birth_date
             WHEN b.source_id IS NULL THEN CASE WHEN {demographics_bulk} THEN NULL ELSE c.birth_date END
@@ -786,25 +790,30 @@ UNION ALL
 SELECT c.class_id, c.source_id, c.school_id FROM stage_classes s JOIN classes c ON c.class_id = s.class_id
 WHERE NOT {classes_bulk} AND s.status = 'tobedeleted';
 
-CREATE TEMP TABLE record_changes ON COMMIT DROP AS
+-- The file's records beside the held ones, in one pass: each record the file adds or
+-- changes (source_id), and each held record a bulk file leaves out (held, with source_id
+-- NULL: a delta file's join is a LEFT JOIN, which has none). An unchanged record has no row.
+CREATE TEMP TABLE record_diff ON COMMIT DROP AS
 SELECT s.source_id, s.class_source_id, s.user_source_id, s.role, s.is_primary, s.begin_date, s.end_date,
-       c.class_source_id AS was_class, c.user_source_id AS was_user
-FROM stage_enrollments s
-LEFT JOIN enrollments c ON c.district_id = $1 AND c.source_id = s.source_id
-WHERE s.status = 'active'
-  AND (c.source_id IS NULL
-       OR (c.class_source_id, c.user_source_id, c.role, c.is_primary, c.begin_date, c.end_date)
-          IS DISTINCT FROM (s.class_source_id, s.user_source_id, s.role, s.is_primary, s.begin_date, s.end_date));
+       c.source_id AS held, c.class_source_id AS was_class, c.user_source_id AS was_user
+FROM (SELECT * FROM stage_enrollments WHERE status = 'active') s
+{records_join} (SELECT * FROM enrollments WHERE district_id = $1) c ON c.source_id = s.source_id
+WHERE s.source_id IS NULL OR c.source_id IS NULL
+   OR (c.class_source_id, c.user_source_id, c.role, c.is_primary, c.begin_date, c.end_date)
+      IS DISTINCT FROM (s.class_source_id, s.user_source_id, s.role, s.is_primary, s.begin_date, s.end_date);
+
+CREATE TEMP TABLE record_changes ON COMMIT DROP AS
+SELECT source_id, class_source_id, user_source_id, role, is_primary, begin_date, end_date, was_class, was_user
+FROM record_diff WHERE source_id IS NOT NULL;
 
 -- Records that go: absent from a bulk file, tobedeleted in a delta (by sourcedId, or by class
 -- and user for a record held from before sourcedIds were kept), or taken along by their
 -- class or person leaving the roster.
 CREATE TEMP TABLE record_removals ON COMMIT DROP AS
 SELECT DISTINCT source_id, class_source_id, user_source_id FROM (
-    SELECT c.source_id, c.class_source_id, c.user_source_id FROM enrollments c
-    WHERE {enrollments_bulk} AND c.district_id = $1
-      AND NOT EXISTS (SELECT 1 FROM stage_enrollments s WHERE s.source_id = c.source_id AND s.status = 'active')
-      AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'enrollment' AND r.source_id = c.source_id)
+    SELECT d.held AS source_id, d.was_class AS class_source_id, d.was_user AS user_source_id FROM record_diff d
+    WHERE {enrollments_bulk} AND d.source_id IS NULL
+      AND NOT EXISTS (SELECT 1 FROM stage_rejected r WHERE r.entity = 'enrollment' AND r.source_id = d.held)
     UNION ALL
     SELECT c.source_id, c.class_source_id, c.user_source_id
     FROM stage_enrollments s JOIN enrollments c ON c.district_id = $1 AND c.source_id = s.source_id

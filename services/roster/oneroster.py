@@ -25,6 +25,7 @@ import contextlib
 import csv
 import difflib
 import io
+import operator
 import sys
 import zipfile
 import zlib
@@ -186,6 +187,15 @@ class Package:
 
     def rows(self, entity: str) -> Iterator[tuple[int, dict[str, str]]]:
         """(line, row) for each record of a file; line is where the record starts (header = 1)."""
+        records = self.values(entity)
+        _, header = next(records)
+        for line, values in records:
+            yield line, values if isinstance(values, dict) else dict(zip(header, values))
+
+    def values(self, entity: str) -> Iterator[tuple[int, list[str] | dict[str, str]]]:
+        """rows, without a dict per row (for the largest files): first (1, the header as
+        read), then (line, values in the header's order) for each record as wide as the
+        header, and (line, {"__width__": why, "sourcedId": ...}) for one that is not."""
         file = f"{entity}.csv"
         text = io.TextIOWrapper(self._open(file), encoding="utf-8-sig", newline="")
         line = 1
@@ -195,6 +205,7 @@ class Package:
                 header = [self._column(file, h) for h in next(reader)]
             except StopIteration:
                 raise PackageRejected(f"{file} is empty: it has no header row") from None
+            yield 1, header
             line = reader.line_num + 1
             width = len(header)
             for values in reader:
@@ -204,7 +215,7 @@ class Package:
                                      "sourcedId": values[header.index("sourcedId")]
                                      if "sourcedId" in header and header.index("sourcedId") < len(values) else ""}
                     else:
-                        yield line, dict(zip(header, values, strict=True))
+                        yield line, values
                 line = reader.line_num + 1
         except UnicodeDecodeError:
             raise PackageRejected(self._not_utf8(file)) from None
@@ -602,7 +613,8 @@ class Reader:
                 self._problem(file, line, "email", email, "is not an email address", sid=sid)
                 self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                 continue
-            schools = list(dict.fromkeys(o for o in orgs if o in self.known.schools))
+            schools = (orgs if len(orgs) == 1 and orgs[0] in self.known.schools else
+                       list(dict.fromkeys(o for o in orgs if o in self.known.schools)))
             if role == "student":
                 grades = self._grades(file, line, row, "grades", sid)
                 if grades is not None and len(grades) != 1:
@@ -666,12 +678,27 @@ class Reader:
         homerooms: dict[tuple[str, str], int] = {}
         classes, users, user_schools = self.known.classes, self.known.users, self.known.user_schools
         dates: dict[str, date | None] = {"": None}  # a file has few distinct dates: each is read once
-        for line, row in self._rows(file):
-            sid, status = row.get("sourcedId"), row.get("status")
-            class_sid, user_sid, role = row.get("classSourcedId"), row.get("userSourcedId"), row.get("role")
+        # The rows as lists, not dicts: each row gets a None at its end, read for a column
+        # the header lacks (as row.get would), and a dict only on the long way. (A rejected
+        # enrolment keeps nothing of what its row said: it is rejected with {}.)
+        records = self.package.values(file)
+        _, header = next(records)
+        at = {column: i for i, column in enumerate(header)}
+        pick = operator.itemgetter(*(at.get(column, len(header)) for column in (
+            "sourcedId", "status", "classSourcedId", "userSourcedId", "role", "schoolSourcedId", "primary",
+            "beginDate", "endDate")))
+        count = 0
+        for line, values in records:
+            count += 1
+            if isinstance(values, dict):
+                self._misshapen(file, line, values)
+                continue
+            values.append(None)
+            sid, status, class_sid, user_sid, role, school, primary, raw_begin, raw_end = pick(values)
             if not (sid and class_sid and user_sid and role in _ENROLLMENT_ROLE_SET and status in ("", "active")
                     and sid.strip() == sid and class_sid.strip() == class_sid and user_sid.strip() == user_sid):
                 # the long way: report exactly what is wrong, or normalise (spaces, case, tobedeleted)
+                row = dict(zip(header, values))
                 sid = self._sid(file, line, row)
                 if sid is None:
                     continue
@@ -701,47 +728,48 @@ class Reader:
             klass = classes.get(class_sid)
             if klass is None:
                 self._problem(file, line, "classSourcedId", class_sid, self._unknown("class", class_sid), sid=sid)
-                self._reject("enrollment", sid, line, row, ())
+                self._reject("enrollment", sid, line, {}, ())
                 continue
             user_role = users.get(user_sid)
             if user_role is None:
                 self._problem(file, line, "userSourcedId", user_sid, self._unknown("user", user_sid), sid=sid)
-                self._reject("enrollment", sid, line, row, ())
+                self._reject("enrollment", sid, line, {}, ())
                 continue
             if role != user_role and not enrolment_role_fits(role, user_role):
                 self._problem(file, line, "role", role, f"role {role}, but users.csv says {user_role}"
                               if self.package.mode("users") != "absent" else
                               f"role {role}, but the roster holds {user_sid} as {user_role}", sid=sid)
-                self._reject("enrollment", sid, line, row, ())
+                self._reject("enrollment", sid, line, {}, ())
                 continue
             if role == "proctor" or user_role in OTHER_ROLES:
                 self._ignore(file, line, sid, "enrolments of proctors are not kept (Caseflow keeps students, "
                                               "teachers, aides and administrators in classes)")
                 continue
-            school = row.get("schoolSourcedId")
             if school and school != klass[0] and school.strip() != klass[0]:
                 self._problem(file, line, "schoolSourcedId", school,
                               f"the class {class_sid} is at {klass[0]} (classes.csv)", sid=sid)
-                self._reject("enrollment", sid, line, row, ())
+                self._reject("enrollment", sid, line, {}, ())
                 continue
-            primary = row.get("primary") or "false"
+            primary = primary or "false"
             if primary not in ("true", "false"):
                 read = normalise_choice(primary, ("true", "false"))
                 if read is None:
                     self._problem(file, line, "primary", primary, "bad value: expected true or false", sid=sid)
-                    self._reject("enrollment", sid, line, row, ())
+                    self._reject("enrollment", sid, line, {}, ())
                     continue
                 self._normalise(file, "primary", primary, read, line, sid)
                 primary = read
-            raw_begin, raw_end = row.get("beginDate") or "", row.get("endDate") or ""
-            begin = dates[raw_begin] if raw_begin in dates else self._date_once(dates, file, line, row, "beginDate", sid)
-            end = dates[raw_end] if raw_end in dates else self._date_once(dates, file, line, row, "endDate", sid)
+            raw_begin, raw_end = raw_begin or "", raw_end or ""
+            begin = dates[raw_begin] if raw_begin in dates else self._date_once(
+                dates, file, line, dict(zip(header, values)), "beginDate", sid)
+            end = dates[raw_end] if raw_end in dates else self._date_once(
+                dates, file, line, dict(zip(header, values)), "endDate", sid)
             if begin is False or end is False:
-                self._reject("enrollment", sid, line, row, ())
+                self._reject("enrollment", sid, line, {}, ())
                 continue
             if begin and end and end < begin:
-                self._problem(file, line, "endDate", row.get("endDate"), "ends before it begins", sid=sid)
-                self._reject("enrollment", sid, line, row, ())
+                self._problem(file, line, "endDate", raw_end, "ends before it begins", sid=sid)
+                self._reject("enrollment", sid, line, {}, ())
                 continue
             if role == "student":
                 if klass[1] == "homeroom":
@@ -749,13 +777,14 @@ class Reader:
                     if first != line:
                         self._problem(file, line, "classSourcedId", class_sid,
                                       f"student already in a homeroom at this school (line {first})", sid=sid)
-                        self._reject("enrollment", sid, line, row, ())
+                        self._reject("enrollment", sid, line, {}, ())
                         continue
                 schools = user_schools.get(user_sid)
                 if schools is not None and (klass[0] != schools if isinstance(schools, str) else klass[0] not in schools):
                     self._ignore(file, line, sid, "students enrolled in a class at a school their orgSourcedIds do "
                                                   "not list (kept: the student is in the class)")
             yield (sid, class_sid, user_sid, role, primary == "true", begin, end, status)
+        self.rows_read[f"{file}.csv"] = count
 
     def finish(self) -> None:
         """Say once per file what was normalised or left aside."""
@@ -785,13 +814,17 @@ class Reader:
         for line, row in self.package.rows(entity):
             count += 1
             if "__width__" in row:
-                sid = _blank(row.get("sourcedId"))
-                self._problem(entity, line, None, None, row["__width__"], sid=sid)
-                if sid:
-                    self._reject(_ENTITY_OF[entity], sid, line, {}, ())
+                self._misshapen(entity, line, row)
                 continue
             yield line, row
         self.rows_read[f"{entity}.csv"] = count
+
+    def _misshapen(self, entity: str, line: int, row: dict[str, str]) -> None:
+        """A row not as wide as its header (Package.rows says why): reported, and skipped."""
+        sid = _blank(row.get("sourcedId"))
+        self._problem(entity, line, None, None, row["__width__"], sid=sid)
+        if sid:
+            self._reject(_ENTITY_OF[entity], sid, line, {}, ())
 
     def _problem(self, entity: str, line: int | None, column: str | None, value: str | None, reason: str,
                  severity: str = "error", sid: str | None = None) -> None:
@@ -940,4 +973,9 @@ def _blank(value: str | None) -> str | None:
 
 
 def _list(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
+    if not value:
+        return []
+    if "," not in value:  # most lists in a file have one item
+        value = value.strip()
+        return [value] if value else []
+    return [v.strip() for v in value.split(",") if v.strip()]
