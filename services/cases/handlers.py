@@ -6,15 +6,15 @@ from the delivered parts."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from contracts.cases import CaseOpened, CaseTransferredIn, CaseTransferredOut, TaskAssigned
+from contracts.cases import CaseTransferredIn, CaseTransferredOut, TaskAssigned
 from contracts.roster import StudentEnrolled, StudentUpdated, StudentWithdrawn
-from contracts.topics import CASE_TRIGGERS
+from contracts.topics import CASE_TRIGGERS, CASES
 from contracts.transfers import (
     CaseDelivered,
     CaseHeader,
@@ -96,7 +96,7 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
     managers = await store.school_case_managers(conn, {(t.district_id, s["school_id"])
                                                        for t, s, _, action, _, _ in decisions if action == domain.OPEN})
     used: Counter = Counter()
-    cases, timeline, tasks, opened = [], [], [], []
+    cases, timeline, tasks = [], [], []
     for t, s, kind, action, why, case_id in decisions:
         if action == domain.OPEN:
             key = (t.district_id, t.occurred_at.year)
@@ -104,8 +104,7 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
             used[key] += 1
             manager = managers.get((t.district_id, s["school_id"]))  # the school's default, where one is set
             cases.append((case_id, t.district_id, number, s["student_id"], s["school_id"], kind, t.event_id,
-                          t.occurred_at, manager))
-            opened.append((t, s, kind, case_id, number, manager))
+                          t.occurred_at, manager, s["source_id"], t.correlation_id))
         timeline.append((t.district_id, s["student_id"], case_id, t.occurred_at, kind, domain.summary(t),
                          t.actor_email, t.event_id))
         if action == domain.OPEN:
@@ -115,24 +114,9 @@ async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
             tasks.append((t.task_id, t.district_id, s["student_id"], case_id, t.title, t.assignee_email.lower(),
                           t.due_date, t.actor_email, t.occurred_at))
 
-    # PostgreSQL stores the batch (the cases and their counters first, its longest statement)
-    # while the CaseOpened events are built here: the two no longer wait for each other.
-    saving = asyncio.ensure_future(_save_triggers(conn, cases, timeline, tasks))
-    await asyncio.sleep(0)  # the first statement is sent
-    try:
-        for t, s, kind, case_id, number, manager in opened:
-            uow.emit(CaseOpened(
-                district_id=t.district_id, case_id=case_id, case_number=number, school_id=s["school_id"],
-                student_id=s["student_id"], student_source_id=s["source_id"], trigger_kind=kind,
-                source_event_id=t.event_id, source_occurred_at=t.occurred_at, correlation_id=t.correlation_id,
-                producer="caseflow.cases", case_manager=manager,
-            ))
-    finally:
-        await saving  # also when an event could not be built: no statement is left running
-
-
-async def _save_triggers(conn, cases: list, timeline: list, tasks: list) -> None:
-    await store.insert_cases(conn, cases)
+    # PostgreSQL stores the batch and writes the cases' CaseOpened into the outbox itself, in
+    # the statement that opens them (events_sql.case_opened_events): none is built here.
+    await store.insert_cases(conn, uow.topic(CASES.name), datetime.now(UTC).isoformat(), cases)
     await store.add_timeline(conn, timeline)
     await store.upsert_tasks(conn, tasks)
 

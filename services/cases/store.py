@@ -11,6 +11,7 @@ import asyncpg
 
 from contracts.transfers import CaseDelivered, TransferredStudent
 from services.cases.domain import Entry, OpenCase, trigger_case
+from services.cases.events_sql import case_opened_events
 from services.kit import db
 
 _STUDENT_LOCKS = 1  # advisory lock namespaces of this service
@@ -197,18 +198,31 @@ async def next_case_numbers(conn: asyncpg.Connection, district_id: str, year: in
     return last - count + 1
 
 
-async def insert_cases(conn: asyncpg.Connection, rows: list[tuple]) -> None:
-    """rows: (case_id, district_id, case_number, student_id, school_id, trigger_kind, source_event_id, opened_at,
-    case_manager)."""
+# One batch's cases opened by triggers, and their CaseOpened written into the outbox by the
+# same statement (events_sql.case_opened_events), in the batch's order.
+_OPEN_CASES = f"""
+WITH opened AS MATERIALIZED (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[],
+                         $8::timestamptz[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY
+         AS r(case_id, district_id, case_number, student_id, school_id, trigger_kind, source_event_id, opened_at,
+              case_manager, student_source_id, correlation_id, n)
+), saved AS (
+    INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                       source_event_id, opened_at, case_manager)
+    SELECT case_id, district_id, case_number, student_id, school_id, 'open', trigger_kind, source_event_id,
+           opened_at, case_manager
+    FROM opened ORDER BY n
+)
+{case_opened_events("SELECT * FROM opened", topic="$12::text", occurred_at="$13::text", order_by="e.n")}"""
+
+
+async def insert_cases(conn: asyncpg.Connection, topic: str, occurred_at: str, rows: list[tuple]) -> None:
+    """Open cases and write their CaseOpened into the outbox for `topic` (the deployment's
+    cases.v1), occurred_at (ISO 8601 text) the moment they opened. rows: (case_id, district_id,
+    case_number, student_id, school_id, trigger_kind, source_event_id, opened_at, case_manager,
+    student_source_id, correlation_id)."""
     if rows:
-        await conn.execute(
-            """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
-                                  source_event_id, opened_at, case_manager)
-               SELECT c, d, n, s, sc, 'open', k, e, at, m
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::uuid[],
-                           $8::timestamptz[], $9::text[]) AS r(c, d, n, s, sc, k, e, at, m)""",
-            *(list(c) for c in zip(*rows, strict=True)),
-        )
+        await conn.execute(_OPEN_CASES, *(list(c) for c in zip(*rows, strict=True)), topic, occurred_at)
 
 
 async def school_case_managers(conn: asyncpg.Connection, schools: Iterable[tuple[str, str]]) -> dict[tuple, str]:
