@@ -18,7 +18,8 @@ bytes); a record aiokafka's reader refuses (a header name that is not UTF-8) is 
 services/kit/records.py instead; and a read that fails any other way is logged, retried
 with backoff and reported on /readyz, never stepped over: the consume loop never ends. A handler that fails on one event for good sends that
 event to the dead-letter topic (the batch is replayed event by event, each in a savepoint,
-to find it) and the rest proceed; transient failures are retried with backoff.
+to find it) and the rest proceed; so does an event whose statements, alone, run past their
+timeout TIMEOUT_ATTEMPTS times in a row. Other transient failures are retried with backoff.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 RETRY_FOR_SECONDS = 60.0
 # A statement that ran past the pool's command timeout (asyncpg) or the server's statement_timeout.
 _TOO_LONG = (asyncio.TimeoutError, asyncpg.exceptions.QueryCanceledError)
+# An event handled alone whose statements run past their timeout this many times in a row is
+# dead-lettered (the reason says so), the attempts TIMEOUT_PAUSE_SECONDS x attempt apart.
+TIMEOUT_ATTEMPTS = 3
+TIMEOUT_PAUSE_SECONDS = 1.0
 
 
 class UnitOfWork:
@@ -275,9 +280,10 @@ class EventConsumer:
             except _HandlerFailed:
                 isolate = True  # find the failing event(s), one savepoint each
             except TRANSIENT_ERRORS as e:
-                if isinstance(e, _TOO_LONG) and not isolate and len(batch.events) > 1:
+                if isinstance(e, _TOO_LONG) and not isolate:
                     # A statement over the whole batch ran past its timeout: run again, it
-                    # would time out again, for ever. Event by event, each statement is small.
+                    # would time out again, for ever. Event by event, each statement is small,
+                    # and an event that alone runs past it is dead-lettered (_dispatch_one_by_one).
                     log.warning("a statement ran past its timeout; handling the batch event by event",
                                 topic=self._topic_name, events=len(batch.events))
                     isolate = True
@@ -361,17 +367,34 @@ class EventConsumer:
                 await handler(uow, list(run))
 
     async def _dispatch_one_by_one(self, uow: UnitOfWork, fresh) -> list[_DeadLetter]:
+        """Each event in a savepoint of its own: an event its handler fails on for good is
+        dead-lettered, and so is one whose statements run past their timeout TIMEOUT_ATTEMPTS
+        times in a row (alone, it would time out at every redelivery and block its partitions
+        for ever). Other transient failures (the database gone) undo the whole batch, retried."""
         dead = []
         for record, event in fresh:
             emitted = len(uow.outgoing)
-            try:
-                async with uow.conn.transaction():  # a savepoint: undo only this event's effects
-                    await self._dispatch(uow, [event])
-            except TRANSIENT_ERRORS:
-                raise
-            except Exception as e:  # noqa: BLE001 - a handler failing for good on one event
-                del uow.outgoing[emitted:]
-                dead.append(_DeadLetter(record, f"handler failed: {type(e).__name__}: {_safe_message(e)}"))
+            for attempt in range(1, TIMEOUT_ATTEMPTS + 1):
+                try:
+                    async with uow.conn.transaction():  # a savepoint: undo only this event's effects
+                        await self._dispatch(uow, [event])
+                    break
+                except _TOO_LONG as e:
+                    del uow.outgoing[emitted:]
+                    if attempt == TIMEOUT_ATTEMPTS:
+                        dead.append(_DeadLetter(record, f"handler ran past its statement timeout {attempt} times in "
+                                                        f"a row: {type(e).__name__}: {_safe_message(e)}"))
+                        break
+                    self._metrics.failed.labels(stage="consume").inc()
+                    log.warning("an event's statement ran past its timeout; trying it again", topic=record.topic,
+                                partition=record.partition, offset=record.offset, attempt=attempt)
+                    await asyncio.sleep(TIMEOUT_PAUSE_SECONDS * attempt)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a handler failing for good on one event
+                    del uow.outgoing[emitted:]
+                    dead.append(_DeadLetter(record, f"handler failed: {type(e).__name__}: {_safe_message(e)}"))
+                    break
         return dead
 
     def _dead_letter(self, d: _DeadLetter) -> outbox.OutgoingMessage:

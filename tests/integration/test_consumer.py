@@ -213,6 +213,55 @@ async def test_a_batch_whose_statement_runs_past_its_timeout_is_handled_event_by
         await conn.close()
 
 
+async def test_an_event_whose_statement_always_runs_past_its_timeout_is_dead_lettered_and_the_rest_applied(
+        system: Stack, tmp_path: Path):
+    """An event whose statement runs past its timeout every time would be retried for ever,
+    blocking its partition: alone, it is tried TIMEOUT_ATTEMPTS times, then dead-lettered
+    with the reason; the events around it are applied once. Both timeouts are real: asyncpg's
+    command timeout (mark 1) and the server's statement_timeout (mark 3)."""
+    from services.kit.consumer import TIMEOUT_ATTEMPTS
+
+    tries: dict[int, int] = {}
+
+    async def slow_for_some(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
+        for e in events:
+            if e.mark == 1:
+                tries[1] = tries.get(1, 0) + 1
+                await uow.conn.execute("SELECT pg_sleep(30)", timeout=0.3)
+            if e.mark == 3:
+                tries[3] = tries.get(3, 0) + 1
+                await uow.conn.execute("SET LOCAL statement_timeout = 300; SELECT pg_sleep(30)")
+        await record_marks(uow, events)
+
+    conn, pool, broker, metrics = await marks_service(system, tmp_path, slow_for_some)
+    for mark in range(5):
+        await system.publish_to(MARKS, MarkRecorded(district_id="d", student=f"s{mark}", mark=mark))
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) = 2 FROM outbox"), what="two dead letters",
+                         timeout=60)
+        assert sorted(r["mark"] for r in await conn.fetch("SELECT mark FROM marks")) == [0, 2, 4]
+        rows = await conn.fetch("SELECT topic, key, headers FROM outbox ORDER BY key")
+        assert [(r["topic"], r["key"]) for r in rows] == [(system.topic(MARKS.dead_letter), b"s1"),
+                                                          (system.topic(MARKS.dead_letter), b"s3")]
+        reasons = [dict(zip(r["headers"][::2], r["headers"][1::2], strict=True))["dlt_reason"] for r in rows]
+        assert reasons[0].startswith(f"handler ran past its statement timeout {TIMEOUT_ATTEMPTS} times in a row: "
+                                     "TimeoutError")
+        assert reasons[1].startswith(f"handler ran past its statement timeout {TIMEOUT_ATTEMPTS} times in a row: "
+                                     "QueryCanceledError: canceling statement due to statement timeout")
+        # Once over its batch (if the batch reached it), then TIMEOUT_ATTEMPTS times alone; never again.
+        seen = dict(tries)
+        assert all(TIMEOUT_ATTEMPTS <= n <= TIMEOUT_ATTEMPTS + 1 for n in seen.values()) and set(seen) == {1, 3}
+        await asyncio.sleep(1.5)
+        assert tries == seen
+        assert await conn.fetchval("SELECT count(*) FROM inbox") == 5
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+        await asyncio.sleep(0)
+
+
 class _NotUtf8Name(str):
     """A header name whose bytes on the wire are not UTF-8 (what a foreign producer may send)."""
 
