@@ -7,11 +7,15 @@ CloudEvents binary mode (attributes in ce_* headers, the payload as the body).
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from contracts.envelope import FromOutside
+
+# A school named in a list (dual enrolment, a staff member's schools): an SIS org id as
+# school_id is one, never blank (surrounding spaces are stripped first, as for every text).
+SchoolId = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class SisStudentEnrolled(FromOutside):
@@ -26,8 +30,8 @@ class SisStudentEnrolled(FromOutside):
     birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
     email: str | None = Field(default=None, max_length=320, description="Student's email, if any (personal data: never logged).")
     state_id: str | None = Field(default=None, max_length=64, description="State or city student id (e.g. OSIS number).")
-    school_ids: list[str] | None = Field(
-        default=None, description="Every school the student is enrolled in (dual enrolment), school_id among them; "
+    school_ids: list[SchoolId] | None = Field(
+        default=None, max_length=500, description="Every school the student is enrolled in (dual enrolment), school_id among them; "
         "none means school_id alone.")
 
 
@@ -48,4 +52,4 @@ class SisStaffUpserted(FromOutside):
     family_name: str = Field(min_length=1, max_length=200, description="Family name.")
     email: str | None = Field(default=None, max_length=320, description="Login email; none leaves the teacher unmatched.")
     identifier: str | None = Field(default=None, max_length=64, description="District staff id (e.g. EIS number).")
-    school_ids: list[str] = Field(min_length=1, description="Schools the staff member works in (SIS org ids).")
+    school_ids: list[SchoolId] = Field(min_length=1, max_length=500, description="Schools the staff member works in (SIS org ids).")

@@ -42,7 +42,7 @@ async def project_students(conn: asyncpg.Connection, students: list[ProjectedStu
         """INSERT INTO students (student_id, district_id, school_id, grade, given_name, family_name, state_id,
                                  status, as_of, source_id, school_ids)
            SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
-                  source_id, string_to_array(school_ids, chr(31))
+                  source_id, school_ids::text[]
            FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                        $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])
                 AS r(student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
@@ -55,7 +55,7 @@ async def project_students(conn: asyncpg.Connection, students: list[ProjectedStu
            WHERE students.as_of <= EXCLUDED.as_of""",
         *(list(col) for col in zip(*(
             (s.student_id, s.district_id, s.school_id, s.grade, s.given_name, s.family_name, s.state_id, s.status,
-             s.as_of, s.source_id, chr(31).join(s.school_ids or (s.school_id,)))
+             s.as_of, s.source_id, db.text_array(s.school_ids or (s.school_id,)))
             for s in students
         ), strict=True)),
     )
@@ -75,7 +75,7 @@ async def project_staff(conn: asyncpg.Connection, rows: list[tuple]) -> None:
         await conn.execute(
             """INSERT INTO staff (staff_id, district_id, source_id, role, email, active, as_of, school_ids)
                SELECT staff_id, district_id, source_id, role, email, active, as_of,
-                      coalesce(string_to_array(school_ids, chr(31)), '{}')
+                      coalesce(school_ids::text[], '{}')
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[],
                            $7::timestamptz[], $8::text[])
                     AS r(staff_id, district_id, source_id, role, email, active, as_of, school_ids)
@@ -83,7 +83,7 @@ async def project_staff(conn: asyncpg.Connection, rows: list[tuple]) -> None:
                    active = EXCLUDED.active, as_of = EXCLUDED.as_of,
                    school_ids = CASE WHEN EXCLUDED.active THEN EXCLUDED.school_ids ELSE staff.school_ids END
                WHERE staff.as_of <= EXCLUDED.as_of""",
-            *(list(c) for c in zip(*((*r[:7], chr(31).join(r[7]) if r[7] is not None else None) for r in rows),
+            *(list(c) for c in zip(*((*r[:7], db.text_array(r[7])) for r in rows),
                                    strict=True)),
         )
 

@@ -45,7 +45,7 @@ async def project_students(conn: asyncpg.Connection, rows: list[tuple]) -> None:
         await conn.execute(
             """INSERT INTO students (student_id, district_id, source_id, school_id, grade, given_name, family_name,
                                      status, as_of, school_ids, birth_date)
-               SELECT i, d, src, sc, g, gn, fn, st, at, string_to_array(scs, chr(31)), bd
+               SELECT i, d, src, sc, g, gn, fn, st, at, scs::text[], bd
                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                            $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::date[])
                     AS r(i, d, src, sc, g, gn, fn, st, at, scs, bd)
@@ -53,7 +53,7 @@ async def project_students(conn: asyncpg.Connection, rows: list[tuple]) -> None:
                    given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, status = EXCLUDED.status,
                    as_of = EXCLUDED.as_of, school_ids = EXCLUDED.school_ids, birth_date = EXCLUDED.birth_date
                WHERE students.as_of <= EXCLUDED.as_of""",
-            *(list(c) for c in zip(*((*r[:9], chr(31).join(r[9]), r[10]) for r in rows), strict=True)),
+            *(list(c) for c in zip(*((*r[:9], db.text_array(r[9]), r[10]) for r in rows), strict=True)),
         )
 
 

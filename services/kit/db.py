@@ -97,6 +97,17 @@ class _FairPool(asyncpg.Pool):
                 self._turns.release()
 
 
+def text_array(items) -> str | None:
+    """A list of texts as one PostgreSQL array literal (`'{"a","b"}'`, cast `::text[]` in the
+    statement): how a statement that takes one value per row (unnest of columns) is given a
+    list per row. Every element quoted and escaped, so no text can split or merge elements
+    (a separator such as U+001F could: ids from outside systems may hold any character but
+    NUL, which the contracts refuse). None stays None (SQL NULL)."""
+    if items is None:
+        return None
+    return "{" + ",".join(['"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' for s in items]) + "}"
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     return await _FairPool(
         dsn, min_size=min_size, max_size=max_size, max_queries=50_000, max_inactive_connection_lifetime=300.0,

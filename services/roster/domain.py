@@ -13,6 +13,7 @@ from uuid import UUID
 
 from contracts.roster import EnrollmentRemoved, StudentWithdrawn
 from contracts.sis import SisStaffUpserted, SisStudentEnrolled, SisStudentWithdrawn
+from services.kit.db import text_array
 
 # Student ids are derived from (district, SIS id): the same student gets the same id from
 # every feed (SIS events, OneRoster files), on every instance, with no lookup.
@@ -112,7 +113,7 @@ def in_turns(facts: list) -> list[list]:
 def enrolment_columns(facts: list[SisStudentEnrolled]) -> list[list]:
     """SIS enrolment facts as the columns store.enrol_students takes, one value per fact:
     student id, district, source id, school, grade, given and family name, birth date,
-    email, state id, every school (home first, joined by U+001F), the roster event's id
+    email, state id, every school (home first; an array literal, kit.db.text_array), the roster event's id
     (derived from the fact's), its time (ISO 8601) and correlation id (the fact's, else its
     id). Ids are given as text (student_id_for and _caused_by, at a third of the cost: this
     runs for every fact of a busy SIS feed)."""
@@ -121,7 +122,7 @@ def enrolment_columns(facts: list[SisStudentEnrolled]) -> list[list]:
         [f.district_id for f in facts], [f.source_id for f in facts], [f.school_id for f in facts],
         [f.grade for f in facts], [f.given_name for f in facts], [f.family_name for f in facts],
         [f.birth_date for f in facts], [f.email for f in facts], [f.state_id for f in facts],
-        ["\x1f".join(school_list(f.school_id, f.school_ids)) if f.school_ids else f.school_id for f in facts],
+        [text_array(school_list(f.school_id, f.school_ids) if f.school_ids else (f.school_id,)) for f in facts],
         [_uuid5_text(f"caused-by\n{f.event_id}") for f in facts],
         [f.occurred_at.isoformat() for f in facts],
         [f.correlation_id or str(f.event_id) for f in facts],
@@ -189,13 +190,13 @@ def staff_change_sql(fact: str, held: str) -> str:
 def staff_columns(facts: list[SisStaffUpserted]) -> list[list]:
     """SIS staff facts as the columns store.upsert_staff takes, one value per fact: staff id
     (text), district, source id, role, given and family name, login email (login_email:
-    none when blank), identifier, schools (joined by U+001F, as listed), the roster event's
+    none when blank), identifier, schools (as listed; an array literal, kit.db.text_array), the roster event's
     id (derived from the fact's), its time (ISO 8601) and correlation id."""
     return [
         [_uuid5_text(f"{f.district_id}\nstaff\n{f.source_id}") for f in facts],
         [f.district_id for f in facts], [f.source_id for f in facts], [f.role for f in facts],
         [f.given_name for f in facts], [f.family_name for f in facts], [login_email(f.email) for f in facts],
-        [f.identifier for f in facts], ["\x1f".join(f.school_ids) for f in facts],
+        [f.identifier for f in facts], [text_array(f.school_ids) for f in facts],
         [_uuid5_text(f"caused-by\n{f.event_id}") for f in facts],
         [f.occurred_at.isoformat() for f in facts],
         [f.correlation_id or str(f.event_id) for f in facts],

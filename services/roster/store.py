@@ -33,7 +33,7 @@ async def lock_students(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -
 _ENROL_STUDENTS = f"""
 WITH fact AS MATERIALIZED (
     SELECT f.student_id, f.district_id, f.source_id, f.school_id, f.grade, f.given_name, f.family_name,
-           f.birth_date, f.email, f.state_id, string_to_array(f.school_ids, chr(31)) AS school_ids,
+           f.birth_date, f.email, f.state_id, f.school_ids::text[] AS school_ids,
            f.roster_event_id, f.occurred_at, f.correlation_id
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::date[],
                 $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[])
@@ -71,7 +71,7 @@ async def enrol_students(conn: asyncpg.Connection, topic: str, columns: list[lis
 _UPSERT_STAFF = f"""
 WITH fact AS MATERIALIZED (
     SELECT f.staff_id, f.district_id, f.source_id, f.role, f.given_name, f.family_name, f.email, f.identifier,
-           string_to_array(f.school_ids, chr(31)) AS school_ids, f.roster_event_id, f.occurred_at, f.correlation_id
+           f.school_ids::text[] AS school_ids, f.roster_event_id, f.occurred_at, f.correlation_id
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
                 $9::text[], $10::uuid[], $11::text[], $12::text[])
          AS f(staff_id, district_id, source_id, role, given_name, family_name, email, identifier, school_ids,

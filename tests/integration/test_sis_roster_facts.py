@@ -132,6 +132,25 @@ async def test_a_student_of_several_schools_belongs_to_each_whatever_order_the_s
     assert (await enrol(roster, [fact(school_ids=["02M001", "02M475"])]))[1] == []
 
 
+async def test_a_school_id_holding_any_character_is_one_school(roster):
+    """School ids were joined by U+001F on their way to SQL: an id holding it became two."""
+    odd = 'X\x1fY "Annex", {2}'
+    _, (enrolled,) = await enrol(roster, [fact(school_ids=["02M001", odd])])
+    assert enrolled.school_ids == ["02M001", odd]
+    (staff,) = await upsert(roster, [staff_fact(school_ids=[odd])])
+    assert staff.school_ids == [odd]
+
+
+def test_a_blank_or_overlong_school_in_a_list_is_refused_with_the_reason():
+    """A staff member listing one blank school was saved with no school at all."""
+    for listed in ([" "], ["02M001", ""], ["S" * 129]):
+        with pytest.raises(ValueError, match=r"school_ids\.\d"):
+            staff_fact(school_ids=listed)
+        with pytest.raises(ValueError, match=r"school_ids\.\d"):
+            fact(school_ids=listed)
+    assert staff_fact(school_ids=[" 02M001 "]).school_ids == ["02M001"]
+
+
 async def test_text_the_sis_sends_reaches_the_event_as_sent(roster):
     """Quotes, backslashes, accents and line breaks survive the database's JSON."""
     name = 'O\'Brien "Jr." \\ Ñuñez\tzé\u2028x 😀'
