@@ -4,12 +4,14 @@ hold is refused where it arrives, with a message (issue 9, defect 4)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from uuid import uuid4
 
 import jwt
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from contracts.cases import StudentMeetingScheduled
+from contracts.roster import StaffUpserted
 from contracts.sis import SisStudentEnrolled
 from services.kit.auth import TokenVerifier, mint
 from services.kit.inputs import INT4, INT8, Key, Moment, cursor, text
@@ -61,7 +63,10 @@ def test_an_event_refuses_text_and_times_its_consumers_cannot_store():
         StudentMeetingScheduled.model_validate_json(
             StudentMeetingScheduled(**meeting).model_dump_json().replace("2026-11-20T15:00:00Z",
                                                                          "0001-01-01T00:00:00+14:00"))
-    with pytest.raises(ValidationError, match="school_ids holds a NUL"):
+    with pytest.raises(ValidationError, match="school_ids holds a NUL"):  # in a list, in any event
+        StaffUpserted(district_id="d", staff_id=uuid4(), source_id="T-1", role="teacher", given_name="Ana",
+                      family_name="Reyes", school_ids=["A", "B\x00"], matched=False)
+    with pytest.raises(ValidationError, match="school_ids.1"):  # an SIS id holds no control character at all
         SisStudentEnrolled(district_id="d", source_id="S-1", school_id="A", school_ids=["A", "B\x00"], grade="05",
                            given_name="Ana", family_name="Reyes")
     with pytest.raises(ValidationError, match="out of range"):
