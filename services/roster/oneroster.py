@@ -26,6 +26,7 @@ import csv
 import difflib
 import io
 import operator
+import re
 import sys
 import zipfile
 import zlib
@@ -851,7 +852,17 @@ class Reader:
         self.rejected[(entity, sid)] = Rejected(entity, sid, line, said, reasons)
 
     def _sid(self, entity: str, line: int, row: dict[str, str]) -> str | None:
-        return self._required(entity, line, row, "sourcedId", None)
+        """The row's sourcedId; None when blank, or when it holds a control character (the
+        roster derives ids from sourcedIds with line breaks between the parts: a student
+        "staff\\nT-1" would be given staff member T-1's id). That row is reported, and its
+        record, if held, stays as held (as a misshapen row's)."""
+        sid = self._required(entity, line, row, "sourcedId", None)
+        if sid is not None and not sid.isprintable() and _CONTROL.search(sid):
+            self._problem(entity, line, "sourcedId", sid.encode("unicode_escape").decode("ascii"),
+                          "sourcedId holds a control character", sid=sid)
+            self._reject(_ENTITY_OF[entity], sid, line, {}, ())
+            return None
+        return sid
 
     def _required(self, entity: str, line: int, row: dict[str, str], column: str, sid: str | None) -> str | None:
         value = _blank(row.get(column))
@@ -963,6 +974,9 @@ _ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
 _FILE_OF = {"org": "orgs", "session": "academicSessions", "class": "classes", "user": "users",
             "enrollment": "enrollments", "demographic": "demographics", "course": "courses", "role": "roles"}
 _ENTITY_OF = {file: entity for entity, file in _FILE_OF.items()}
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # as the SIS contracts' ids (contracts.sis.SisId)
 
 
 def _blank(value: str | None) -> str | None:

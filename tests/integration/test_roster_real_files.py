@@ -76,6 +76,26 @@ async def test_a_teacher_enrolled_as_a_student_is_reported_and_publishes_nothing
     assert all(await outbox_keys(base))  # and no event without a key
 
 
+async def test_a_sourced_id_holding_a_control_character_is_reported_and_changes_nothing(base, tmp_path):
+    """The roster derives ids from sourcedIds with line breaks between the parts: a student
+    "staff\\nstf-1001" would have been given teacher stf-1001's id. Such a row is reported
+    with its file, line and reason, and nothing else changes."""
+    before = await held_state(base, D)
+    package = (Edited("bulk_small", tmp_path / "p")
+               .add("users.csv", '"staff\nstf-1001",active,2026-09-01T12:00:00.000Z,true,sch-02M001,student,x1,,Ana,'
+                                 'Reyes,,,,,,,03,')
+               .add("users.csv", '"stu-\t0099",active,2026-09-01T12:00:00.000Z,true,sch-02M001,student,x2,,Ana,Reyes,'
+                                 ',,,,,,03,'))
+    result = await imported(base, package.path)
+    assert result.status == "applied"
+    assert errors(result) == {
+        ("users.csv", 20, "staff\nstf-1001", "sourcedId"): "sourcedId holds a control character",
+        ("users.csv", 22, "stu-\t0099", "sourcedId"): "sourcedId holds a control character",
+    }
+    assert await held_state(base, D) == before
+    assert await change_events(base) == []
+
+
 @pytest.mark.parametrize(("line", "reason"), [
     # a student enrolled as a teacher
     ("stu-0010,teacher,cls-02M475-CHEM-01,enr-0019,active,2026-09-01T12:00:00.000Z,sch-02M475,true,,",
