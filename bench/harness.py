@@ -515,6 +515,34 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def server_cpu_seconds(dsn: str) -> float:
+    """The CPU seconds so far of the whole PostgreSQL server behind dsn, when it runs on this
+    machine: its postmaster, its live processes (backends, WAL writer, checkpointer,
+    autovacuum) and those already reaped; NaN when it cannot be read (/proc)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = await conn.fetchval("SELECT pg_backend_pid()")
+    finally:
+        await conn.close()
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
+        total = sum(int(f) for f in fields[11:15]) / tick  # its own and its reaped children's
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == postmaster:
+                total += (int(stat[11]) + int(stat[12])) / tick
+        return total
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
