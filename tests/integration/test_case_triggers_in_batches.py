@@ -198,7 +198,8 @@ async def test_a_case_a_trigger_opens_is_written_only_into_the_indexes_a_read_ne
     case opened (open, at a school, no team, leader or manager yet) goes into the indexes of
     its id, its number, its student (all its cases), its student's open ones (one open case
     per student, and the trigger path's probe: one index, migration 011) and a school's open
-    cases (search by school); none other (migrations 008, 009, 011)."""
+    cases (search by school); none other (migrations 008, 009, 011). Its id is time-ordered
+    (domain.time_ordered_id: version 7), so a batch's cases sit together in cases_pkey."""
     pool = await service_db("cases")
     async with pool.acquire() as conn, conn.transaction():
         await world(conn, BATCH, random.Random(1))
@@ -217,6 +218,7 @@ async def test_a_case_a_trigger_opens_is_written_only_into_the_indexes_a_read_ne
                 written.add(r["name"])
     assert written == {"cases_pkey", "cases_district_id_case_number_key", "cases_by_student",
                        "cases_one_open_per_student", "cases_open_by_school"}
+    assert case_id.version == 7
 
 
 async def test_the_probe_of_open_cases_stays_a_probe_in_a_plan_made_while_the_tables_are_young(service_db):
