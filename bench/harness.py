@@ -534,10 +534,10 @@ async def server_cpu_seconds(dsn: str) -> float:
                 continue
             try:
                 stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
+                if int(stat[1]) == postmaster:
+                    total += (int(stat[11]) + int(stat[12])) / tick
+            except (OSError, ValueError, IndexError):  # gone while read
                 continue
-            if int(stat[1]) == postmaster:
-                total += (int(stat[11]) + int(stat[12])) / tick
         return total
     except (OSError, ValueError, IndexError):
         return float("nan")
