@@ -517,30 +517,35 @@ def cpu_seconds(pid: int) -> float:
 
 async def server_cpu_seconds(dsn: str) -> float:
     """The CPU seconds so far of the whole PostgreSQL server behind dsn, when it runs on this
-    machine: its postmaster, its live processes (backends, WAL writer, checkpointer,
-    autovacuum) and those already reaped; NaN when it cannot be read (/proc)."""
+    machine: its postmaster (found by its data directory: the embedded server runs in a PID
+    namespace of its own, so pg_backend_pid() is not a PID here), its live processes
+    (backends, WAL writer, checkpointer, autovacuum) and those already reaped; NaN when it
+    cannot be read (/proc)."""
     conn = await asyncpg.connect(dsn)
     try:
-        backend = await conn.fetchval("SELECT pg_backend_pid()")
+        data_dir = await conn.fetchval("SHOW data_directory")
     finally:
         await conn.close()
     tick = os.sysconf("SC_CLK_TCK")
-    try:
-        postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-        total = sum(int(f) for f in fields[11:15]) / tick  # its own and its reaped children's
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(stat[1]) == postmaster:
-                    total += (int(stat[11]) + int(stat[12])) / tick
-            except (OSError, ValueError, IndexError):  # gone while read
-                continue
-        return total
-    except (OSError, ValueError, IndexError):
+    stats, postmasters = {}, []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stats[int(entry.name)] = stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if command[0].endswith(b"/postgres") and data_dir.encode() in command:
+                postmasters.append((int(entry.name), int(stat[1])))
+        except (OSError, ValueError, IndexError):  # gone while read
+            continue
+    postmaster = [pid for pid, parent in postmasters if parent not in {p for p, _ in postmasters}]
+    if len(postmaster) != 1:
         return float("nan")
+    total = sum(int(f) for f in stats[postmaster[0]][11:15]) / tick  # its own and its reaped children's
+    for stat in stats.values():
+        if stat[1] == str(postmaster[0]):
+            total += (int(stat[11]) + int(stat[12])) / tick
+    return total
 
 
 def load_average() -> tuple[float, float, float]:
