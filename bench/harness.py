@@ -526,7 +526,19 @@ async def server_cpu_seconds(dsn: str) -> float:
         data_dir = await conn.fetchval("SHOW data_directory")
     finally:
         await conn.close()
+    found = server_processes(data_dir)
+    if found is None:
+        return float("nan")
     tick = os.sysconf("SC_CLK_TCK")
+    postmaster, children = found
+    total = sum(int(f) for f in postmaster[11:15]) / tick  # its own and its reaped children's
+    return total + sum(int(stat[11]) + int(stat[12]) for stat in children.values()) / tick
+
+
+def server_processes(data_dir: str) -> tuple[list[str], dict[int, list[str]]] | None:
+    """The postmaster of the PostgreSQL server of data_dir on this machine and its live
+    children by PID (here), each as the fields of /proc/PID/stat after the command's name;
+    None when no single postmaster is found."""
     stats, postmasters = {}, []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -540,12 +552,8 @@ async def server_cpu_seconds(dsn: str) -> float:
             continue
     postmaster = [pid for pid, parent in postmasters if parent not in {p for p, _ in postmasters}]
     if len(postmaster) != 1:
-        return float("nan")
-    total = sum(int(f) for f in stats[postmaster[0]][11:15]) / tick  # its own and its reaped children's
-    for stat in stats.values():
-        if stat[1] == str(postmaster[0]):
-            total += (int(stat[11]) + int(stat[12])) / tick
-    return total
+        return None
+    return stats[postmaster[0]], {pid: stat for pid, stat in stats.items() if stat[1] == str(postmaster[0])}
 
 
 def load_average() -> tuple[float, float, float]:
