@@ -92,8 +92,10 @@ from harness import (  # noqa: E402
     end_offsets,
     hammer,
     latency_line,
+    load_average,
     pct,
     produce,
+    server_cpu_seconds,
     subscriptions,
     tail_reader,
 )
@@ -375,6 +377,7 @@ async def throughput(backends_: Backends, students: int, rate: float, seconds: f
             reader = asyncio.create_task(read())
             watcher = asyncio.create_task(watch_lag(lag))
             try:
+                cpu_before = service.cpu_seconds(), await server_cpu_seconds(system.dsn("cases"))
                 started_wall = time.time()
                 sent, took = await drive(system.kafka, sender(system.topic(CASE_TRIGGERS.name), messages, sent_at),
                                          rate, seconds)
@@ -388,6 +391,7 @@ async def throughput(backends_: Backends, students: int, rate: float, seconds: f
                         caught_up = time.time() - started_wall
                         break
                     await asyncio.sleep(0.25)
+                cpu_after = service.cpu_seconds(), await server_cpu_seconds(system.dsn("cases"))
                 opening = sum(1 for m in messages[:sent] if m.opens)
                 deadline = time.time() + (15 if caught_up else 2)
                 while len(matched) < opening and time.time() < deadline:  # the last CaseOpened published
@@ -439,6 +443,9 @@ async def throughput(backends_: Backends, students: int, rate: float, seconds: f
           f"database: {counts['cases']:,} cases, {counts['timeline']:,} timeline entries, "
           f"{counts['waiting']:,} waiting triggers, outbox {counts['outbox']:,}"
           + (f"; {dead:,} DEAD-LETTERED" if dead else ""))
+    service_us, postgres_us = ((b - a) / max(handled, 1) * 1e6 for a, b in zip(cpu_before, cpu_after, strict=True))
+    print(f"      CPU per trigger over the load and its drain: the service {service_us:,.0f} us, PostgreSQL (the "
+          f"whole server) {postgres_us:,.0f} us; load average {' '.join(f'{v:.2f}' for v in load_average())}")
     if mix.ran_out:
         print("      (fresh students ran out: later triggers all joined open cases)")
     rate_met = processed_rate >= 0.95 * rate and sent / took >= 0.95 * rate and caught_up
@@ -447,7 +454,8 @@ async def throughput(backends_: Backends, students: int, rate: float, seconds: f
     return {"offered": rate, "input_rate": sent / took, "processed_rate": processed_rate, "sent": sent,
             "handled": handled, "caught_up": caught_up is not None, "missing": missing, "dead_lettered": dead,
             "p99_published": pct(lat_pub, 99), "p99_seen": pct(seen, 99), "p50_seen": pct(seen, 50),
-            "baseline_p99": pct(base, 99), "baseline_rate": base_sent / base_took, "service_cpu_seconds": cpu}
+            "baseline_p99": pct(base, 99), "baseline_rate": base_sent / base_took, "service_cpu_seconds": cpu,
+            "service_us_per_trigger": service_us, "postgres_us_per_trigger": postgres_us}
 
 
 # ---------------------------------------------------------------------------- 2. dashboard

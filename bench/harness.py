@@ -515,6 +515,47 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def server_cpu_seconds(dsn: str) -> float:
+    """The CPU seconds so far of the whole PostgreSQL server behind dsn, when it runs on this
+    machine: its postmaster (found by its data directory: the embedded server runs in a PID
+    namespace of its own, so pg_backend_pid() is not a PID here), its live processes
+    (backends, WAL writer, checkpointer, autovacuum) and those already reaped; NaN when it
+    cannot be read (/proc)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        data_dir = await conn.fetchval("SHOW data_directory")
+    finally:
+        await conn.close()
+    found = server_processes(data_dir)
+    if found is None:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster, children = found
+    total = sum(int(f) for f in postmaster[11:15]) / tick  # its own and its reaped children's
+    return total + sum(int(stat[11]) + int(stat[12]) for stat in children.values()) / tick
+
+
+def server_processes(data_dir: str) -> tuple[list[str], dict[int, list[str]]] | None:
+    """The postmaster of the PostgreSQL server of data_dir on this machine and its live
+    children by PID (here), each as the fields of /proc/PID/stat after the command's name;
+    None when no single postmaster is found."""
+    stats, postmasters = {}, []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stats[int(entry.name)] = stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            if command[0].endswith(b"/postgres") and data_dir.encode() in command:
+                postmasters.append((int(entry.name), int(stat[1])))
+        except (OSError, ValueError, IndexError):  # gone while read
+            continue
+    postmaster = [pid for pid, parent in postmasters if parent not in {p for p, _ in postmasters}]
+    if len(postmaster) != 1:
+        return None
+    return stats[postmaster[0]], {pid: stat for pid, stat in stats.items() if stat[1] == str(postmaster[0])}
+
+
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 

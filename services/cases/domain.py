@@ -223,6 +223,20 @@ def transferred_in_summary(source_district_id: str, source_case_number: str) -> 
     return f"Case transferred in from {source_district_id} (case {source_case_number})"
 
 
+def time_ordered_id(unix_ms: int, random: bytes) -> UUID:
+    """A new id that sorts by its moment (UUID version 7, RFC 9562): unix_ms (milliseconds
+    since 1970, 48 bits) first, then 74 bits of `random` (10 bytes, e.g. os.urandom(10)).
+    For the ids that are ours to choose (a case a trigger opens): a batch's new rows then sit
+    together at the end of the indexes keyed by them (cases_pkey, timeline_by_case), not one
+    page each all over them, which costs a page read and, after each checkpoint, a full page
+    written to the WAL. Ids another party can derive keep theirs (transferred_case_id).
+    Raises ValueError when unix_ms does not fit 48 bits or random is not 10 bytes."""
+    if not 0 <= unix_ms < 1 << 48 or len(random) != 10:
+        raise ValueError("unix_ms must fit 48 bits and random be 10 bytes")
+    r = int.from_bytes(random, "big")
+    return UUID(int=(unix_ms << 80) | (0x7 << 76) | ((r >> 68) << 64) | (0b10 << 62) | (r & ((1 << 62) - 1)))
+
+
 def transferred_case_id(request_id: UUID, source_case_id: UUID) -> UUID:
     """The destination's id of a transferred case: one per (request, source case), so every
     part of it, and every replay, finds the same case."""

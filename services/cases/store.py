@@ -145,8 +145,8 @@ async def open_cases(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> d
     return _trigger_cases(rows)
 
 
-# A student's open cases, one index probe per student (cases_open_by_student: see migration
-# 009 for why it stays). Written as a lateral probe, not
+# A student's open cases, one index probe per student (cases_one_open_per_student, which
+# holds every open case since migration 011; see 009 for why the probe needs such an index). Written as a lateral probe, not
 # `student_id = ANY($1) AND status = 'open'`: with statistics taken before a burst of
 # openings (autovacuum lags behind a busy consumer), the planner read that as "few open
 # cases" and scanned every open case for each batch (a bitmap of cases_open_by_school,

@@ -196,9 +196,10 @@ async def test_a_batch_of_triggers_leaves_what_they_leave_one_at_a_time_and_what
 async def test_a_case_a_trigger_opens_is_written_only_into_the_indexes_a_read_needs(service_db):
     """Each index entry of an opened case is written in the trigger path's transaction: the
     case opened (open, at a school, no team, leader or manager yet) goes into the indexes of
-    its id, its number, its student (all its cases; its open ones, the trigger path's
-    probe), one open case per student, and a school's open cases (search by school); none
-    other (migrations 008, 009)."""
+    its id, its number, its student (all its cases), its student's open ones (one open case
+    per student, and the trigger path's probe: one index, migration 011) and a school's open
+    cases (search by school); none other (migrations 008, 009, 011). Its id is time-ordered
+    (domain.time_ordered_id: version 7), so a batch's cases sit together in cases_pkey."""
     pool = await service_db("cases")
     async with pool.acquire() as conn, conn.transaction():
         await world(conn, BATCH, random.Random(1))
@@ -215,19 +216,55 @@ async def test_a_case_a_trigger_opens_is_written_only_into_the_indexes_a_read_ne
             if await conn.fetchval(f"SELECT count(*) FROM cases WHERE case_id = $1 AND ({r['predicate'] or 'true'})",
                                    case_id):
                 written.add(r["name"])
-    assert written == {"cases_pkey", "cases_district_id_case_number_key", "cases_by_student", "cases_open_by_student",
+    assert written == {"cases_pkey", "cases_district_id_case_number_key", "cases_by_student",
                        "cases_one_open_per_student", "cases_open_by_school"}
+    assert case_id.version == 7
 
 
 async def test_the_probe_of_open_cases_stays_a_probe_in_a_plan_made_while_the_tables_are_young(service_db):
     """The statement is prepared once per connection and its generic plan kept: made while
     the cases table was empty, it walked a school's open cases (cases_open_by_school) for
     each student when no index of a student's open cases was there (a batch went from 25 to
-    830 ms as cases were opened, bench/cases.py --only throughput)."""
+    830 ms as cases were opened, bench/cases.py --only throughput). The index of a student's
+    open cases is the one that keeps one open case per student (migration 011)."""
     pool = await service_db("cases")
     async with pool.acquire() as conn:
         await conn.execute("SET plan_cache_mode = force_generic_plan")
         plan = "\n".join(r[0] for r in await conn.fetch(
             f"EXPLAIN SELECT c.case_id FROM unnest($1::uuid[]) AS k(id) "
             f"LEFT JOIN LATERAL ({store._OPEN_CASES_OF.format(student='k.id')}) c ON true", [uuid.uuid4()]))
-    assert "Index Scan using cases_open_by_student" in plan, plan
+    assert "Index Scan using cases_one_open_per_student" in plan, plan
+
+
+async def test_one_open_case_per_student_among_those_opened_here_beside_any_number_transferred_in(service_db):
+    """Seed 004's one open case per student, kept by PostgreSQL (migration 011): a second open
+    case opened here for the student is refused, while open or closed; open cases transferred in
+    (one per request and source case) sit beside the student's own, as many as came."""
+    import asyncpg
+
+    pool = await service_db("cases")
+    student = uuid.uuid4()
+
+    async def case(number: str, status: str = "open", transferred: bool = False) -> None:
+        await conn.execute(
+            """INSERT INTO cases (case_id, district_id, case_number, student_id, school_id, status, trigger_kind,
+                                  source_event_id, opened_at, closed_at, transferred_in_from, transferred_in_request,
+                                  transferred_in_case_id)
+               VALUES ($1, 'd', $2, $3, CASE WHEN NOT $5::boolean THEN 'H0' END, $4::text, 'submit_form', $1,
+                       $6::timestamptz, CASE WHEN $4 = 'closed' THEN $6::timestamptz END,
+                       CASE WHEN $5 THEN 'elsewhere' END,
+                       CASE WHEN $5 THEN $7::uuid END, CASE WHEN $5 THEN $8::uuid END)""",
+            uuid.uuid4(), number, student, status, transferred, T0, uuid.uuid4(), uuid.uuid4())
+
+    async with pool.acquire() as conn:
+        await case("26-000001")
+        await case("26-000002", status="closed")
+        await case("26-000003", transferred=True)
+        await case("26-000004", transferred=True)
+        with pytest.raises(asyncpg.UniqueViolationError, match="cases_one_open_per_student"):
+            await case("26-000005")
+        await conn.execute("UPDATE cases SET status = 'closed', closed_at = $2 WHERE case_number = $1",
+                           "26-000001", T0)
+        await case("26-000006")
+        assert await conn.fetchval("SELECT count(*) FROM cases WHERE student_id = $1 AND status = 'open'",
+                                   student) == 3
