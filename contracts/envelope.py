@@ -8,7 +8,9 @@ from uuid import UUID, uuid4
 from types import UnionType
 from typing import Literal, Self, Union, get_args, get_origin
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import SchemaValidator
 
 
 def utc_now() -> datetime:
@@ -168,6 +170,50 @@ class FromOutside(Event):
         return data
 
     @classmethod
+    def from_json(cls, body: bytes | str) -> Self:
+        """Event.from_json, without pydantic's slow road where it can: a before-validator of
+        the whole model (_blank_means_none) makes pydantic build every JSON body as Python
+        objects first, at twice the cost of reading it straight into the event. So the body
+        is first read by the event's own schema with that one step left out
+        (_without_blank_means_none), and that reading is kept only when no optional field
+        holds a blank text, where the step changes nothing: then it is the same event. A
+        blank given to an optional text is read as a blank text (seen, below); given to an
+        optional day or list it is refused (a blank is neither). Either way, and for any body
+        refused, the body is read again the whole way, whose answer (the event, or its
+        refusals) is the one given. ValidationError as Event.from_json."""
+        without = cls._without_blank_means_none()
+        if without is None:
+            return super().from_json(body)
+        plain = type(body) is bytes and storable_as_json(body, times=cls._times_beyond_occurred_at())
+        context = _STORABLE_AS_JSON if plain else None
+        try:
+            event = without.validate_json(body, context=context)
+        except ValidationError:
+            pass  # refused, or a blank that means none where a text cannot be: the whole way says
+        else:
+            values = event.__dict__
+            for name in cls._optional_fields():
+                value = values[name]
+                if type(value) is str and not value.strip():
+                    break  # a blank text, which means none
+            else:
+                return event
+        return cls.model_validate_json(body, context=context)
+
+    @classmethod
+    def _without_blank_means_none(cls) -> SchemaValidator | None:
+        """A validator of the class's own schema (its fields, their checks, Event._storable,
+        the class's instances made) without its _blank_means_none step; None when the schema
+        is not shaped as expected (then from_json always takes the whole way). Once per class."""
+        cached = cls.__dict__.get("_without_cache", _UNKNOWN)
+        if cached is _UNKNOWN:
+            schema = _without_step(cls.__pydantic_core_schema__, cls._blank_means_none) \
+                if cls.__pydantic_complete__ else None
+            cached = SchemaValidator(schema) if schema is not None else None
+            type.__setattr__(cls, "_without_cache", cached)
+        return cached
+
+    @classmethod
     def _optional_fields(cls) -> frozenset[str]:
         cached = cls.__dict__.get("_optional_cache")
         if cached is None:
@@ -175,3 +221,20 @@ class FromOutside(Event):
                                if not f.is_required() and f.default is None)
             type.__setattr__(cls, "_optional_cache", cached)
         return cached
+
+
+_UNKNOWN = object()
+
+
+def _without_step(schema: dict, step) -> dict | None:
+    """A pydantic core schema with its first "function-before" step calling `step` taken out
+    (its inner schema in its place), found through the schemas that wrap it (the after-
+    validators, the model); None when there is no such step."""
+    if schema.get("type") == "function-before" and schema.get("function", {}).get("function") == step:
+        return schema["schema"]
+    inner = schema.get("schema")
+    if isinstance(inner, dict):
+        found = _without_step(inner, step)
+        if found is not None:
+            return {**schema, "schema": found}
+    return None

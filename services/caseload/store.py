@@ -36,28 +36,24 @@ async def held_students(conn: asyncpg.Connection, ids: Iterable[UUID]) -> dict[U
 
 
 async def project_students(conn: asyncpg.Connection, students: list[ProjectedStudent]) -> None:
+    """Write these students into the projection, each unless it holds a newer fact of them
+    (as_of), as one array of projected_student rows (migration 009: ProjectedStudent's fields
+    in order; a student with no schools listed is in their school alone)."""
     if not students:
         return
     await conn.execute(
         """INSERT INTO students (student_id, district_id, school_id, grade, given_name, family_name, state_id,
                                  status, as_of, source_id, school_ids)
            SELECT student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
-                  source_id, school_ids::text[]
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                       $7::text[], $8::text[], $9::timestamptz[], $10::text[], $11::text[])
-                AS r(student_id, district_id, school_id, grade, given_name, family_name, state_id, status, as_of,
-                     source_id, school_ids)
+                  source_id, school_ids
+           FROM unnest($1::projected_student[])
            ON CONFLICT (student_id) DO UPDATE SET
                district_id = EXCLUDED.district_id, school_id = EXCLUDED.school_id, grade = EXCLUDED.grade,
                given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name,
                state_id = EXCLUDED.state_id, status = EXCLUDED.status, as_of = EXCLUDED.as_of,
                source_id = EXCLUDED.source_id, school_ids = EXCLUDED.school_ids
            WHERE students.as_of <= EXCLUDED.as_of""",
-        *(list(col) for col in zip(*(
-            (s.student_id, s.district_id, s.school_id, s.grade, s.given_name, s.family_name, s.state_id, s.status,
-             s.as_of, s.source_id, db.text_array(s.school_ids or (s.school_id,)))
-            for s in students
-        ), strict=True)),
+        [s if s.school_ids else s._replace(school_ids=(s.school_id,)) for s in students],
     )
 
 

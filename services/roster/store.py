@@ -28,17 +28,15 @@ async def lock_students(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -
 
 # One turn of SIS enrolment facts (domain.in_turns: each student once), brought into the
 # roster and its events written into the outbox by PostgreSQL, in one statement: the facts
-# as columns (domain.enrolment_columns), the students they name locked, each compared with
-# the roster's rule (domain.student_change_sql), and what changed saved and said.
+# (domain.enrolment_columns: the students' ids, and the rest as sis_enrolment_fact rows,
+# migration 004), the students they name locked, each compared with the roster's rule
+# (domain.student_change_sql), and what changed saved and said.
 _ENROL_STUDENTS = f"""
 WITH fact AS MATERIALIZED (
     SELECT f.student_id, f.district_id, f.source_id, f.school_id, f.grade, f.given_name, f.family_name,
            f.birth_date, f.email, f.state_id, f.school_ids::text[] AS school_ids,
            f.roster_event_id, f.occurred_at, f.correlation_id
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::date[],
-                $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::text[])
-         AS f(student_id, district_id, source_id, school_id, grade, given_name, family_name, birth_date, email,
-              state_id, school_ids, roster_event_id, occurred_at, correlation_id)
+    FROM unnest($1::uuid[], $2::sis_enrolment_fact[]) AS f(student_id)  -- then the row's fields, by name
 ), held AS MATERIALIZED (
     SELECT * FROM students WHERE student_id = ANY($1::uuid[]) ORDER BY student_id FOR UPDATE
 ), kept AS MATERIALIZED (
@@ -53,8 +51,8 @@ WITH fact AS MATERIALIZED (
         given_name = EXCLUDED.given_name, family_name = EXCLUDED.family_name, birth_date = EXCLUDED.birth_date,
         email = EXCLUDED.email, state_id = EXCLUDED.state_id, status = 'active', withdrawn_at = NULL,
         updated_at = now()
-), enrolled AS ({sis_student_events("enrolled", "SELECT * FROM kept", "$15")})
-{sis_student_events("updated", "SELECT * FROM kept", "$15")}"""
+), enrolled AS ({sis_student_events("enrolled", "SELECT * FROM kept", "$3")})
+{sis_student_events("updated", "SELECT * FROM kept", "$3")}"""
 
 
 async def enrol_students(conn: asyncpg.Connection, topic: str, columns: list[list]) -> None:
@@ -62,7 +60,7 @@ async def enrol_students(conn: asyncpg.Connection, topic: str, columns: list[lis
     each student at most once) and write the StudentEnrolled / StudentUpdated they cause
     into the outbox for `topic` (the deployment's roster.students topic)."""
     if columns[0]:
-        await conn.execute(_ENROL_STUDENTS, *columns, topic)
+        await conn.execute(_ENROL_STUDENTS, columns[0], list(zip(*columns[1:], strict=True)), topic)
 
 
 # One turn of SIS staff facts (domain.in_turns: each staff member once), brought into the

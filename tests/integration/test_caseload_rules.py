@@ -463,3 +463,30 @@ async def test_a_dual_enrolled_student_is_on_the_section_teachers_caseload_with_
             "02M104", "02M475"]
     assert [tuple(r) for r in held] == [("okafor@x.org", "point_person", "02M104"),
                                         ("wei.chen1@x.org", "section", "02M475")]
+
+
+async def test_students_are_projected_as_rows_of_their_fields_and_an_older_fact_changes_nothing(service_db):
+    """store.project_students sends one array of projected_student rows (migration 009):
+    the type's attributes are ProjectedStudent's fields, in order; a student with no schools
+    listed is in their home school alone; a fact older than the one held is not written."""
+    from services.caseload.domain import ProjectedStudent
+
+    pool = await service_db("caseload")
+    t0 = datetime(2026, 9, 1, tzinfo=UTC)
+    async with pool.acquire() as conn:
+        attributes = await conn.fetch(
+            """SELECT a.attname FROM pg_attribute a JOIN pg_type t ON t.typrelid = a.attrelid
+               WHERE t.typname = 'projected_student' AND a.attnum > 0 ORDER BY a.attnum""")
+        assert tuple(r["attname"] for r in attributes) == ProjectedStudent._fields
+        one = ProjectedStudent(STUDENTS[0], "d1", "A", "03", "Zoë", "O'Neil \"Jr\"", None, "active", t0, "s0")
+        two = ProjectedStudent(STUDENTS[1], "d1", "B", "07", "G", "F", "OSIS-1", "active", t0, "s1", ("A", "B"))
+        async with conn.transaction():
+            await store.project_students(conn, [one, two])
+        async with conn.transaction():  # older, then newer
+            await store.project_students(conn, [two._replace(grade="08", as_of=t0 - timedelta(days=1)),
+                                                one._replace(status="withdrawn", as_of=t0 + timedelta(days=1))])
+        held = {r["student_id"]: r for r in await conn.fetch("SELECT * FROM students")}
+    assert (held[STUDENTS[0]]["family_name"], held[STUDENTS[0]]["status"], held[STUDENTS[0]]["school_ids"]) == \
+        ("O'Neil \"Jr\"", "withdrawn", ["A"])
+    assert (held[STUDENTS[1]]["grade"], held[STUDENTS[1]]["state_id"], held[STUDENTS[1]]["school_ids"]) == \
+        ("07", "OSIS-1", ["A", "B"])

@@ -79,6 +79,23 @@ async def test_a_student_the_roster_does_not_hold_is_enrolled(roster):
     assert (event.producer, event.occurred_at, event.correlation_id) == ("caseflow.roster", T0, "sis-run-7")
 
 
+async def test_every_fact_of_a_student_reaches_the_roster_and_its_event_in_its_own_field(roster):
+    """The facts go to PostgreSQL as rows of sis_enrolment_fact (migration 004): each value
+    lands in its own column and field, none shifted to its neighbour's."""
+    f = fact(source_id="S-9", school_id="02M475", grade="07", given_name="Zoë", family_name="O'Neil \"Jr\"",
+             birth_date=date(2014, 2, 3), email="zoe@schools.example.org", state_id="OSIS-9",
+             school_ids=["02M475", "01M015"], correlation_id="sis-run-9")
+    saved, (event,) = await enrol(roster, [f])
+    row = saved[student_id_for("d1", "S-9")]
+    held = (row["district_id"], row["source_id"], row["school_id"], row["grade"], row["given_name"],
+            row["family_name"], row["birth_date"], row["email"], row["state_id"], row["school_ids"])
+    said = (event.district_id, event.source_id, event.school_id, event.grade, event.given_name, event.family_name,
+            event.birth_date, event.email, event.state_id, event.school_ids)
+    assert held == said == ("d1", "S-9", "02M475", "07", "Zoë", "O'Neil \"Jr\"", date(2014, 2, 3),
+                            "zoe@schools.example.org", "OSIS-9", ["02M475", "01M015"])
+    assert (event.occurred_at, event.correlation_id, event.producer) == (T0, "sis-run-9", "caseflow.roster")
+
+
 async def test_identical_facts_change_nothing_and_say_nothing(roster):
     await enrol(roster, [fact()])
     await roster.execute("UPDATE students SET updated_at = now() - interval '1 day'")  # not this batch's

@@ -1,11 +1,15 @@
 import json
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Literal, get_args, get_origin
 from uuid import UUID, uuid4
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from contracts import cloudevents
+from contracts.envelope import FromOutside
 from contracts.roster import StudentEnrolled
 from contracts.sis import SisStudentEnrolled
 from contracts.topics import EVENT_TYPES, SIS_STUDENTS, TOPICS, partition_key, topic_for
@@ -249,3 +253,61 @@ def test_a_raw_nul_surrogate_or_byte_that_is_not_utf8_in_a_json_body_is_refused(
         StudentEnrolled.from_json(body)
     with pytest.raises(cloudevents.BadMessage):
         cloudevents.decode(TOPICS["roster.students.v1"], body, cloudevents.headers_for(_WHOLE, "caseflow.roster"))
+
+
+_OUTSIDE = sorted(t for t, cls in EVENT_TYPES.items() if issubclass(cls, FromOutside))
+_BLANKS = ["", " ", "   ", "\t", "\n", "\r\n", "\x1f", "\u00a0", "\u2003", "\u3000", " \u00a0\t"]
+
+
+def _example_value(annotation, n: int):
+    """A valid JSON value for a required field of this annotation."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)[0]
+    return {str: f"v{n}", datetime: "2026-11-20T15:00:00Z", date: "2026-11-20", UUID: str(UUID(int=n + 1)),
+            list[str]: ["02M001"]}[annotation]
+
+
+def _outcome(read, body: bytes):
+    try:
+        event = read(body)
+    except ValidationError as e:
+        return "refused", e.errors(include_url=False)
+    return type(event), event.model_dump(), event.model_fields_set
+
+
+@pytest.mark.parametrize("event_type", _OUTSIDE)
+def test_every_outside_event_is_read_from_json_without_pydantics_slow_road(event_type):
+    """FromOutside.from_json reads a body with the event's schema less _blank_means_none: a
+    contract whose schema it cannot take apart would be read the slow way, unnoticed."""
+    assert EVENT_TYPES[event_type]._without_blank_means_none() is not None
+
+
+@pytest.mark.parametrize("event_type", _OUTSIDE)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_an_outside_event_read_from_json_is_what_the_whole_validation_reads(event_type, data):
+    """Blank optional texts (every spelling str.strip() clears), values, nulls, absences and
+    wrong types in every field: FromOutside.from_json gives the event (type, values, fields
+    given) or the refusals that model_validate_json, with its _blank_means_none, gives."""
+    cls = EVENT_TYPES[event_type]
+    body = {"event_id": str(uuid4()), "occurred_at": "2026-11-20T15:00:00Z"}
+    for n, (name, field) in enumerate(cls.model_fields.items()):
+        if name in body or name == "event_type":
+            continue
+        choices = [_BLANKS, ["  padded  ", None, 7, [], ["a", " "]]]
+        if field.is_required():
+            choices.append([_example_value(field.annotation, n)] * 4)
+        else:
+            choices.append(["v", "2026-11-20", ["02M001"], "absent"])
+        value = data.draw(st.sampled_from(data.draw(st.sampled_from(choices))), label=name)
+        if value != "absent":
+            body[name] = value
+    raw = json.dumps(body, ensure_ascii=data.draw(st.booleans(), label="ascii")).encode()
+    assert _outcome(cls.from_json, raw) == _outcome(cls.model_validate_json, raw)
+
+
+def test_a_blank_optional_text_read_from_json_means_none_for_every_spelling():
+    for blank in _BLANKS:
+        body = json.dumps({**FACTS, "email": blank, "state_id": blank, "birth_date": blank, "school_ids": blank})
+        student = SisStudentEnrolled.from_json(body.encode())
+        assert (student.email, student.state_id, student.birth_date, student.school_ids) == (None, None, None, None)
