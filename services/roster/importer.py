@@ -304,8 +304,10 @@ async def _import(conn, package: Package, result: ImportResult, kafka: KafkaSett
         await class_members.apply(conn, district_id)
         await _execute(conn, _REMOVE_CLASSES, district_id)
         crashpoint("import.after_apply")
+        rows_clock = time.perf_counter()
         await _record_file_rows(conn, district_id, import_id, users_bulk=package.mode("users") == "bulk",
                                 classes_bulk=package.mode("classes") == "bulk")
+        result.seconds["file_rows"] = time.perf_counter() - rows_clock
         first_org = await _remember_district_org(conn, district_id, package, import_id, kafka)
         if first_org:
             result.problems.append(first_org)
@@ -594,45 +596,60 @@ async def _remember_district_org(conn, district_id: str, package: Package, impor
 async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID, *, users_bulk: bool,
                             classes_bulk: bool) -> None:
     """What the latest file said of each user (student or staff) and class, accepted or
-    not (the reconcile view). A bulk file says all there is: a user or class it leaves out
-    has no row of the latest file (the view says the file did not include them)."""
-    for entity, bulk, staged in (("user", users_bulk, "SELECT source_id FROM stage_students UNION ALL "
-                                                     "SELECT source_id FROM stage_staff"),
-                                 ("class", classes_bulk, "SELECT source_id FROM stage_classes")):
+    not, and on which line (the reconcile view). A bulk file says all there is: a user or
+    class it leaves out has no row of the latest file (the view says the file did not
+    include them).
+
+    What a row said (last_file_rows) is written only where it changed; where each row is
+    goes in one row per file (file_lines), so rows that only moved (a line added above
+    them) cost nothing each."""
+    for entity, bulk, staged in (("user", users_bulk, "SELECT source_id, line FROM stage_students UNION ALL "
+                                                     "SELECT source_id, line FROM stage_staff"),
+                                 ("class", classes_bulk, "SELECT source_id, line FROM stage_classes")):
+        staged += " UNION ALL SELECT source_id, line FROM stage_rejected WHERE entity = $2"
         if bulk:
             await conn.execute(
                 f"""DELETE FROM last_file_rows f WHERE f.district_id = $1 AND f.entity = $2
-                      AND f.source_id NOT IN ({staged} UNION ALL
-                                              SELECT source_id FROM stage_rejected WHERE entity = $2)""",
+                      AND f.source_id NOT IN (SELECT source_id FROM ({staged}) x)""",
                 district_id, entity, timeout=_LONG)
+            await conn.execute("DELETE FROM file_lines WHERE district_id = $1 AND entity = $2", district_id, entity)
+        await conn.execute(
+            f"""INSERT INTO file_lines (district_id, entity, import_id, source_ids, lines)
+                SELECT $1, $2, $3::uuid, array_agg(source_id), array_agg(line) FROM ({staged}) x
+                HAVING count(*) > 0""",
+            district_id, entity, import_id, timeout=_LONG)
+    # Only rows whose content is new or changed reach ON CONFLICT: it would lock (and so
+    # write) every row it meets, even one its WHERE then leaves as it is.
     await conn.execute(
         """INSERT INTO last_file_rows (district_id, entity, source_id, import_id, file, line, row_data, accepted,
                                        reasons)
-           SELECT $1, 'user', source_id, $2::uuid, 'users.csv', line,
-                  jsonb_build_object('role', 'student', 'school_ids', school_ids, 'grade', grade, 'status', status),
-                  true, '{}'::text[]
-           FROM stage_students
-           UNION ALL
-           SELECT $1, 'user', source_id, $2::uuid, 'users.csv', line,
-                  jsonb_build_object('role', role, 'school_ids', school_ids, 'status', status), true, '{}'::text[]
-           FROM stage_staff
-           UNION ALL
-           SELECT $1, 'class', source_id, $2::uuid, 'classes.csv', line,
-                  jsonb_build_object('school_id', school_id, 'class_type', class_type, 'title', title,
-                                    'grades', grades, 'periods', periods, 'status', status),
-                  true, '{}'::text[]
-           FROM stage_classes
-           UNION ALL
-           SELECT $1, entity, source_id, $2::uuid, CASE entity WHEN 'user' THEN 'users.csv' ELSE 'classes.csv' END,
-                  line, data, false, reasons
-           FROM stage_rejected WHERE entity IN ('user', 'class')
+           SELECT $1, n.entity, n.source_id, $2::uuid, n.file, n.line, n.row_data, n.accepted, n.reasons
+           FROM (SELECT 'user' AS entity, source_id, 'users.csv' AS file, line,
+                        jsonb_build_object('role', 'student', 'school_ids', school_ids, 'grade', grade,
+                                           'status', status) AS row_data,
+                        true AS accepted, '{}'::text[] AS reasons
+                 FROM stage_students
+                 UNION ALL
+                 SELECT 'user', source_id, 'users.csv', line,
+                        jsonb_build_object('role', role, 'school_ids', school_ids, 'status', status), true,
+                        '{}'::text[]
+                 FROM stage_staff
+                 UNION ALL
+                 SELECT 'class', source_id, 'classes.csv', line,
+                        jsonb_build_object('school_id', school_id, 'class_type', class_type, 'title', title,
+                                          'grades', grades, 'periods', periods, 'status', status),
+                        true, '{}'::text[]
+                 FROM stage_classes
+                 UNION ALL
+                 SELECT entity, source_id, CASE entity WHEN 'user' THEN 'users.csv' ELSE 'classes.csv' END,
+                        line, data, false, reasons
+                 FROM stage_rejected WHERE entity IN ('user', 'class')) n
+           LEFT JOIN last_file_rows f ON f.district_id = $1 AND f.entity = n.entity AND f.source_id = n.source_id
+           WHERE f.source_id IS NULL
+              OR (f.row_data, f.accepted, f.reasons) IS DISTINCT FROM (n.row_data, n.accepted, n.reasons)
            ON CONFLICT (district_id, entity, source_id) DO UPDATE SET
                import_id = EXCLUDED.import_id, file = EXCLUDED.file, line = EXCLUDED.line,
-               row_data = EXCLUDED.row_data, accepted = EXCLUDED.accepted, reasons = EXCLUDED.reasons
-           -- Unchanged rows keep the import that last changed what the file says about them:
-           -- a daily re-import of the same roster rewrites nothing.
-           WHERE (last_file_rows.line, last_file_rows.row_data, last_file_rows.accepted, last_file_rows.reasons)
-                 IS DISTINCT FROM (EXCLUDED.line, EXCLUDED.row_data, EXCLUDED.accepted, EXCLUDED.reasons)""",
+               row_data = EXCLUDED.row_data, accepted = EXCLUDED.accepted, reasons = EXCLUDED.reasons""",
         district_id, import_id, timeout=_LONG,
     )
 

@@ -40,15 +40,15 @@ from services.roster.domain import (
     OTHER_ROLES,
     ROLE_OF,
     STAFF_ROLES,
-    class_id_for,
+    class_id_text,
     class_span,
     enrolment_role_fits,
     login_email,
     normalise_choice,
     normalise_grade,
     parse_file_date,
-    staff_id_for,
-    student_id_for,
+    staff_id_text,
+    student_id_text,
 )
 
 MODES = ("bulk", "delta", "absent")
@@ -508,7 +508,7 @@ class Reader:
     def classes(self) -> Iterator[tuple]:
         file = "classes"
         for line, row, sid, status in self._records(file):
-            cid = class_id_for(self.district_id, sid)
+            cid = class_id_text(self.district_id, sid)
             if status == "tobedeleted":
                 self.known.classes.pop(sid, None)
                 yield (cid, sid, None, None, None, None, None, None, None, None, None, None, status, line)
@@ -584,10 +584,10 @@ class Reader:
                 self.known.users.pop(sid, None)
                 kept = role if role is not None else None
                 if kept == "student":
-                    yield "student", (student_id_for(self.district_id, sid), sid, None, None, None, None, None,
+                    yield "student", (student_id_text(self.district_id, sid), sid, None, None, None, None, None,
                                       None, None, status, line)
                 elif kept in STAFF_ROLES:
-                    yield "staff", (staff_id_for(self.district_id, sid), sid, kept, None, None, None, None, None,
+                    yield "staff", (staff_id_text(self.district_id, sid), sid, kept, None, None, None, None, None,
                                     status, line)
                 continue
             given = self._required(file, line, row, "givenName", sid)
@@ -633,7 +633,7 @@ class Reader:
                 self.known.users[sid] = role
                 # A city has a million students: one interned school id each, a set only for the few in two.
                 self.known.user_schools[sid] = sys.intern(schools[0]) if len(schools) == 1 else frozenset(schools)
-                yield "student", (student_id_for(self.district_id, sid), sid, schools,
+                yield "student", (student_id_text(self.district_id, sid), sid, schools,
                                   primary if primary in schools else None, grades[0], given, family, email,
                                   _blank(row.get("identifier")), status, line)
             else:
@@ -641,7 +641,7 @@ class Reader:
                     self._problem(file, line, "email", "", "teacher without email: unmatched, so no caseload",
                                   severity="warning", sid=sid)
                 self.known.users[sid] = role
-                yield "staff", (staff_id_for(self.district_id, sid), sid, role, given, family, email,
+                yield "staff", (staff_id_text(self.district_id, sid), sid, role, given, family, email,
                                 _blank(row.get("identifier")), schools, status, line)
 
     def birth_dates(self) -> Iterator[tuple]:

@@ -195,9 +195,18 @@ async def enrollments_page(conn, *, district_id: str, schools: list[str] | None,
 async def reconciliation(conn, *, district_id: str, entity: str, source_id: str):
     """(what the latest file said, accepted or not; what the roster holds) for a student,
     staff member or class."""
+    # The line (and the import whose file it is) from the newest file_lines holding the row;
+    # last_file_rows' own where none does (rows written before file_lines was kept).
     file_row = await conn.fetchrow(
-        "SELECT import_id, file, line, row_data, accepted, reasons FROM last_file_rows WHERE district_id = $1 "
-        "AND entity = $2 AND source_id = $3", district_id, "class" if entity == "class" else "user", source_id,
+        """SELECT coalesce(l.import_id, f.import_id) AS import_id, f.file,
+                  coalesce(l.lines[l.at], f.line) AS line, f.row_data, f.accepted, f.reasons
+           FROM last_file_rows f
+           LEFT JOIN LATERAL (
+               SELECT import_id, lines, array_position(source_ids, f.source_id) AS at FROM file_lines
+               WHERE district_id = f.district_id AND entity = f.entity AND f.source_id = ANY(source_ids)
+               ORDER BY seq DESC LIMIT 1) l ON true
+           WHERE f.district_id = $1 AND f.entity = $2 AND f.source_id = $3""",
+        district_id, "class" if entity == "class" else "user", source_id,
     )
     if entity == "student":
         held = await conn.fetchrow(

@@ -540,6 +540,47 @@ async def test_the_reconcile_view_shows_the_latest_row_also_when_it_was_rejected
     assert held["status"] == "active"
 
 
+async def test_rows_that_only_moved_show_their_new_line_and_are_not_rewritten(base, tmp_path):
+    """A re-import whose rows moved (one added near the top moves every row after it) says
+    where each row is now, without rewriting what each row said."""
+    import csv
+
+    from services.roster import store
+
+    async def view(source_id: str, entity: str = "student") -> dict:
+        async with base.acquire() as conn:
+            return (await store.reconciliation(conn, district_id=D, entity=entity, source_id=source_id))[0]
+
+    async def stored() -> dict:
+        async with base.acquire() as conn:
+            return {(r[0], r[1]): r[2] for r in await conn.fetch(
+                "SELECT entity, source_id, xmin::text FROM last_file_rows WHERE district_id = $1", D)}
+
+    assert (await view("stu-0001"))["line"] == 8 and (await view("stu-0012"))["line"] == 19
+    before = await stored()
+    moved = Edited("bulk_small", tmp_path / "moved")
+    with open(moved.path / "users.csv", newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    moved.only("users.csv", rows[-1:] + rows[:-1])  # stu-0012 first: every other row one line down
+    result = await imported(base, moved.path)
+    assert result.status == "applied" and _changes(result) == 0, result.counts
+    assert await stored() == before  # nothing rewritten
+    first, last = await view("stu-0001"), await view("stu-0012")
+    assert (first["line"], last["line"]) == (9, 2)
+    assert first["import_id"] == last["import_id"] == result.import_id  # the latest file's lines
+    assert (await view("cls-02M001-3-401", "class"))["import_id"] == result.import_id
+
+    again = await imported(base, Edited("bulk_small", tmp_path / "again").path)
+    assert (await view("stu-0001"))["line"] == 8 and (await view("stu-0012"))["line"] == 19
+    assert (await view("stu-0001"))["import_id"] == again.import_id
+    async with base.acquire() as conn:  # a bulk file's lines replace the older ones
+        assert await conn.fetchval("SELECT count(*) FROM file_lines WHERE district_id = $1", D) == 2
+
+
+def _changes(result) -> int:
+    return sum(v for k, v in result.counts.items() if not k.startswith("enrollment_records"))
+
+
 async def test_a_package_from_another_district_org_is_held_until_confirmed(base, tmp_path):
     package = Edited("bulk_small", tmp_path / "p").edit("orgs.csv", "nycdoe", sourcedId="yonkers", name="Yonkers")
     for school in ("sch-02M001", "sch-02M104", "sch-02M475"):

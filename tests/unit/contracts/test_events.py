@@ -263,8 +263,9 @@ def _example_value(annotation, n: int):
     """A valid JSON value for a required field of this annotation."""
     if get_origin(annotation) is Literal:
         return get_args(annotation)[0]
-    return {str: f"v{n}", datetime: "2026-11-20T15:00:00Z", date: "2026-11-20", UUID: str(UUID(int=n + 1)),
-            list[str]: ["02M001"]}[annotation]
+    if get_origin(annotation) is list:  # of ids (contracts.sis.SisId)
+        return ["02M001"]
+    return {str: f"v{n}", datetime: "2026-11-20T15:00:00Z", date: "2026-11-20", UUID: str(UUID(int=n + 1))}[annotation]
 
 
 def _outcome(read, body: bytes):

@@ -52,11 +52,11 @@ def test_the_ids_given_to_the_database_as_text_are_the_roster_s_ids(district_id,
 
 
 def test_a_staff_member_from_the_sis_gets_the_same_id_as_from_the_files():
-    from services.roster.oneroster import staff_id_for as file_staff_id
+    from services.roster.oneroster import staff_id_text as file_staff_id
 
     from services.roster.domain import staff_id_for
 
-    assert staff_id_for("d1", "T-1") == file_staff_id("d1", "T-1")
+    assert staff_id_for("d1", "T-1") == UUID(file_staff_id("d1", "T-1"))
 
 
 def test_the_home_school_is_the_files_primary_else_the_one_held_else_the_first_listed():

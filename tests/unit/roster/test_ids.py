@@ -9,8 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contracts.sis import SisStudentEnrolled
-from services.roster.domain import (_STUDENT_IDS, _uuid5_text, class_id_for, enrolment_columns, staff_id_for,
-                                    student_id_for)
+from services.roster.domain import (
+    _STUDENT_IDS,
+    _uuid5_text,
+    class_id_for,
+    class_id_text,
+    enrolment_columns,
+    staff_id_for,
+    staff_id_text,
+    student_id_for,
+    student_id_text,
+)
 
 
 @given(st.text(max_size=40), st.text(max_size=80))
@@ -18,6 +27,13 @@ def test_derived_ids_are_uuid5_of_district_and_sourced_id(district_id, source_id
     assert student_id_for(district_id, source_id) == uuid.uuid5(_STUDENT_IDS, f"{district_id}\n{source_id}")
     assert staff_id_for(district_id, source_id) == uuid.uuid5(_STUDENT_IDS, f"{district_id}\nstaff\n{source_id}")
     assert class_id_for(district_id, source_id) == uuid.uuid5(_STUDENT_IDS, f"{district_id}\nclass\n{source_id}")
+
+
+@given(st.text(max_size=40), st.text(max_size=80))
+def test_the_ids_an_import_stages_as_text_are_the_same_ids(district_id, source_id):
+    assert student_id_text(district_id, source_id) == student_id_for(district_id, source_id).hex
+    assert staff_id_text(district_id, source_id) == staff_id_for(district_id, source_id).hex
+    assert class_id_text(district_id, source_id) == class_id_for(district_id, source_id).hex
 
 
 def test_a_known_student_keeps_its_id():
