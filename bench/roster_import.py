@@ -27,7 +27,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BIG_POSTGRES, ROOT, PeakRss, System, backends, cpu_seconds, load_average  # noqa: E402
+from harness import BIG_POSTGRES, ROOT, PeakRss, System, backends, cpu_seconds, load_average, server_cpu_seconds  # noqa: E402,E501
 
 from oneroster_generator import generate  # noqa: E402
 
@@ -97,30 +97,14 @@ async def roster_pool(system: System):
     return await db.create_pool(dsn, min_size=1, max_size=4)
 
 
-def server_cpu_seconds(postmaster: int) -> float:
-    """The PostgreSQL server's CPU seconds so far: the postmaster, its exited children (the
-    kernel adds them to its cutime/cstime once reaped) and its live children (backends,
-    checkpointer, WAL writer...). Another database on the same server counts too."""
-    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
-        try:
-            total += cpu_seconds(int(child))
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return total
-
-
 async def import_once(system: System, pool, package: Path, label: str, publish: bool = True) -> dict:
     """One import of a package, stored (the outbox written) and then published by a relay."""
-    async with pool.acquire() as conn:
-        backend = await conn.fetchval("SELECT pg_backend_pid()")
-    postmaster = int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    cpu, pg_cpu = cpu_seconds(os.getpid()), server_cpu_seconds(postmaster)
+    dsn = system.dsn("roster")  # the server's CPU is found by its data directory (harness.server_cpu_seconds)
+    cpu, pg_cpu = cpu_seconds(os.getpid()), await server_cpu_seconds(dsn)
     started = time.perf_counter()
     result = await run_import(pool, district_id=DISTRICT, path=package, kafka=system.kafka, confirm=True)
     stored = time.perf_counter() - started
-    cpu, pg_cpu = cpu_seconds(os.getpid()) - cpu, server_cpu_seconds(postmaster) - pg_cpu
+    cpu, pg_cpu = cpu_seconds(os.getpid()) - cpu, await server_cpu_seconds(dsn) - pg_cpu
     sent, published = await publish_all(pool, system.dsn("roster"), system.kafka) if publish else (0, 0.0)
     changes = sum(v for k, v in result.counts.items() if not k.startswith("enrollment_records"))
     print(f"  {label:22s} stored {stored:7.1f} s   published {published:7.1f} s   total {stored + published:7.1f} s"

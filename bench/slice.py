@@ -37,7 +37,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Backends, Ports, System, add_port_flag, backends, cpu_seconds  # noqa: E402
+from harness import Backends, Ports, System, add_port_flag, backends, server_cpu_seconds  # noqa: E402
 
 from contracts import cloudevents  # noqa: E402
 from contracts.sis import SisStudentEnrolled  # noqa: E402
@@ -130,40 +130,24 @@ async def wait_inbox(dsn: str, n: int, check) -> tuple[datetime, datetime]:
         await conn.close()
 
 
-async def backend_cpu(dsn: str) -> dict[int, float]:
-    """CPU seconds so far of each PostgreSQL backend connected to the database of dsn (the
-    service's pool), when the server runs on this machine; {} when it does not."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        pids = [r["pid"] for r in await conn.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
-    finally:
-        await conn.close()
-    out = {}
-    for pid in pids:
-        try:
-            out[pid] = cpu_seconds(pid)
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            return {}
-    return out
-
-
 class CpuPerEvent:
-    """The CPU a service and its PostgreSQL connections spend per event over a stretch of
-    work, in microseconds: a figure the machine's other load hardly moves, unlike a rate."""
+    """The CPU a service and the PostgreSQL server spend per event over a stretch of work, in
+    microseconds: a figure the machine's other load hardly moves, unlike a rate. The whole
+    server is counted (harness.server_cpu_seconds: backends, WAL writer, checkpointer), as
+    the slice runs one service at a time; its backends' PIDs as PostgreSQL names them are
+    not this machine's (the embedded server has a PID namespace of its own)."""
 
     def __init__(self, service, dsn: str) -> None:
         self.service, self.dsn = service, dsn
 
     async def __aenter__(self) -> CpuPerEvent:
-        self.own, self.db = self.service.cpu_seconds(), await backend_cpu(self.dsn)
+        self.own, self.db = self.service.cpu_seconds(), await server_cpu_seconds(self.dsn)
         return self
 
     async def per_event(self, n: int) -> tuple[float, float]:
         """(service µs, PostgreSQL µs) per event since entering; PostgreSQL NaN when not measurable."""
         own = self.service.cpu_seconds() - self.own
-        db_now = await backend_cpu(self.dsn)
-        db = sum(t - self.db.get(pid, 0.0) for pid, t in db_now.items()) if db_now else float("nan")
+        db = await server_cpu_seconds(self.dsn) - self.db
         return own / n * 1e6, db / n * 1e6
 
     async def __aexit__(self, *exc) -> None:
