@@ -30,6 +30,22 @@ def unstorable(text: str) -> str | None:
     return None
 
 
+def not_an_id(text: str) -> str | None:
+    """Why a text cannot be an id from a district's systems (a SIS sourcedId, a school's org
+    id): it holds a control character (U+0000-U+001F, U+007F), and ids are derived from them
+    with separators between the parts ("staff\\nT-1" would name staff member T-1); or None."""
+    if text.isprintable():
+        return None
+    for ch in text:
+        if ch < " " or ch == "\x7f":
+            return f"holds a control character (U+{ord(ch):04X}), which an id cannot hold"
+    return None
+
+
+# What not_an_id refuses, for JSON Schema readers (the check itself is not_an_id's).
+ID_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
 def out_of_range(moment: datetime) -> str | None:
     """Why a time cannot be stored (its UTC time falls outside years 1 to 9999), or None."""
     try:

@@ -9,15 +9,22 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
-from contracts.envelope import FromOutside
+from contracts.envelope import ID_PATTERN, FromOutside, not_an_id
 
 # An id in the SIS (a person's sourcedId, a school's org id): 1-128 characters once
 # surrounding spaces are stripped (as for every text), none of them a control character
 # (the roster derives its ids from these with line breaks between the parts: a student
 # "staff\nT-1" would otherwise be given staff member T-1's id).
-SisId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]
+def _an_id(value: str) -> str:
+    if problem := not_an_id(value):
+        raise ValueError(f"the id {problem}")
+    return value
+
+
+SisId = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": ID_PATTERN}),
+                  AfterValidator(_an_id)]
 
 
 class SisStudentEnrolled(FromOutside):

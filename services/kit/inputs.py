@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
-from contracts.envelope import out_of_range, unstorable
+from contracts.envelope import ID_PATTERN, not_an_id, out_of_range, unstorable
 
 INT4 = 2**31 - 1  # PostgreSQL integer / serial
 INT8 = 2**63 - 1  # PostgreSQL bigint / bigserial
@@ -21,6 +21,12 @@ INT8 = 2**63 - 1  # PostgreSQL bigint / bigserial
 def _storable(value: str) -> str:
     if problem := unstorable(value):
         raise ValueError(f"the text {problem}")
+    return value
+
+
+def _an_id(value: str) -> str:
+    if problem := not_an_id(value):
+        raise ValueError(f"the id {problem}")
     return value
 
 
@@ -49,8 +55,11 @@ def text(max_length: int, *, min_length: int = 0, pattern: str | None = None, de
                                 description=description), AfterValidator(_storable)]
 
 
-# An id from the district's systems (SIS sourcedIds, school org ids), or a short code.
-Key = text(128, min_length=1)
+# An id from the district's systems (SIS sourcedIds, school org ids), or a short code: no
+# control character, as the SIS contracts' ids (contracts.sis.SisId) and OneRoster sourcedIds
+# (ids are derived from them with separators between the parts).
+Key = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": ID_PATTERN}),
+                AfterValidator(_storable), AfterValidator(_an_id)]
 # A name or title people write.
 Name = text(300, min_length=1)
 # An email as a path or filter (blank or odd ones are the route's to judge).

@@ -26,7 +26,6 @@ import csv
 import difflib
 import io
 import operator
-import re
 import sys
 import zipfile
 import zlib
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
 
+from contracts.envelope import not_an_id
 from services.roster.domain import (
     ENROLLMENT_ROLES,
     OTHER_ROLES,
@@ -857,9 +857,9 @@ class Reader:
         "staff\\nT-1" would be given staff member T-1's id). That row is reported, and its
         record, if held, stays as held (as a misshapen row's)."""
         sid = self._required(entity, line, row, "sourcedId", None)
-        if sid is not None and not sid.isprintable() and _CONTROL.search(sid):
+        if sid is not None and (problem := not_an_id(sid)):
             self._problem(entity, line, "sourcedId", sid.encode("unicode_escape").decode("ascii"),
-                          "sourcedId holds a control character", sid=sid)
+                          f"sourcedId {problem}", sid=sid)
             self._reject(_ENTITY_OF[entity], sid, line, {}, ())
             return None
         return sid
@@ -974,9 +974,6 @@ _ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
 _FILE_OF = {"org": "orgs", "session": "academicSessions", "class": "classes", "user": "users",
             "enrollment": "enrollments", "demographic": "demographics", "course": "courses", "role": "roles"}
 _ENTITY_OF = {file: entity for entity, file in _FILE_OF.items()}
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # as the SIS contracts' ids (contracts.sis.SisId)
 
 
 def _blank(value: str | None) -> str | None:

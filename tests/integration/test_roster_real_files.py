@@ -89,8 +89,10 @@ async def test_a_sourced_id_holding_a_control_character_is_reported_and_changes_
     result = await imported(base, package.path)
     assert result.status == "applied"
     assert errors(result) == {
-        ("users.csv", 20, "staff\nstf-1001", "sourcedId"): "sourcedId holds a control character",
-        ("users.csv", 22, "stu-\t0099", "sourcedId"): "sourcedId holds a control character",
+        ("users.csv", 20, "staff\nstf-1001", "sourcedId"):
+            "sourcedId holds a control character (U+000A), which an id cannot hold",
+        ("users.csv", 22, "stu-\t0099", "sourcedId"):
+            "sourcedId holds a control character (U+0009), which an id cannot hold",
     }
     assert await held_state(base, D) == before
     assert await change_events(base) == []

@@ -272,7 +272,7 @@ def _outcome(read, body: bytes):
     try:
         event = read(body)
     except ValidationError as e:
-        return "refused", e.errors(include_url=False)
+        return "refused", e.errors(include_url=False, include_context=False)  # ctx holds exceptions, equal only to themselves
     return type(event), event.model_dump(), event.model_fields_set
 
 

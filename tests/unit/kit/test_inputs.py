@@ -28,7 +28,15 @@ def refusal(type_, value) -> str:
 
 @pytest.mark.parametrize("value", ["a\x00b", "\x00", "x" * 127 + "\x00"])
 def test_a_text_with_a_nul_character_is_refused_and_says_so(value):
-    assert "NUL" in refusal(Key, value)
+    assert "NUL" in refusal(text(128, min_length=1), value)
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "staff\nT-1", "S-\t1", "02M\x1f001", "S\x7f1"])
+def test_an_id_with_a_control_character_is_refused(value):
+    """As the SIS contracts' ids and OneRoster sourcedIds: ids are derived from them with
+    separators between the parts."""
+    assert "which an id cannot hold" in refusal(Key, value) or "NUL" in refusal(Key, value)
+    assert TypeAdapter(Key).validate_python("02M001 Annex, \"B\"") == "02M001 Annex, \"B\""
 
 
 def test_a_text_with_a_lone_surrogate_or_too_long_is_refused():
