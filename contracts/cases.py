@@ -18,7 +18,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from contracts.envelope import Event, FromOutside
+from contracts.envelope import Event, FromOutside, OutsideEmail, OutsideId
 
 # The dictionary's entries, in the seed's order and words.
 TriggerKind = Literal["submit_form", "create_plan", "assign_task", "schedule_meeting", "conduct_plan_review",
@@ -26,7 +26,7 @@ TriggerKind = Literal["submit_form", "create_plan", "assign_task", "schedule_mee
 
 
 class _Trigger(FromOutside):
-    student_source_id: str = Field(min_length=1, max_length=128, description="The student's id in the district's SIS.")
+    student_source_id: OutsideId = Field(description="The student's id in the district's SIS.")
     actor_email: str | None = Field(default=None, max_length=320, description="Who did it, when known.")
 
 
@@ -34,7 +34,7 @@ class FormSubmitted(_Trigger):
     """A referral form was submitted for the student (dictionary: Submit a Form)."""
 
     event_type: Literal["cases.form_submitted.v1"] = Field(default="cases.form_submitted.v1", description="Event type and major version.")
-    form_id: str = Field(min_length=1, max_length=128, description="The form response's id in the forms system.")
+    form_id: OutsideId = Field(description="The form response's id in the forms system.")
     form_name: str = Field(min_length=1, max_length=200, description="e.g. Counseling referral.")
 
 
@@ -42,7 +42,7 @@ class PlanCreated(_Trigger):
     """An MTSS plan was created for the student (dictionary: Create a Plan)."""
 
     event_type: Literal["cases.plan_created.v1"] = Field(default="cases.plan_created.v1", description="Event type and major version.")
-    plan_id: str = Field(min_length=1, max_length=128, description="The plan's id in the MTSS system.")
+    plan_id: OutsideId = Field(description="The plan's id in the MTSS system.")
     plan_name: str = Field(min_length=1, max_length=200, description="e.g. Tier 2 reading plan.")
 
 
@@ -51,7 +51,7 @@ class InterventionGroupMemberAdded(_Trigger):
     counts as Create a Plan."""
 
     event_type: Literal["cases.intervention_group_member_added.v1"] = Field(default="cases.intervention_group_member_added.v1", description="Event type and major version.")
-    group_id: str = Field(min_length=1, max_length=128, description="The intervention group's id.")
+    group_id: OutsideId = Field(description="The intervention group's id.")
     group_name: str = Field(min_length=1, max_length=200, description="e.g. Tier 2 reading, period 3.")
 
 
@@ -61,7 +61,7 @@ class TaskAssigned(_Trigger):
     event_type: Literal["cases.task_assigned.v1"] = Field(default="cases.task_assigned.v1", description="Event type and major version.")
     task_id: UUID = Field(description="The task's id.")
     title: str = Field(min_length=1, max_length=300, description="What is to be done.")
-    assignee_email: str = Field(min_length=3, max_length=320, description="The staff member assigned.")
+    assignee_email: OutsideEmail = Field(min_length=3, description="The staff member assigned.")
     due_date: date | None = Field(default=None, description="When it is due.")
 
 
@@ -69,7 +69,7 @@ class StudentMeetingScheduled(_Trigger):
     """The student was added to a scheduled Student Meeting (dictionary: Schedule a Meeting)."""
 
     event_type: Literal["cases.student_meeting_scheduled.v1"] = Field(default="cases.student_meeting_scheduled.v1", description="Event type and major version.")
-    meeting_id: str = Field(min_length=1, max_length=128, description="The meeting's id.")
+    meeting_id: OutsideId = Field(description="The meeting's id.")
     title: str = Field(min_length=1, max_length=300, description="e.g. Attendance meeting.")
     scheduled_for: datetime = Field(description="When the meeting is.")
 
@@ -78,8 +78,8 @@ class PlanReviewConducted(_Trigger):
     """A review of the student's MTSS plan was conducted (dictionary: Conduct a Plan Review)."""
 
     event_type: Literal["cases.plan_review_conducted.v1"] = Field(default="cases.plan_review_conducted.v1", description="Event type and major version.")
-    plan_id: str = Field(min_length=1, max_length=128, description="The plan reviewed.")
-    review_id: str = Field(min_length=1, max_length=128, description="The review's id.")
+    plan_id: OutsideId = Field(description="The plan reviewed.")
+    review_id: OutsideId = Field(description="The review's id.")
     outcome: str | None = Field(default=None, max_length=300, description="e.g. continue, intensify, exit.")
 
 
@@ -87,7 +87,7 @@ class FileSubmitted(_Trigger):
     """A file was attached to the student's profile (dictionary: Submit a File)."""
 
     event_type: Literal["cases.file_submitted.v1"] = Field(default="cases.file_submitted.v1", description="Event type and major version.")
-    file_id: str = Field(min_length=1, max_length=128, description="The file's id in file storage.")
+    file_id: OutsideId = Field(description="The file's id in file storage.")
     file_name: str = Field(min_length=1, max_length=300, description="The file's name.")
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, date, datetime
 from uuid import UUID, uuid4
 
 from types import UnionType
-from typing import Literal, Self, Union, get_args, get_origin
+from typing import Annotated, Literal, Self, Union, get_args, get_origin
 
-from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
 from pydantic_core import SchemaValidator
 
 
@@ -44,6 +45,87 @@ def not_an_id(text: str) -> str | None:
 
 # What not_an_id refuses, for JSON Schema readers (the check itself is not_an_id's).
 ID_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+
+def _an_id(value: str) -> str:
+    if problem := not_an_id(value):
+        raise ValueError(f"the id {problem}")
+    return value
+
+
+def outside_id(max_length: int = 128):
+    """An id another system gives (a SIS sourcedId or org id, a state student id, a
+    mandate's or a form's id): 1 to max_length characters once surrounding spaces are
+    stripped (as for every text of an event from outside), none of them a control character
+    (not_an_id)."""
+    return Annotated[str, Field(min_length=1, max_length=max_length, json_schema_extra={"pattern": ID_PATTERN}),
+                     AfterValidator(_an_id)]
+
+
+OutsideId = outside_id()
+
+# A district's id (the tenant every event, token and import belongs to): 1-64 characters,
+# no control character (not_an_id: ids are derived from it with line breaks between the
+# parts, and a district "D\nstaff" would give its student T-1 district D's staff member T-1's id).
+DISTRICT_ID_LENGTH = 64
+DistrictId = outside_id(DISTRICT_ID_LENGTH)
+
+
+def not_a_district_id(text: str) -> str | None:
+    """Why a text cannot be a district's id where no event's schema reads it (a token's
+    claim, the CLI's --district, a drop folder's name): DistrictId's rule, said in words."""
+    if not text.strip():
+        return "is blank"
+    if len(text) > DISTRICT_ID_LENGTH:
+        return f"has more than {DISTRICT_ID_LENGTH} characters"
+    return not_an_id(text)
+
+
+def not_an_email(text: str) -> str | None:
+    """Why a text cannot be a login email, judged without its surrounding spaces: an email
+    is something@somewhere, one @ with text on both sides and no space or control character
+    in it (caseloads, access and grants are keyed by it, and grant ids are derived from it
+    with separators between the parts); or None. Only the shape: whether the address
+    exists is the district's identity provider's to say. A blank text is not judged here: a
+    blank email means none (each service's login_email)."""
+    address = text.strip()
+    if not address:
+        return None
+    local, at, domain = address.partition("@")
+    if not at:
+        return "has no @ (an email is something@somewhere)"
+    if not local:
+        return "has nothing before its @"
+    if not domain:
+        return "has nothing after its @"
+    if "@" in domain:
+        return "holds more than one @"
+    if not address.isprintable() or " " in address:
+        for ch in address:
+            if unicodedata.category(ch) == "Zs":
+                return f"holds a space (U+{ord(ch):04X}), which an email cannot hold"
+            if not ch.isprintable():
+                return f"holds a control or invisible character (U+{ord(ch):04X}), which an email cannot hold"
+    return None
+
+
+# What not_an_email accepts, for JSON Schema readers (the check itself is not_an_email's):
+# an email as it is, and (an event's field from outside) one with spaces around it or blank.
+_EMAIL = r"[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+"
+EMAIL_PATTERN = rf"^{_EMAIL}$"
+BLANK_OR_EMAIL_PATTERN = rf"^\s*({_EMAIL})?\s*$"
+
+
+def _an_email(value: str) -> str:
+    if problem := not_an_email(value):
+        raise ValueError(f"the email {problem}")
+    return value
+
+
+# A login email from outside, at most 320 characters: something@somewhere (not_an_email);
+# blank when the field allows none (a blank is none).
+OutsideEmail = Annotated[str, Field(max_length=320, json_schema_extra={"pattern": BLANK_OR_EMAIL_PATTERN}),
+                         AfterValidator(_an_email)]
 
 
 def out_of_range(moment: datetime) -> str | None:
@@ -117,7 +199,7 @@ class Event(BaseModel):
     event_id: UUID = Field(default_factory=uuid4, description="Unique id of this event; consumers deduplicate on it.")
     event_type: str = Field(description="Stable name with its major version, e.g. roster.student_enrolled.v1.")
     occurred_at: AwareDatetime = Field(default_factory=utc_now, description="When the fact happened, in UTC.")
-    district_id: str = Field(min_length=1, max_length=64, description="The school district the fact belongs to.")
+    district_id: DistrictId = Field(description="The school district the fact belongs to.")
     correlation_id: str | None = Field(default=None, description="Ties together the events caused by one request or import.")
     producer: str | None = Field(default=None, description="The system that produced the event, e.g. caseflow.roster.")
 

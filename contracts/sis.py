@@ -7,24 +7,17 @@ CloudEvents binary mode (attributes in ce_* headers, the payload as the body).
 from __future__ import annotations
 
 from datetime import date
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
-from contracts.envelope import ID_PATTERN, FromOutside, not_an_id
+from contracts.envelope import FromOutside, OutsideEmail, OutsideId, outside_id
 
-# An id in the SIS (a person's sourcedId, a school's org id): 1-128 characters once
-# surrounding spaces are stripped (as for every text), none of them a control character
-# (the roster derives its ids from these with line breaks between the parts: a student
-# "staff\nT-1" would otherwise be given staff member T-1's id).
-def _an_id(value: str) -> str:
-    if problem := not_an_id(value):
-        raise ValueError(f"the id {problem}")
-    return value
-
-
-SisId = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": ID_PATTERN}),
-                  AfterValidator(_an_id)]
+# An id in the SIS (a person's sourcedId, a school's org id): an OutsideId, 1-128 characters
+# once surrounding spaces are stripped, none of them a control character (the roster derives
+# its ids from these with line breaks between the parts: a student "staff\nT-1" would
+# otherwise be given staff member T-1's id).
+SisId = OutsideId
 
 
 class SisStudentEnrolled(FromOutside):
@@ -37,8 +30,8 @@ class SisStudentEnrolled(FromOutside):
     given_name: str = Field(min_length=1, max_length=200, description="Student's given name (personal data: never logged).")
     family_name: str = Field(min_length=1, max_length=200, description="Student's family name (personal data: never logged).")
     birth_date: date | None = Field(default=None, description="Date of birth (personal data: never logged).")
-    email: str | None = Field(default=None, max_length=320, description="Student's email, if any (personal data: never logged).")
-    state_id: str | None = Field(default=None, max_length=64, description="State or city student id (e.g. OSIS number).")
+    email: OutsideEmail | None = Field(default=None, description="Student's email, if any (personal data: never logged).")
+    state_id: outside_id(64) | None = Field(default=None, description="State or city student id (e.g. OSIS number).")
     school_ids: list[SisId] | None = Field(
         default=None, max_length=500, description="Every school the student is enrolled in (dual enrolment), school_id among them; "
         "none means school_id alone.")
@@ -59,6 +52,6 @@ class SisStaffUpserted(FromOutside):
     role: Literal["teacher", "aide", "administrator", "counselor"] = Field(description="OneRoster role (1.2's principal and site, district and system administrators are administrator).")
     given_name: str = Field(min_length=1, max_length=200, description="Given name.")
     family_name: str = Field(min_length=1, max_length=200, description="Family name.")
-    email: str | None = Field(default=None, max_length=320, description="Login email; none leaves the teacher unmatched.")
-    identifier: str | None = Field(default=None, max_length=64, description="District staff id (e.g. EIS number).")
+    email: OutsideEmail | None = Field(default=None, description="Login email; none leaves the teacher unmatched.")
+    identifier: outside_id(64) | None = Field(default=None, description="District staff id (e.g. EIS number).")
     school_ids: list[SisId] = Field(min_length=1, max_length=500, description="Schools the staff member works in (SIS org ids).")

@@ -13,15 +13,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from contracts.envelope import FromOutside
+from contracts.envelope import FromOutside, OutsideEmail, OutsideId
 
 
 class MandateRecorded(FromOutside):
     """A student has a mandate for a service (from an IEP or a service mandate)."""
 
     event_type: Literal["sped.mandate_recorded.v1"] = Field(default="sped.mandate_recorded.v1", description="Event type and major version.")
-    mandate_id: str = Field(min_length=1, max_length=128, description="The mandate's id in the special education system.")
-    student_source_id: str = Field(min_length=1, max_length=128, description="The student's id in the district's SIS.")
+    mandate_id: OutsideId = Field(description="The mandate's id in the special education system.")
+    student_source_id: OutsideId = Field(description="The student's id in the district's SIS.")
     service: str = Field(min_length=1, max_length=100, description="The mandated service, e.g. speech, counseling, OT.")
     start_date: date | None = Field(default=None, description="When the mandate starts.")
     end_date: date | None = Field(default=None, description="When the mandate is due to end, if known.")
@@ -31,8 +31,8 @@ class MandateEnded(FromOutside):
     """A student's mandate ended: the providers linked to it lose the student."""
 
     event_type: Literal["sped.mandate_ended.v1"] = Field(default="sped.mandate_ended.v1", description="Event type and major version.")
-    mandate_id: str = Field(min_length=1, max_length=128, description="The mandate's id in the special education system.")
-    student_source_id: str = Field(min_length=1, max_length=128, description="The student's id in the district's SIS.")
+    mandate_id: OutsideId = Field(description="The mandate's id in the special education system.")
+    student_source_id: OutsideId = Field(description="The student's id in the district's SIS.")
     reason: str | None = Field(default=None, max_length=200, description="Why it ended (declassified, aged out, ...).")
 
 
@@ -41,8 +41,8 @@ class FirstAttendanceRecorded(FromOutside):
     "first attend"): the student joins that provider's caseload."""
 
     event_type: Literal["sped.first_attendance_recorded.v1"] = Field(default="sped.first_attendance_recorded.v1", description="Event type and major version.")
-    student_source_id: str = Field(min_length=1, max_length=128, description="The student's id in the district's SIS.")
-    provider_email: str = Field(min_length=3, max_length=320, description="The provider's login email.")
+    student_source_id: OutsideId = Field(description="The student's id in the district's SIS.")
+    provider_email: OutsideEmail = Field(min_length=3, description="The provider's login email.")
     service: str = Field(min_length=1, max_length=100, description="The service delivered, e.g. speech.")
     session_date: date = Field(description="The date of the session.")
-    mandate_id: str | None = Field(default=None, max_length=128, description="The mandate served, when the system knows it.")
+    mandate_id: OutsideId | None = Field(default=None, description="The mandate served, when the system knows it.")

@@ -32,7 +32,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from contracts.envelope import Event
+from contracts.envelope import DistrictId, Event
 
 TransferStatus = Literal["pending", "accepted", "rejected", "cancelled", "locked", "expired"]
 
@@ -55,7 +55,7 @@ class TransferRequested(Event):
 
     event_type: Literal["transfers.transfer_requested.v1"] = Field(default="transfers.transfer_requested.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    destination_district_id: str = Field(min_length=1, max_length=64, description="The district the cases go to.")
+    destination_district_id: DistrictId = Field(description="The district the cases go to.")
     case_ids: list[UUID] = Field(min_length=1, max_length=5000, description="The sending district's cases.")
     case_count: int = Field(ge=1, description="How many cases.")
     notes: str | None = Field(default=None, max_length=4000, description="The sender's notes to the destination.")
@@ -79,7 +79,7 @@ class TransferAccepted(Event):
 
     event_type: Literal["transfers.transfer_accepted.v1"] = Field(default="transfers.transfer_accepted.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    destination_district_id: str = Field(min_length=1, max_length=64, description="The district that accepted.")
+    destination_district_id: DistrictId = Field(description="The district that accepted.")
     accepted_by: str = Field(max_length=320, description="Who accepted (login email in the destination).")
     cases: list[AcceptedCase] = Field(min_length=1, max_length=5000, description="Each case and how it was taken.")
 
@@ -89,7 +89,7 @@ class TransferRejected(Event):
 
     event_type: Literal["transfers.transfer_rejected.v1"] = Field(default="transfers.transfer_rejected.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    destination_district_id: str = Field(min_length=1, max_length=64, description="The district that rejected.")
+    destination_district_id: DistrictId = Field(description="The district that rejected.")
     rejected_by: str = Field(max_length=320, description="Who rejected (login email in the destination).")
     reason: str = Field(min_length=1, max_length=2000, description="Why, in the destination's words.")
 
@@ -99,7 +99,7 @@ class TransferCancelled(Event):
 
     event_type: Literal["transfers.transfer_cancelled.v1"] = Field(default="transfers.transfer_cancelled.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    destination_district_id: str = Field(min_length=1, max_length=64, description="The destination it was for.")
+    destination_district_id: DistrictId = Field(description="The destination it was for.")
     cancelled_by: str = Field(max_length=320, description="Who cancelled (login email in the sending district).")
 
 
@@ -109,7 +109,7 @@ class TransferLocked(Event):
 
     event_type: Literal["transfers.transfer_locked.v1"] = Field(default="transfers.transfer_locked.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    destination_district_id: str = Field(min_length=1, max_length=64, description="The destination it was for.")
+    destination_district_id: DistrictId = Field(description="The destination it was for.")
     failed_attempts: int = Field(ge=1, description="Wrong codes entered.")
 
 
@@ -118,7 +118,7 @@ class TransferExpired(Event):
 
     event_type: Literal["transfers.transfer_expired.v1"] = Field(default="transfers.transfer_expired.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    destination_district_id: str = Field(min_length=1, max_length=64, description="The destination it was for.")
+    destination_district_id: DistrictId = Field(description="The destination it was for.")
 
 
 # ---------------------------------------------------------------------------- a case's history
@@ -244,7 +244,7 @@ class CaseDelivered(Event):
 
     event_type: Literal["transfers.case_delivered.v1"] = Field(default="transfers.case_delivered.v1", description="Event type and major version.")
     request_id: UUID = Field(description="The transfer request.")
-    source_district_id: str = Field(min_length=1, max_length=64, description="The district the case came from.")
+    source_district_id: DistrictId = Field(description="The district the case came from.")
     accepted_by: str = Field(max_length=320, description="Who accepted it.")
     accepted_at: datetime = Field(description="When.")
     student_id: UUID | None = Field(default=None, description="The destination's roster student it is linked to; "

@@ -17,7 +17,7 @@ import jwt
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from contracts.envelope import unstorable
+from contracts.envelope import not_an_id, unstorable
 from services.kit import access
 from services.kit.identity import ROLES, Identity, from_token
 from services.kit.settings import AuthSettings
@@ -81,13 +81,14 @@ class TokenVerifier:
 def _check_claims(email: str, district_id: str, schools: list[str]) -> None:
     """Claims are stored and sent in events like any input: text a database holds, of the
     lengths the events allow (a district id of 1 to 64 characters, an email up to 320, a
-    school id of 1 to 128)."""
-    claims = [("district_id", district_id, 64), ("email", email, 320)]
-    claims += [("schools", school, 128) for school in schools]
-    for name, value, longest in claims:
+    school id of 1 to 128), the district and school ids holding no control character (as
+    every id: contracts.envelope.not_an_id)."""
+    claims = [("district_id", district_id, 64, True), ("email", email, 320, False)]
+    claims += [("schools", school, 128, True) for school in schools]
+    for name, value, longest, an_id in claims:
         if not value or len(value) > longest:
             raise jwt.InvalidTokenError(f"the {name} claim must have 1 to {longest} characters")
-        if problem := unstorable(value):
+        if problem := unstorable(value) or (an_id and not_an_id(value)):
             raise jwt.InvalidTokenError(f"the {name} claim {problem}")
 
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field
 
-from contracts.envelope import ID_PATTERN, not_an_id, out_of_range, unstorable
+from contracts.envelope import EMAIL_PATTERN, ID_PATTERN, not_an_email, not_an_id, out_of_range, unstorable
 
 INT4 = 2**31 - 1  # PostgreSQL integer / serial
 INT8 = 2**63 - 1  # PostgreSQL bigint / bigserial
@@ -27,6 +27,16 @@ def _storable(value: str) -> str:
 def _an_id(value: str) -> str:
     if problem := not_an_id(value):
         raise ValueError(f"the id {problem}")
+    return value
+
+
+def _an_email(value: str) -> str:
+    if not value.strip():
+        raise ValueError("the email is blank: an email is something@somewhere")
+    if value != value.strip():
+        raise ValueError("the email has spaces around it")
+    if problem := not_an_email(value):
+        raise ValueError(f"the email {problem}")
     return value
 
 
@@ -60,12 +70,18 @@ def text(max_length: int, *, min_length: int = 0, pattern: str | None = None, de
 # (ids are derived from them with separators between the parts).
 Key = Annotated[str, Field(min_length=1, max_length=128, json_schema_extra={"pattern": ID_PATTERN}),
                 AfterValidator(_storable), AfterValidator(_an_id)]
+# A district's id (a transfer's destination): as every event's district_id
+# (contracts.envelope.DistrictId), 1-64 characters, no control character.
+District = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": ID_PATTERN}),
+                     AfterValidator(_storable), AfterValidator(_an_id)]
 # A name or title people write.
 Name = text(300, min_length=1)
 # An email as a path or filter (blank or odd ones are the route's to judge).
 EmailText = text(320)
-# An email a body names: something@somewhere, lower-cased by the route.
-Email = text(320, min_length=3, pattern=r"^[^@\s]+@[^@\s]+$")
+# An email a body names: something@somewhere (contracts.envelope.not_an_email, as for the
+# emails of events from outside and OneRoster files), lower-cased by the route.
+Email = Annotated[str, Field(min_length=3, max_length=320, json_schema_extra={"pattern": EMAIL_PATTERN}),
+                  AfterValidator(_storable), AfterValidator(_an_email)]
 
 # A time with its UTC offset (08:00 where?), read as UTC; 422 when it names no offset or
 # falls outside the calendar once in UTC.

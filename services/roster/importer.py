@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 from pydantic import ValidationError
 
+from contracts.envelope import not_a_district_id
 from contracts.roster import DistrictUpserted, RosterImportCompleted
 from contracts.topics import ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, ROSTER_STUDENTS
 from services.kit import logs, outbox
@@ -144,6 +145,8 @@ async def run_import(
         on_record.set()
         result = ImportResult(import_id, district_id, "running")
         try:
+            if problem := not_a_district_id(district_id):  # the CLI's --district, a drop folder's name
+                raise PackageRejected(f"the district id {problem}: name the district as Caseflow knows it")
             with Package(path) as package:
                 async with pool.acquire() as conn:
                     await _import(conn, package, result, kafka, dry_run=dry_run, confirm=confirm,

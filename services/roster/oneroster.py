@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path, PurePosixPath
 
-from contracts.envelope import not_an_id
+from contracts.envelope import not_an_email, not_an_id
 from services.roster.domain import (
     ENROLLMENT_ROLES,
     OTHER_ROLES,
@@ -610,8 +610,8 @@ class Reader:
                 continue
             raw_email = row.get("email")
             email = login_email(raw_email)
-            if email is not None and "@" not in email:
-                self._problem(file, line, "email", email, "is not an email address", sid=sid)
+            if email is not None and (problem := not_an_email(email)):
+                self._problem(file, line, "email", email, f"is not an email address: it {problem}", sid=sid)
                 self._reject("user", sid, line, row, ("role", "orgSourcedIds", "grades", "status"))
                 continue
             schools = (orgs if len(orgs) == 1 and orgs[0] in self.known.schools else

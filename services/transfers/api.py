@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from services.kit.auth import Caller, Identity
 from services.kit.http import correlation_id
-from services.kit.inputs import text
+from services.kit.inputs import District, text
 from services.transfers import actions, domain, store
 from services.transfers.domain import SENDER, Refused
 
@@ -25,7 +25,6 @@ router = APIRouter(prefix="/v1/transfers", tags=["transfers"])
 
 _STATUS = {"forbidden": status.HTTP_403_FORBIDDEN, "not_found": status.HTTP_404_NOT_FOUND,
            "conflict": status.HTTP_409_CONFLICT, "invalid": status.HTTP_422_UNPROCESSABLE_CONTENT}
-DistrictId = text(64, min_length=1, description="a district's id")
 Page = Annotated[int, Query(ge=1, le=200, description="page size")]
 Status = Literal["pending", "accepted", "rejected", "cancelled", "locked", "expired"]
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -99,7 +98,7 @@ async def list_destinations(request: Request, caller: Caller) -> dict:
 class Sending(BaseModel):
     case_ids: list[UUID] = Field(min_length=1, max_length=5000, description="The cases to transfer: one, or many "
                                  "(bulk), all of the caller's district.")
-    destination_district_ids: list[DistrictId] = Field(min_length=1, max_length=50, description="Where to: one "
+    destination_district_ids: list[District] = Field(min_length=1, max_length=50, description="Where to: one "
                                                        "request per district, each with its own code.")
     notes: text(4000) | None = Field(default=None, description="Notes to accompany the cases.")
 

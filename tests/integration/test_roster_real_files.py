@@ -163,6 +163,8 @@ async def test_role_teacher_in_title_case_deactivates_nobody(base, tmp_path):
     ("users.csv", "stu-0001", {"grades": "3rd"}),  # a grade that is not one for sure
     ("users.csv", "stu-0001", {"orgSourcedIds": "sch-99X999"}),  # an unknown school
     ("users.csv", "stf-1001", {"email": "maria.santos1"}),  # not an email
+    ("users.csv", "stf-1001", {"email": "maria santos@schools.nyc.gov"}),  # a space in it
+    ("users.csv", "stu-0001", {"email": "ana@@schools.nyc.gov"}),
     ("users.csv", "stf-1001", {"role": "janitor"}),
     ("classes.csv", "cls-02M001-3-401", {"classType": "lab"}),
     ("classes.csv", "cls-02M001-3-401", {"schoolSourcedId": ""}),
@@ -176,6 +178,20 @@ async def test_a_row_present_but_rejected_keeps_what_the_roster_holds(base, tmp_
     result = await imported(base, package.path, confirm=True)  # 1 of orgs.csv's 4 rows is more than the guard's 20%
     assert result.status == "applied" and result.error_count >= 1
     assert any(p.source_id == sid for p in result.problems if p.severity == "error")
+    assert await held_state(base, D) == before
+    assert await change_events(base) == []
+
+
+async def test_an_email_with_a_space_in_it_is_reported_with_the_reason_and_the_staff_member_kept(base, tmp_path):
+    """A login email is something@somewhere with no space or control character in it: the
+    rule the SIS events' emails and HTTP bodies' emails are read by (contracts.envelope.
+    not_an_email). It held "@" alone: "maria santos@..." was saved as the login email."""
+    before = await held_state(base, D)
+    package = Edited("bulk_small", tmp_path / "p").edit("users.csv", "stf-1001", email="maria santos@schools.nyc.gov")
+    result = await imported(base, package.path)
+    assert [(p.file, p.source_id, p.column, p.reason) for p in result.problems if p.severity == "error"] == [
+        ("users.csv", "stf-1001", "email", "is not an email address: it holds a space (U+0020), which an email "
+                                           "cannot hold")]
     assert await held_state(base, D) == before
     assert await change_events(base) == []
 
@@ -479,6 +495,18 @@ async def test_a_first_import_of_an_unreadable_file_imports_nobody(service_db, t
     result = await imported(pool, package.path)
     assert result.status == "rejected" and "looks tab-separated" in result.message
     assert (await held_state(pool, D))["students"] == {}
+
+
+@pytest.mark.parametrize("district", [f"{D}\nstaff", "d" * 65, " "])
+async def test_an_import_for_a_district_id_that_is_no_id_is_rejected_and_imports_nobody(base, tmp_path, district):
+    """The CLI's --district or a drop folder named "nycdoe\nstaff": its student T-1 would be
+    given the id of district nycdoe's staff member T-1 (ids are derived with line breaks
+    between the parts)."""
+    before = await held_state(base, D)
+    result = await imported(base, Edited("bulk_small", tmp_path / "p").path, district=district)
+    assert result.status == "rejected" and result.message.startswith("the district id ")
+    assert await held_state(base, D) == before and (await held_state(base, district))["students"] == {}
+    assert await change_events(base) == []
 
 
 def _as_oneroster_12(package: Edited) -> Edited:

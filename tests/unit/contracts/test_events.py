@@ -1,15 +1,17 @@
 import json
+import re
 from datetime import UTC, date, datetime, timedelta, timezone
-from typing import Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
 from uuid import UUID, uuid4
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from contracts import cloudevents
-from contracts.envelope import FromOutside
+from contracts.envelope import BLANK_OR_EMAIL_PATTERN, EMAIL_PATTERN, FromOutside, not_an_email
 from contracts.roster import StudentEnrolled
 from contracts.sis import SisStudentEnrolled
 from contracts.topics import EVENT_TYPES, SIS_STUDENTS, TOPICS, partition_key, topic_for
@@ -261,11 +263,22 @@ _BLANKS = ["", " ", "   ", "\t", "\n", "\r\n", "\x1f", "\u00a0", "\u2003", "\u30
 
 def _example_value(annotation, n: int):
     """A valid JSON value for a required field of this annotation."""
-    if get_origin(annotation) is Literal:
-        return get_args(annotation)[0]
-    if get_origin(annotation) is list:  # of ids (contracts.sis.SisId)
-        return ["02M001"]
-    return {str: f"v{n}", datetime: "2026-11-20T15:00:00Z", date: "2026-11-20", UUID: str(UUID(int=n + 1))}[annotation]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return args[0]
+    if origin is Annotated:
+        return _example_value(args[0], n)
+    if origin in (Union, UnionType):
+        return None if type(None) in args else _example_value(args[0], n)
+    if origin is list:  # of ids (contracts.sis.SisId), or of anything else
+        return ["02M001"] if not args or args[0] is str or get_origin(args[0]) is Annotated else \
+            [_example_value(args[0], n)]
+    if origin is dict:
+        return {}
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _valid_body(annotation)
+    return {str: f"v{n}", datetime: "2026-11-20T15:00:00Z", date: "2026-11-20", UUID: str(UUID(int=n + 1)),
+            int: 1, bool: True, float: 1.0}[annotation]
 
 
 def _outcome(read, body: bytes):
@@ -312,3 +325,114 @@ def test_a_blank_optional_text_read_from_json_means_none_for_every_spelling():
         body = json.dumps({**FACTS, "email": blank, "state_id": blank, "birth_date": blank, "school_ids": blank})
         student = SisStudentEnrolled.from_json(body.encode())
         assert (student.email, student.state_id, student.birth_date, student.school_ids) == (None, None, None, None)
+
+
+# ---------------------------------------------------------------- ids and emails from outside
+
+_ENVELOPE = {"event_id", "event_type", "occurred_at", "district_id", "correlation_id", "causation_id"}
+
+
+def _valid_body(cls) -> dict:
+    body = {"district_id": "d1"} if "district_id" in cls.model_fields else {}
+    for n, (name, field) in enumerate(cls.model_fields.items()):
+        if field.is_required() and name not in body:
+            body[name] = "ana@school.org" if name.endswith("_email") else _example_value(field.annotation, n)
+    return body
+
+
+def _text(annotation) -> bool:
+    """str, or an Annotated str, optional or not."""
+    if annotation is str:
+        return True
+    if get_origin(annotation) is Annotated:
+        return get_args(annotation)[0] is str
+    if get_origin(annotation) in (Union, UnionType):
+        return all(a is type(None) or _text(a) for a in get_args(annotation))
+    return False
+
+
+def _ids_and_emails(cls) -> tuple[list[str], list[str]]:
+    names = [n for n, f in cls.model_fields.items() if n not in _ENVELOPE and _text(f.annotation)]
+    return ([n for n in names if n.endswith("_id") or n == "identifier"],
+            [n for n in names if n == "email" or n.endswith("_email") and n != "actor_email"])
+
+
+@pytest.mark.parametrize("event_type", _OUTSIDE)
+def test_every_id_an_outside_system_sends_is_refused_with_a_control_character_in_it(event_type):
+    """Fix the kind: the SIS contracts' ids refused control characters; the special education
+    system's and the trigger events' ids (mandate_id, student_source_id, form_id, ...) did not.
+    One rule, contracts.envelope.not_an_id, for every id from outside."""
+    cls = EVENT_TYPES[event_type]
+    ids, _ = _ids_and_emails(cls)
+    assert ids, f"{event_type} carries no id from outside"
+    cls.from_json(json.dumps(_valid_body(cls)))
+    for name in ids:
+        for bad in ("S-\n1", "S\x1f1", "S\x7f1"):
+            with pytest.raises(ValidationError) as e:
+                cls.from_json(json.dumps({**_valid_body(cls), name: bad}))
+            assert f"{name}: Value error, the id holds a control character" in cloudevents.describe(e.value)
+
+
+@pytest.mark.parametrize(("address", "reason"), [
+    ("maria.santos1", "has no @ (an email is something@somewhere)"),
+    ("@school.org", "has nothing before its @"),
+    ("maria@", "has nothing after its @"),
+    ("maria@@school.org", "holds more than one @"),
+    ("maria@school@org", "holds more than one @"),
+    ("maria santos@school.org", "holds a space (U+0020), which an email cannot hold"),
+    ("maria\u00a0santos@school.org", "holds a space (U+00A0), which an email cannot hold"),
+    ("maria\tsantos@school.org", "holds a control or invisible character (U+0009), which an email cannot hold"),
+    ("maria\x1f@school.org", "holds a control or invisible character (U+001F), which an email cannot hold"),
+    ("maria\u200b@school.org", "holds a control or invisible character (U+200B), which an email cannot hold"),
+])
+def test_an_email_is_something_at_somewhere_with_no_space_or_control_character(address, reason):
+    assert not_an_email(address) == reason
+    if address.isascii():  # the patterns tell JSON Schema readers the rule's ASCII part
+        assert not re.match(EMAIL_PATTERN, address) and not re.match(BLANK_OR_EMAIL_PATTERN, address)
+
+
+@pytest.mark.parametrize("address", ["maria.santos@school.org", "ana+1@x", "Ñúñez@escuela.es", "a@b"])
+def test_an_email_as_districts_write_them_is_an_email(address):
+    assert not_an_email(address) is None and not_an_email(f"  {address} ") is None
+    assert re.match(EMAIL_PATTERN, address) and re.match(BLANK_OR_EMAIL_PATTERN, f" {address} ")
+
+
+@pytest.mark.parametrize("event_type", _OUTSIDE)
+def test_every_email_an_outside_system_sends_is_refused_unless_it_is_an_email(event_type):
+    """An SIS staff member's login email (the key of a caseload and of their grants), a
+    provider's, a task's assignee: "maria santos@school.org" was saved as sent; a OneRoster
+    file's row was refused for less. One rule, contracts.envelope.not_an_email, for both.
+    A blank optional email still means none."""
+    cls = EVENT_TYPES[event_type]
+    _, emails = _ids_and_emails(cls)
+    for name in emails:
+        with pytest.raises(ValidationError) as e:
+            cls.from_json(json.dumps({**_valid_body(cls), name: "maria santos@school.org"}))
+        assert cloudevents.describe(e.value) == f"{name}: Value error, the email holds a space (U+0020), which an " \
+                                                "email cannot hold"
+        read = cls.from_json(json.dumps({**_valid_body(cls), name: " Maria@School.org "}))
+        assert getattr(read, name) == "Maria@School.org"
+        if not cls.model_fields[name].is_required():
+            assert getattr(cls.from_json(json.dumps({**_valid_body(cls), name: "  "})), name) is None
+
+
+def test_the_outside_emails_checked_are_the_ones_that_key_caseloads_grants_and_tasks():
+    checked = {t: _ids_and_emails(EVENT_TYPES[t])[1] for t in _OUTSIDE}
+    assert {t: e for t, e in checked.items() if e} == {
+        "cases.task_assigned.v1": ["assignee_email"],
+        "sis.staff_upserted.v1": ["email"],
+        "sis.student_enrolled.v1": ["email"],
+        "sped.first_attendance_recorded.v1": ["provider_email"],
+    }
+
+
+@pytest.mark.parametrize("event_type", sorted(EVENT_TYPES))
+def test_every_events_district_id_is_an_id(event_type):
+    """A district "nycdoe\nstaff" would give its student T-1 the id of district nycdoe's
+    staff member T-1 (the roster derives ids with line breaks between the parts): one
+    district's SIS could overwrite another's staff. Every event, from outside or not."""
+    cls = EVENT_TYPES[event_type]
+    for district in ("nycdoe\nstaff", "d\x1f1", "d" * 65, ""):
+        with pytest.raises(ValidationError) as e:
+            cls.model_validate_json(json.dumps({**_valid_body(cls), "district_id": district}))
+        assert any(err["loc"] == ("district_id",) for err in e.value.errors()), cloudevents.describe(e.value)

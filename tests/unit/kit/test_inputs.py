@@ -14,7 +14,7 @@ from contracts.cases import StudentMeetingScheduled
 from contracts.roster import StaffUpserted
 from contracts.sis import SisStudentEnrolled
 from services.kit.auth import TokenVerifier, mint
-from services.kit.inputs import INT4, INT8, Key, Moment, cursor, text
+from services.kit.inputs import INT4, INT8, District, Email, Key, Moment, cursor, text
 from services.kit.settings import AuthSettings
 
 SECRET = "unit-secret-" + "x" * 32
@@ -36,7 +36,23 @@ def test_an_id_with_a_control_character_is_refused(value):
     """As the SIS contracts' ids and OneRoster sourcedIds: ids are derived from them with
     separators between the parts."""
     assert "which an id cannot hold" in refusal(Key, value) or "NUL" in refusal(Key, value)
+    assert "which an id cannot hold" in refusal(District, value) or "NUL" in refusal(District, value)
     assert TypeAdapter(Key).validate_python("02M001 Annex, \"B\"") == "02M001 Annex, \"B\""
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("maria.santos1", "the email has no @ (an email is something@somewhere)"),
+    ("maria santos@school.org", "the email holds a space (U+0020), which an email cannot hold"),
+    ("maria\x1f@school.org", "the email holds a control or invisible character (U+001F), which an email cannot hold"),
+    ("a@b@c", "the email holds more than one @"),
+    ("   ", "the email is blank: an email is something@somewhere"),
+    (" maria@school.org", "the email has spaces around it"),
+])
+def test_an_email_a_body_names_is_refused_unless_it_is_an_email_and_says_why(value, reason):
+    """The same rule as the emails of events from outside and OneRoster files
+    (contracts.envelope.not_an_email): a point person, a support lead, a grant's holder."""
+    assert refusal(Email, value) == f"Value error, {reason}"
+    assert TypeAdapter(Email).validate_python("Ana.Reyes+1@School.org") == "Ana.Reyes+1@School.org"
 
 
 def test_a_text_with_a_lone_surrogate_or_too_long_is_refused():
@@ -83,7 +99,8 @@ def test_an_event_refuses_text_and_times_its_consumers_cannot_store():
 
 
 @pytest.mark.parametrize("claims", [dict(district_id="d\x00"), dict(email="a\x00@d.org"), dict(schools=["A\x00"]),
-                                    dict(district_id="d" * 65), dict(schools=[""])])
+                                    dict(district_id="d" * 65), dict(schools=[""]), dict(district_id="nycdoe\nstaff"),
+                                    dict(schools=["02M\x1f001"])])
 def test_a_token_whose_claims_cannot_be_stored_is_invalid(claims):
     fields = {"email": "c@s.org", "district_id": "d1", "schools": ["A"], "roles": [], **claims}
     with pytest.raises(jwt.InvalidTokenError, match="claim"):
