@@ -496,6 +496,10 @@ class Reader:
     """Validates a package's files in dependency order, yielding records ready to stage, and
     collecting problems. One Reader per import."""
 
+    # Whether a well-formed enrolment row takes the short way (a test sends every row the
+    # long way, which checks each column by name, and expects the very same reading).
+    short_way = True
+
     def __init__(self, package: Package, district_id: str, held: Known | None = None, max_problems: int = 100_000):
         self.package = package
         self.district_id = district_id
@@ -754,26 +758,32 @@ class Reader:
         seen: dict[str, int] = {}  # sourcedId -> the line it was first read on
         homerooms: dict[tuple[str, str], int] = {}
         classes, users, user_schools = self.known.classes, self.known.users, self.known.user_schools
-        dates: dict[str, date | None] = {"": None}  # a file has few distinct dates: each is read once
-        # The rows as lists, not dicts: each row gets a None at its end, read for a column
-        # the header lacks (as row.get would), and a dict only on the long way. (A rejected
-        # enrolment keeps nothing of what its row said: it is rejected with {}.)
+        # A file has few distinct dates: each is read once (None: the file has no such column).
+        dates: dict[str | None, date | None] = {"": None, None: None}
+        # The rows as lists, not dicts: a row of a file without a column the reader reads gets
+        # a None at its end, read for that column (as row.get would), and a dict only on the
+        # long way. (A rejected enrolment keeps nothing of what its row said: it is rejected with {}.)
         records = self.package.values(file)
         _, header = next(records)
         at = {column: i for i, column in enumerate(header)}
-        pick = operator.itemgetter(*(at.get(column, len(header)) for column in (
-            "sourcedId", "status", "classSourcedId", "userSourcedId", "role", "schoolSourcedId", "primary",
-            "beginDate", "endDate")))
+        columns = ("sourcedId", "status", "classSourcedId", "userSourcedId", "role", "schoolSourcedId", "primary",
+                   "beginDate", "endDate")
+        pick = operator.itemgetter(*(at.get(column, len(header)) for column in columns))
+        pad = not all(column in at for column in columns)
+        short = self.short_way
         count = 0
         for line, values in records:
             count += 1
             if isinstance(values, dict):
                 self._misshapen(file, line, values)
                 continue
-            values.append(None)
+            if pad:
+                values.append(None)
             sid, status, class_sid, user_sid, role, school, primary, raw_begin, raw_end = pick(values)
-            if not (sid and class_sid and user_sid and role in _ENROLLMENT_ROLE_SET and status in ("", "active")
-                    and sid.strip() == sid and class_sid.strip() == class_sid and user_sid.strip() == user_sid):
+            # (the short way's sourcedId is printable: one with a control character is the long way's to report)
+            if not (short and sid and class_sid and user_sid and role in _ENROLLMENT_ROLE_SET and status in ("", "active")
+                    and sid.strip() == sid and class_sid.strip() == class_sid and user_sid.strip() == user_sid
+                    and sid.isprintable()):
                 # the long way: report exactly what is wrong, or normalise (spaces, case, tobedeleted)
                 row = dict(zip(header, values))
                 sid = self._sid(file, line, row)
@@ -798,10 +808,10 @@ class Reader:
                     continue
             else:
                 status = "active"
-            if sid in seen:
-                self._problem(file, line, "sourcedId", sid, _again(seen[sid]), sid=sid)
+            first = seen.setdefault(sid, line)
+            if first != line:
+                self._problem(file, line, "sourcedId", sid, _again(first), sid=sid)
                 continue
-            seen[sid] = line
             klass = classes.get(class_sid)
             if klass is None:
                 self._problem(file, line, "classSourcedId", class_sid, self._unknown("class", class_sid), sid=sid)
@@ -836,11 +846,12 @@ class Reader:
                     continue
                 self._normalise(file, "primary", primary, read, line, sid)
                 primary = read
-            raw_begin, raw_end = raw_begin or "", raw_end or ""
-            begin = dates[raw_begin] if raw_begin in dates else self._date_once(
-                dates, file, line, dict(zip(header, values)), "beginDate", sid)
-            end = dates[raw_end] if raw_end in dates else self._date_once(
-                dates, file, line, dict(zip(header, values)), "endDate", sid)
+            begin = dates.get(raw_begin, _UNREAD)
+            if begin is _UNREAD:
+                begin = self._date_once(dates, file, line, dict(zip(header, values)), "beginDate", sid)
+            end = dates.get(raw_end, _UNREAD)
+            if end is _UNREAD:
+                end = self._date_once(dates, file, line, dict(zip(header, values)), "endDate", sid)
             if begin is False or end is False:
                 self._reject("enrollment", sid, line, {}, ())
                 continue
@@ -1047,6 +1058,7 @@ class Reader:
 
 
 _ENROLLMENT_ROLE_SET = frozenset(ENROLLMENT_ROLES)
+_UNREAD = object()  # a date not read yet
 _FILE_OF = {"org": "orgs", "session": "academicSessions", "class": "classes", "user": "users",
             "enrollment": "enrollments", "demographic": "demographics", "course": "courses", "role": "roles"}
 _ENTITY_OF = {file: entity for entity, file in _FILE_OF.items()}
