@@ -496,8 +496,8 @@ class Reader:
     """Validates a package's files in dependency order, yielding records ready to stage, and
     collecting problems. One Reader per import."""
 
-    # Whether a well-formed enrolment row takes the short way (a test sends every row the
-    # long way, which checks each column by name, and expects the very same reading).
+    # Whether a well-formed enrolment or demographics row takes the short way (a test sends
+    # every row the long way, which checks each column by name, and expects the very same reading).
     short_way = True
 
     def __init__(self, package: Package, district_id: str, held: Known | None = None, max_problems: int = 100_000):
@@ -729,11 +729,25 @@ class Reader:
         read keeps the birth date the roster holds (read false); a blank one clears it."""
         file = "demographics"
         seen: dict[str, int] = {}  # sourcedId -> the line it was first read on
-        for line, row in self._rows(file):
-            sid = self._sid(file, line, row)
+        born_on: dict[str, date | None] = {}  # a birth date as written -> as read (each read once)
+        # The rows as lists (as enrollments' are): a dict only for a sourcedId to report on.
+        records = self.package.values(file)
+        _, header = next(records)
+        width = len(header)
+        at_sid, at_born = (header.index(c) if c in header else width for c in ("sourcedId", "birthDate"))
+        short = self.short_way
+        count = 0
+        for line, values in records:
+            count += 1
+            if isinstance(values, dict):
+                self._misshapen(file, line, values)
+                continue
+            sid = values[at_sid] if at_sid < width else None
+            if not (short and sid and sid.strip() == sid and sid.isprintable()):
+                sid = self._sid(file, line, dict(zip(header, values)))
             if sid is None or self._duplicate(file, line, sid, seen):
                 continue
-            raw = _blank(row.get("birthDate"))
+            raw = _blank(values[at_born]) if at_born < width else None
             role = self.known.users.get(sid)
             if role is not None and role != "student":
                 self._ignore(file, line, sid, "demographics rows of users who are not students are not kept")
@@ -744,12 +758,15 @@ class Reader:
             if raw is None:
                 yield (sid, None, True)
                 continue
-            born = parse_file_date(raw)
+            born = born_on.get(raw, _UNREAD)
+            if born is _UNREAD:
+                born = born_on[raw] = parse_file_date(raw)
             if born is None:
                 self._problem(file, line, "birthDate", raw, "is not a date (YYYY-MM-DD)", sid=sid)
                 yield (sid, None, False)
                 continue
             yield (sid, born, True)
+        self.rows_read[f"{file}.csv"] = count
 
     def enrollments(self) -> Iterator[tuple]:
         """The largest file (eight million rows for a city): a well-formed row takes the short

@@ -170,3 +170,45 @@ def test_an_enrolment_whose_sourced_id_holds_a_control_character_is_reported_how
     assert [(p.line, p.column, p.reason) for p in reader.problems] == [
         (2, "sourcedId", "sourcedId holds a control character (U+0001), which an id cannot hold")]
     assert ("enrollment", "e\x011") in reader.rejected
+
+
+DEMOGRAPHICS_VALUES = {
+    "sourcedId": ["u1", "u2", "u1", "t1", "nobody", " u2", "u\x011", "", "u\u00a02"],
+    "status": ["", "active"],
+    "birthDate": ["", "2015-03-01", "2015-3-1", "2015-03-01T00:00:00Z", " 2015-03-01", "2015-02-30", "soon"],
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({c: st.sampled_from(v) for c, v in DEMOGRAPHICS_VALUES.items()}),
+                     max_size=15),
+       without_birth_date=st.booleans(), users=st.sampled_from(["bulk", "delta"]))
+def test_a_demographics_row_is_read_alike_the_short_way_and_the_long_way(rows, without_birth_date, users):
+    import tempfile
+    from pathlib import Path
+
+    from services.roster.oneroster import Package, Reader
+    from tests.packages import HEADERS, write
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = write(_roster(), Path(folder), {"users": users})
+        header = [c for c in HEADERS["demographics"] if not (without_birth_date and c == "birthDate")]
+        with open(path / "demographics.csv", "w", newline="", encoding="utf-8") as f:
+            out = csv.writer(f)
+            out.writerow(header)
+            out.writerows([[row.get(c, "") for c in header] for row in rows] + [["only", "one"]])
+        read = []
+        for short_way in (True, False):
+            with Package(path) as package:
+                reader = Reader(package, "d")
+                reader.short_way = short_way
+                for _ in reader.schools():
+                    pass
+                for _ in reader.classes():
+                    pass
+                for _ in reader.users():
+                    pass
+                records = list(reader.birth_dates())
+                reader.finish()
+                read.append((records, reader.problems, reader.rejected, reader.rows_read, reader.rows_skipped))
+    assert read[0] == read[1]
