@@ -522,3 +522,29 @@ async def test_uploads_are_removed_once_their_imports_are_final_and_held_ones_ar
     assert sorted(removed) == sorted(uploads[s] for s in ("applied", "rejected", "failed", "abandoned"))
     assert all(uploads[s].exists() for s in ("held", "running", None))
     assert (packages / "d1" / "notes.zip").exists()
+
+
+async def test_held_tables_are_analysed_by_an_import_only_where_their_statistics_are_stale(service_db):
+    from services.roster.importer import stale_statistics
+
+    pool = await service_db("roster")
+
+    async def flushed(conn, sql: str) -> None:  # the statistics counters, as another session sees them
+        await conn.execute(sql)
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT 1")
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+
+    async with pool.acquire() as conn:
+        await conn.execute("ALTER TABLE classes SET (autovacuum_enabled = false)")  # (none of autovacuum's own)
+        assert await stale_statistics(conn, ("students", "classes")) == []  # empty and never analysed
+        await flushed(conn, "INSERT INTO classes (class_id, district_id, source_id, school_id, class_type, title, "
+                            "grades, periods) SELECT gen_random_uuid(), 'd1', 'c' || i, 's1', 'scheduled', 'T', "
+                            "'{}', '{}' FROM generate_series(1, 200) i")
+        assert await stale_statistics(conn, ("students", "classes")) == ["classes"]
+        await flushed(conn, "ANALYZE classes")
+        assert await stale_statistics(conn, ("students", "classes")) == []
+        await flushed(conn, "UPDATE classes SET title = 'U' WHERE source_id IN ('c1', 'c2', 'c3')")
+        assert await stale_statistics(conn, ("students", "classes")) == []  # 3 of 200: not stale
+        await flushed(conn, "UPDATE classes SET title = 'V'")
+        assert await stale_statistics(conn, ("students", "classes")) == ["classes"]
