@@ -209,7 +209,6 @@ class Workload:
     group: str
     topic: object
     load: CaseloadLoad | CasesLoad
-    members: int = 1  # members of the group each instance runs (Subscription.members)
 
     async def setup(self, stack: System, first: Service, conn: asyncpg.Connection, n: int) -> None:
         kafka = stack.kafka_settings
@@ -254,10 +253,7 @@ async def run_service(backends_: Backends, service: str, n: int, batch: int, kil
     env = {"CASEFLOW_CONSUMER_BATCH_SIZE": str(batch), "CASEFLOW_LOG_LEVEL": "INFO",
            "KAFKA_SESSION_TIMEOUT_MS": str(session_ms)}
     if service == "caseload":
-        from services.caseload.app import definition
-
-        w = Workload("caseload", CASELOAD_GROUP, ROSTER_ENROLLMENTS, CaseloadLoad(students=n, rounds=ROUNDS),
-                     members=next(s.members for s in definition().subscriptions if s.consumer == CASELOAD_GROUP))
+        w = Workload("caseload", CASELOAD_GROUP, ROSTER_ENROLLMENTS, CaseloadLoad(students=n, rounds=ROUNDS))
     else:
         w = Workload("cases", CASES_GROUP, CASE_TRIGGERS, CasesLoad(students_per_round=n, rounds=ROUNDS))
     print(f"\n{service}: {n:,} events a round on {w.topic.name} ({w.topic.partitions} partitions), batch {batch}, "
@@ -276,8 +272,7 @@ async def run_service(backends_: Backends, service: str, n: int, batch: int, kil
                     instances.append(stack.service(service, **env).start())
                 for i in instances:
                     await i.ready(timeout=120)
-                await eventually(lambda c=count: group.settled_with(c * w.members), 120,
-                                 what=f"{count} instances' members")
+                await eventually(lambda c=count: group.settled_with(c), 120, what=f"{count} members")
                 async with Sampler(group) as sampler:
                     started = time.monotonic()
                     await produce(kafka, w.events(r))
@@ -292,14 +287,14 @@ async def run_service(backends_: Backends, service: str, n: int, batch: int, kil
                       f" raw group of {count}: {raw:,.0f}/s", flush=True)
 
             # Round 3: the relay leader killed mid-load.
-            before = await eventually(lambda: group.settled_with(3 * w.members), 120, what="3 instances' members")
+            before = await eventually(lambda: group.settled_with(3), 120, what="3 members")
             async with Sampler(group) as sampler:
                 await produce(kafka, w.events(2))
                 ends = await group.ends()
                 target = sum(sampler.start.values()) + kill_at * (sum(ends.values()) - sum(sampler.start.values()))
                 while not sampler.samples or sum(sampler.samples[-1][1].values()) < target:
                     await asyncio.sleep(0.05)
-                before = await group.settled_with(3 * w.members) or before
+                before = await group.settled_with(3) or before
                 at_kill = await group.committed()
                 leader_url = await relay_leader([i.url for i in instances])
                 victim = next((i for i in instances if i.url == leader_url), instances[0])
@@ -310,7 +305,7 @@ async def run_service(backends_: Backends, service: str, n: int, batch: int, kil
                 rebalanced = relay_at = None
                 while rebalanced is None or relay_at is None:
                     alive(instances)()
-                    if rebalanced is None and (after := await group.settled_with(2 * w.members)):
+                    if rebalanced is None and (after := await group.settled_with(2)):
                         rebalanced = time.monotonic() - t0
                     if relay_at is None and await relay_leader([i.url for i in survivors]):
                         relay_at = time.monotonic() - t0
@@ -319,7 +314,7 @@ async def run_service(backends_: Backends, service: str, n: int, batch: int, kil
                     await asyncio.sleep(0.1)
                 await sampler.until(ends, 1800, alive(instances))
             gone = set(before.members) - set(after.members)
-            killed = set().union(*(before.members[m] for m in gone)) if len(gone) == w.members else set()
+            killed = before.members[next(iter(gone))] if len(gone) == 1 else set()
             takeovers = {p: sampler.first_commit_after(t0, p, at_kill[p]) for p in sorted(killed)}
             await eventually(lambda: w.effects(conn, 2, n), 600, interval=0.25, what="the effects")
             verdict = await w.load.verdict(conn, kafka, range(ROUNDS))

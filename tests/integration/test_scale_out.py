@@ -17,13 +17,10 @@ import signal
 import pytest
 
 from contracts.topics import CASE_TRIGGERS, ROSTER_ENROLLMENTS
-from services.caseload.app import definition as caseload
 from tests.scale_out import CASELOAD_GROUP, CASES_GROUP, CaseloadLoad, CasesLoad, GroupWatch, produce, relay_leader
 from tests.support import Stack, eventually, token
 
 pytestmark = pytest.mark.integration
-# Members of the enrolments' group each caseload instance runs (Subscription.members).
-CASELOAD_MEMBERS = next(s.members for s in caseload().subscriptions if s.consumer == CASELOAD_GROUP)
 
 
 async def _start(system: Stack, service: str, n: int):
@@ -41,17 +38,16 @@ async def _kill_the_relay_leader(instances):
     return victim
 
 
-async def _took_over(group: GroupWatch, before, committed_at_kill: dict[int, int], per_instance: int = 1) -> set[int]:
+async def _took_over(group: GroupWatch, before, committed_at_kill: dict[int, int]) -> set[int]:
     """After the kill: the group settles with the two survivors, they hold every partition,
     and every partition the killed member held is committed to its end by them. Returns the
     killed member's partitions: the member missing after the rebalance held them (survivors
     keep their member ids; should one have rejoined under a new id, every partition is held
     to the same check)."""
-    after = await eventually(lambda: group.settled_with(2 * per_instance), 90,
-                             what="the group to settle with the two survivors' members")
+    after = await eventually(lambda: group.settled_with(2), 90, what="the group to settle with two members")
     assert after.assigned == set(range(len(group.partitions)))
     gone = set(before.members) - set(after.members)
-    killed_partitions = (set().union(*(before.members[m] for m in gone)) if len(gone) == per_instance
+    killed_partitions = (before.members[gone.pop()] if len(gone) == 1
                          else set(range(len(group.partitions))))
     assert killed_partitions, before.members
 
@@ -73,8 +69,7 @@ async def test_three_caseload_instances_one_killed_mid_load_lose_nothing_and_app
     conn = await system.db("caseload")
     try:
         async with GroupWatch(kafka, CASELOAD_GROUP, ROSTER_ENROLLMENTS) as group:
-            await eventually(lambda: group.settled_with(3 * CASELOAD_MEMBERS), 60,
-                             what="three instances' members sharing the partitions")
+            await eventually(lambda: group.settled_with(3), 60, what="three members sharing the partitions")
             await produce(kafka, load.people())
 
             async def students_known():
@@ -90,13 +85,12 @@ async def test_three_caseload_instances_one_killed_mid_load_lose_nothing_and_app
                 return await conn.fetchval("SELECT count(*) FROM inbox WHERE consumer = $1", CASELOAD_GROUP) >= handled
 
             await eventually(under_way, 180, what="the load to be under way")
-            before = await eventually(lambda: group.settled_with(3 * CASELOAD_MEMBERS), 30,
-                                    what="three instances' members")
+            before = await eventually(lambda: group.settled_with(3), 30, what="three members")
             committed_at_kill = await group.committed()
             await _kill_the_relay_leader(instances)
             await produce(kafka, load.enrolments(1))
 
-            await _took_over(group, before, committed_at_kill, CASELOAD_MEMBERS)
+            await _took_over(group, before, committed_at_kill)
 
         expected = len(load.expected([0, 1]))
 
