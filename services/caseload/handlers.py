@@ -82,14 +82,15 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
             removed.append((e.class_id, e.person_id))
     await store.project_members(uow.conn, list(added.values()), removed)
     # A student's enrolment changes only their caseloads in that class; a teacher's, those of
-    # every student of the class in that class: (student, class) pairs, brought in line in
-    # parts of store.REFRESH_PAIRS (at city size a batch of teachers' enrolments reaches
-    # 240,000 students' classes), not those students whole (each of their classes and
-    # manual memberships). Pairs take the students' locks shared (store.lock_students).
+    # every student of the class (brought in line whole: at city size a batch of teachers'
+    # enrolments reaches 240,000 students' classes, and (student, class) pairs that many
+    # ran past the command timeout where whole students in parts did not).
     cause_of = {e.person_id: e for e in events if e.role == "student"}
-    pairs = {(e.person_id, e.class_id) for e in events if e.role == "student"}
-    pairs |= await store.pairs_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
-    await refresh(uow, (), events[-1], cause_of, in_classes=pairs)
+    await refresh(uow, (), events[-1], cause_of,
+                  in_classes={(e.person_id, e.class_id) for e in events if e.role == "student"})
+    taught = await store.students_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
+    if taught:
+        await refresh(uow, taught, events[-1], cause_of)
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:

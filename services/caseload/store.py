@@ -119,18 +119,6 @@ async def project_members(conn: asyncpg.Connection, added: list[tuple], removed:
         )
 
 
-async def pairs_in_classes(conn: asyncpg.Connection, class_ids: Iterable[UUID]) -> set[tuple[UUID, UUID]]:
-    """(student, class): the students of these classes, each in each class of them."""
-    class_ids = list(set(class_ids))
-    if not class_ids:
-        return set()
-    rows = await conn.fetch(
-        "SELECT person_id, class_id FROM class_members WHERE class_id = ANY($1::uuid[]) AND role = 'student'",
-        class_ids,
-    )
-    return {(r[0], r[1]) for r in rows}
-
-
 async def students_in_classes(conn: asyncpg.Connection, class_ids: Iterable[UUID]) -> set[UUID]:
     rows = await conn.fetch(
         "SELECT DISTINCT person_id FROM class_members WHERE class_id = ANY($1::uuid[]) AND role = 'student'",
