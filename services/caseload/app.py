@@ -72,9 +72,6 @@ def definition() -> ServiceDefinition:
                 handlers={EnrollmentAdded: handlers.on_roster_enrollments,
                           EnrollmentRemoved: handlers.on_roster_enrollments},
                 description="Who is in which class: students and their teachers.",
-                # 8 of every 9 roster records at city size; its batches wait on the database
-                # (each enrolment's refresh), so two run side by side (store.lock_students).
-                members=2,
             ),
             Subscription(
                 topic=SPED_MANDATES,

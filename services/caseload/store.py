@@ -151,22 +151,14 @@ async def lock_sources(conn: asyncpg.Connection, students: Iterable[tuple[str, s
     await db.lock_until_commit(conn, _SOURCE_LOCKS, students, buckets=1024)
 
 
-async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID], *, shared: bool = False) -> None:
+async def lock_students(conn: asyncpg.Connection, student_ids: list[UUID]) -> None:
     """Serialize the refreshes of one student across transactions until commit. The facts a
     student's caseload depends on arrive on different topics, handled concurrently: without
     this, the student's enrolment and their homeroom could each commit unseen by the other's
     refresh, and the membership both imply would never be written. Whoever refreshes second
     now runs its query after the first committed, and sees both. Students share 256 locks
-    (by id), so a large batch takes at most 256, in one order (a deadlock is retried).
-
-    shared: for a refresh of (student, class) pairs alone (enrolments), which wait only for
-    whole-student refreshes, not for each other: a pair's memberships depend on the
-    student, the class and its teachers (changed under these locks held exclusively, or
-    the class lists' exclusively) and on the pair's own class_members row, which two
-    writers take turns on by its row lock, the second refreshing after the first commits.
-    So batches of enrolments from different partitions run side by side, though 2,000
-    students take nearly all 256 locks."""
-    await db.lock_until_commit(conn, _STUDENT_LOCKS, student_ids, buckets=256, shared=shared)
+    (by id), so a large batch takes at most 256, in one order (a deadlock is retried)."""
+    await db.lock_until_commit(conn, _STUDENT_LOCKS, student_ids, buckets=256)
 
 
 async def lock_class_lists(conn: asyncpg.Connection, districts: Iterable[str], *, exclusive: bool) -> None:
@@ -376,7 +368,7 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
     ids = list({s for s, _ in in_classes} if in_classes is not None else set(student_ids))
     if not ids:
         return []
-    await lock_students(conn, ids, shared=in_classes is not None)
+    await lock_students(conn, ids)
     if len(ids) > CUSTOM_PLAN_ABOVE:
         # Planned for the arrays at hand: a prepared statement's generic plan guesses 10
         # elements, and for 10,000 pairs its nested loops ran for minutes. A small batch

@@ -104,11 +104,6 @@ class Subscription:
     consumer: str
     handlers: dict[type[Event], Handler]
     description: str = ""
-    # Members of the consumer group this process runs (each an EventConsumer: its own Kafka
-    # consumer, its partitions, its batches one after another, its own transactions), as
-    # that many instances would: a topic whose batches wait on the database more than on
-    # Python gets its partitions handled side by side. At most the topic's partitions.
-    members: int = 1
 
 
 @dataclass

@@ -108,7 +108,7 @@ class ServiceRuntime:
         )
         self.consumers = [
             EventConsumer(subscription, pool=self.pool, settings=s, metrics=self.metrics, after_commit=self.relay.wake)
-            for subscription in self.definition.subscriptions for _ in range(subscription.members)
+            for subscription in self.definition.subscriptions
         ]
         for consumer in self.consumers:
             consumer.attach(self.broker)
