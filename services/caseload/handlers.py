@@ -154,7 +154,8 @@ async def refresh(uow: UnitOfWork, student_ids, cause=None, cause_of: dict | Non
 
 
 def _cause(event, made: dict[tuple, store.Cause]) -> store.Cause:
-    """The event's time as ISO 8601 text and its correlation id, made once per distinct pair."""
+    """The event's time as ISO 8601 text and its correlation id, made once per distinct pair
+    (an event's occurred_at is always in UTC, contracts.envelope: equal times, equal text)."""
     key = (event.occurred_at, event.correlation_id)
     cause = made.get(key)
     if cause is None:
