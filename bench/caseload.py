@@ -80,6 +80,8 @@ from harness import (  # noqa: E402
     Service,
     System,
     add_port_flag,
+    load_average,
+    server_cpu_seconds,
     backends,
     create_topic,
     describe_batches,
@@ -201,6 +203,7 @@ async def materialize(system: System, scale: float) -> dict:
     print(f"  raw baseline: aiokafka getmany of the same {n:,} records      {raw:8.1f} s"
           f"  {n / raw:>10,.0f} records/s   1.00x", flush=True)
 
+    pg_cpu = await server_cpu_seconds(system.dsn("caseload"))
     service = system.service("caseload").start()
     await service.ready(timeout=300)
     async with Progress(system) as progress:
@@ -221,6 +224,7 @@ async def materialize(system: System, scale: float) -> dict:
             await asyncio.sleep(0.5)
         done = time.perf_counter() - service.started
         cpu, batches = service.cpu_seconds(), await service.batches()
+        pg_cpu = await server_cpu_seconds(system.dsn("caseload")) - pg_cpu
         memberships = await progress.memberships()
         changes = dict(await progress.conn.fetch("SELECT change, count(*) FROM membership_changes GROUP BY 1"))
     service.stop()
@@ -240,7 +244,9 @@ async def materialize(system: System, scale: float) -> dict:
           f"  {n / done:>10,.0f} records/s   {done / raw:.2f}x raw")
     print(f"      ready after {service.ready_after:.1f} s; consumer lag 0 at {caught_up:.1f} s; outbox empty at "
           f"{done:.1f} s")
-    print(f"      service: {cpu / done:.0%} of one core; {describe_batches({}, batches)}")
+    print(f"      service: {cpu / done:.0%} of one core ({cpu / n * 1e6:,.0f} us a record), PostgreSQL "
+          f"{pg_cpu / done:.0%} ({pg_cpu / n * 1e6:,.0f} us a record); load average "
+          f"{'/'.join(f'{x:.1f}' for x in load_average())}; {describe_batches({}, batches)}")
     print(f"      {memberships:,} memberships; {published_events:,} membership events published "
           f"(change log: {changes.get('added', 0):,} added, {changes.get('removed', 0):,} removed)"
           + (f"; {dead:,} DEAD-LETTERED" if dead else ""))
@@ -256,6 +262,7 @@ async def materialize(system: System, scale: float) -> dict:
         print("      target < 300 s")
     return {"seconds": done, "raw_seconds": raw, "records": n, "memberships": memberships, "missing": missing,
             "extra": extra, "dead_lettered": dead, "published": published_events, "cpu_share": cpu / done,
+            "postgres_cpu_share": pg_cpu / done,
             "scale": scale}
 
 

@@ -144,15 +144,23 @@ async def refresh(uow: UnitOfWork, student_ids, cause=None, cause_of: dict | Non
     owner_email, student_id, reason, detail, ...), for an answer to a person's action.
     in_classes: (student, class) pairs: only those students' caseloads in those classes
     (student_ids is then ignored)."""
+    causes: dict[tuple, store.Cause] = {}  # a batch's events mostly share their time and correlation id
     return await store.refresh_caseloads(
         uow.conn, student_ids, topic=uow.topic(CASELOAD_MEMBERSHIPS.name), report=report,
-        in_classes=sorted(in_classes) if in_classes is not None else None,
-        cause=_cause(cause) if cause is not None else store.Cause(datetime.now(UTC).isoformat(), correlation_id),
-        cause_of={s: _cause(e) for s, e in (cause_of or {}).items()})
+        in_classes=list(in_classes) if in_classes is not None else None,
+        cause=_cause(cause, causes) if cause is not None else store.Cause(datetime.now(UTC).isoformat(),
+                                                                          correlation_id),
+        cause_of={s: _cause(e, causes) for s, e in (cause_of or {}).items()})
 
 
-def _cause(event) -> store.Cause:
-    return store.Cause(event.occurred_at.isoformat(), event.correlation_id)
+def _cause(event, made: dict[tuple, store.Cause]) -> store.Cause:
+    """The event's time as ISO 8601 text and its correlation id, made once per distinct pair
+    (an event's occurred_at is always in UTC, contracts.envelope: equal times, equal text)."""
+    key = (event.occurred_at, event.correlation_id)
+    cause = made.get(key)
+    if cause is None:
+        cause = made[key] = store.Cause(event.occurred_at.isoformat(), event.correlation_id)
+    return cause
 
 
 # ---------------------------------------------------------------------------- access levels

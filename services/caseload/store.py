@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from operator import attrgetter
 from typing import NamedTuple
 from uuid import UUID
 
@@ -339,6 +340,9 @@ REFRESH_PAIRS = 10_000  # (student, class) pairs brought in line by one statemen
 CUSTOM_PLAN_ABOVE = 200  # students: a refresh of more is planned for its own arrays
 
 
+_as_int = attrgetter("int")
+
+
 class Cause(NamedTuple):
     """The event a membership change answers: its time (ISO 8601 text) and correlation id
     (a tuple: one is made per roster event)."""
@@ -382,8 +386,10 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
     if in_classes is None:
         parts = [[ids[i:i + REFRESH_STUDENTS]] for i in range(0, len(ids), REFRESH_STUDENTS)]
     else:
-        pairs = sorted(set(in_classes))
-        parts = [[sorted({s for s, _ in chunk}), [s for s, _ in chunk], [c for _, c in chunk]]
+        # In the order of the ids (UUIDs order as their ints; sorting by the ints spares a
+        # Python comparison per step: 2,000 pairs cost 10 ms sorted as tuples of UUIDs).
+        pairs = sorted(set(in_classes), key=lambda p: (p[0].int, p[1].int))
+        parts = [[sorted({s for s, _ in chunk}, key=_as_int), [s for s, _ in chunk], [c for _, c in chunk]]
                  for chunk in (pairs[i:i + REFRESH_PAIRS] for i in range(0, len(pairs), REFRESH_PAIRS))]
     for part in parts:
         args = [part[0], list(AUTOMATIC_GRADES), *why, *part[1:]]
