@@ -458,7 +458,7 @@ def _fill(producer: AIOKafkaProducer, items: list, start: int):
     batch = producer.create_batch()
     end = start
     for _row, key, payload, flat in islice(items, start, None):
-        headers = [(flat[i], flat[i + 1].encode()) for i in range(0, len(flat), 2)]
+        headers = _kafka_headers(flat)
         if batch.append(key=key, value=payload, timestamp=None, headers=headers) is None:
             break  # full: the rest go in the next batch
         end += 1
@@ -468,12 +468,21 @@ def _fill(producer: AIOKafkaProducer, items: list, start: int):
 async def _one_at_a_time(producer: AIOKafkaProducer, topic: str, partition: int, items: list) -> list[Refusal]:
     refused = []
     for row, key, payload, flat in items:
-        headers = [(flat[i], flat[i + 1].encode()) for i in range(0, len(flat), 2)]
+        headers = _kafka_headers(flat)
         try:
             await (await producer.send(topic, payload, key=key, partition=partition, headers=headers))
         except REFUSED_FOR_GOOD as e:
             refused.append(Refusal(row, f"refused by the broker: {e}", too_large=isinstance(e, _TOO_LARGE)))
     return refused
+
+
+def _kafka_headers(flat: list[str]) -> list[tuple[str, bytes]]:
+    """An outbox row's headers (name, value, name, value, ... as text) as aiokafka takes
+    them: (name, value as UTF-8) pairs, built in C (zip, map), not a loop of ours."""
+    return list(zip(flat[::2], map(_encode, flat[1::2])))
+
+
+_encode = str.encode
 
 
 def partition_for(key: bytes, partitions: list[int]) -> int:

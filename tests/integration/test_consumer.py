@@ -86,6 +86,31 @@ async def test_a_handler_failing_on_one_event_dead_letters_it_and_applies_the_re
         await asyncio.sleep(0)
 
 
+async def test_an_event_already_claimed_or_twice_in_a_batch_is_handled_once_and_the_rest_of_its_batch_applied(
+        system: Stack, tmp_path: Path):
+    """A batch of new ids is claimed with one plain INSERT; one that holds an id already in
+    the inbox, or one id twice, fails it, and is claimed id by id: every event once."""
+    conn, pool, broker, metrics = await marks_service(system, tmp_path, record_marks, consumer="test-claims")
+    seen = MarkRecorded(district_id="d", student="a", mark=90)
+    await conn.execute("""INSERT INTO inbox (consumer, event_id, topic, partition, "offset")
+                          VALUES ('test-claims', $1, $2, 0, 0)""", seen.event_id, MARKS.name)
+    twice = MarkRecorded(district_id="d", student="c", mark=75)
+    for event in (seen, MarkRecorded(district_id="d", student="b", mark=80), twice, twice):
+        await system.publish_to(MARKS, event)
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) = 3 FROM inbox"), what="b and c claimed")
+        await eventually(lambda: asyncio.sleep(0, metrics.duplicates.labels(topic=system.topic(MARKS.name))
+                                               ._value.get() == 2), what="a and the second c skipped")
+        assert sorted(await conn.fetch("SELECT student, mark FROM marks")) == [("b", 80), ("c", 75)]
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0  # nothing dead-lettered
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+        await asyncio.sleep(0)
+
+
 async def test_a_handler_emitting_an_event_that_cannot_be_published_dead_letters_its_event_only(
         system: Stack, tmp_path: Path):
     async def record_and_announce(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
