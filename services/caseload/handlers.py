@@ -56,7 +56,8 @@ async def on_roster_staff(uow: UnitOfWork, events: list[StaffUpserted | StaffDea
     roles = await store.lock_staff_roles(uow.conn, [r[0] for r in rows])
     rows = [r if r[5] else (*r[:3], roles.get(r[0], r[3]), *r[4:]) for r in rows]
     await store.project_staff(uow.conn, rows)
-    await refresh(uow, await store.students_taught_by(uow.conn, (e.staff_id for e in events)), events[-1])
+    # A teacher's email or standing changes only their students' caseloads in the classes they teach.
+    await refresh(uow, (), events[-1], in_classes=await store.students_taught_by(uow.conn, last))
     await refresh_roster_defaults(uow, last, events[-1].correlation_id)
 
 
@@ -67,7 +68,8 @@ async def on_roster_classes(uow: UnitOfWork, events: list[ClassUpserted | ClassR
                 e.occurred_at) for e in last.values() if isinstance(e, ClassUpserted)]
     removed = [e.class_id for e in last.values() if isinstance(e, ClassRemoved)]
     await store.project_classes(uow.conn, upserts, removed)
-    await refresh(uow, await store.students_in_classes(uow.conn, (e.class_id for e in events)), events[-1])
+    # A class's type, school or removal changes only its students' caseloads in that class.
+    await refresh(uow, (), events[-1], in_classes=await store.students_in_classes(uow.conn, last))
 
 
 async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | EnrollmentRemoved]) -> None:
@@ -81,16 +83,18 @@ async def on_roster_enrollments(uow: UnitOfWork, events: list[EnrollmentAdded | 
             added.pop((e.class_id, e.person_id), None)
             removed.append((e.class_id, e.person_id))
     await store.project_members(uow.conn, list(added.values()), removed)
-    # A student's enrolment changes only their caseloads in that class; a teacher's, those of
-    # every student of the class (brought in line whole: at city size a batch of teachers'
-    # enrolments reaches 240,000 students' classes, and (student, class) pairs that many
-    # ran past the command timeout where whole students in parts did not).
+    # An enrolment changes only caseloads in its class: a student's, their own there; a
+    # teacher's, those of every student of the class there. One refresh of (student, class)
+    # pairs for the whole batch (services/caseload/store.py: in parts of REFRESH_PAIRS).
+    # Brought in line whole, a teacher's students cost seven times the work: each student's
+    # every class (pg_stat_statements, scale 0.05: 66 ms a batch, as much as its 2,000
+    # students' own enrolments).
     cause_of = {e.person_id: e for e in events if e.role == "student"}
-    await refresh(uow, (), events[-1], cause_of,
-                  in_classes={(e.person_id, e.class_id) for e in events if e.role == "student"})
-    taught = await store.students_in_classes(uow.conn, (e.class_id for e in events if e.role != "student"))
+    pairs = {(e.person_id, e.class_id) for e in events if e.role == "student"}
+    taught = {e.class_id for e in events if e.role != "student"}
     if taught:
-        await refresh(uow, taught, events[-1], cause_of)
+        pairs |= await store.students_in_classes(uow.conn, taught)
+    await refresh(uow, (), events[-1], cause_of, in_classes=pairs)
 
 
 async def on_mandates_recorded(uow: UnitOfWork, events: list[MandateRecorded]) -> None:
