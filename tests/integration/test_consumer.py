@@ -4,6 +4,7 @@ on one event dead-letters that event only; the others in its batch are applied."
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Literal
@@ -168,12 +169,26 @@ async def test_a_transient_failure_is_retried_and_applied_once(system: Stack, tm
         await conn.close()
 
 
+@pytest.mark.parametrize("decode_turn", [250, 1])
 async def test_a_batch_that_fails_is_read_again_with_the_batch_read_ahead_and_nothing_is_lost(
-        system: Stack, tmp_path: Path, monkeypatch):
+        system: Stack, tmp_path: Path, monkeypatch, decode_turn):
     """While a batch is handled the next is read ahead. When the batch fails (its
     transaction never commits), both are read again: every mark is recorded once, in order,
-    and the group's committed offset ends at the end of the topic."""
+    and the group's committed offset ends at the end of the topic. Also when the failure
+    comes while the batch read ahead is being decoded (decode_turn 1: the loop turns
+    between every two records decoded ahead)."""
     from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.kit import consumer as kit_consumer
+
+    monkeypatch.setattr(kit_consumer, "DECODE_TURN", decode_turn)
+    decode = EventConsumer._decode  # noqa: SLF001
+
+    def slow_decode(self, records, batch=None):
+        time.sleep(0.01)  # a record that takes its time: the failure below lands mid-decode
+        return decode(self, records, batch)
+
+    monkeypatch.setattr(EventConsumer, "_decode", slow_decode)
 
     failures = []
     apply = EventConsumer._apply  # noqa: SLF001
@@ -181,6 +196,7 @@ async def test_a_batch_that_fails_is_read_again_with_the_batch_read_ahead_and_no
     async def failing_once(self, batch, *, isolate):
         if len(failures) < 2 and batch.events and batch.events[0][1].mark in (3, 12):
             failures.append(batch.events[0][1].mark)
+            await asyncio.sleep(0.015)  # the next batch is read by now, and being decoded
             raise RuntimeError("the database answered something unexpected")
         await apply(self, batch, isolate=isolate)
 
