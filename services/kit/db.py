@@ -182,6 +182,26 @@ async def lock_until_commit(conn: asyncpg.Connection, namespace: int, keys, *, b
         await conn.execute(f"SELECT {fn}(k) FROM unnest($1::bigint[]) AS k", held)
 
 
+async def fetch_planned_for_arguments(conn: asyncpg.Connection, query: str, *args) -> list[asyncpg.Record]:
+    """conn.fetch(query, *args), planned for these very arguments (a custom plan), never by a
+    generic plan cached with the prepared statement. Inside a transaction: the connection's
+    plan_cache_mode is as it was afterwards.
+
+    PostgreSQL plans a prepared statement for its arguments five times, then may keep one
+    generic plan for good. Made while a table it probes was empty by its statistics (a fresh
+    service, a district's first burst), that plan reads the whole table for every probe, and
+    goes on doing so as the table grows, until autovacuum's next ANALYZE (a minute or more):
+    the cases service's trigger lookup took 370 us a probe, 578 ms a batch, and triggers
+    backed up to a p99 of 37 s. Costs two round trips and the planning (about 0.7 ms for the
+    trigger lookup)."""
+    was = await conn.fetchval(
+        "SELECT w.was FROM (SELECT current_setting('plan_cache_mode') AS was OFFSET 0) w, "
+        "LATERAL set_config('plan_cache_mode', 'force_custom_plan', true)")
+    rows = await conn.fetch(query, *args)  # (failing, it fails the transaction, and its SET LOCAL with it)
+    await conn.execute("SELECT set_config('plan_cache_mode', $1, true)", was)
+    return rows
+
+
 def _text(key) -> str:
     """repr(key), which names its lock: for a UUID made from its int here, as UUID.__repr__
     would make it through two Python calls (a batch of students locks thousands)."""
