@@ -8,10 +8,12 @@ not race. An applied migration whose file changed is an error: migrations only g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -182,10 +184,12 @@ async def lock_until_commit(conn: asyncpg.Connection, namespace: int, keys, *, b
         await conn.execute(f"SELECT {fn}(k) FROM unnest($1::bigint[]) AS k", held)
 
 
-async def fetch_planned_for_arguments(conn: asyncpg.Connection, query: str, *args) -> list[asyncpg.Record]:
-    """conn.fetch(query, *args), planned for these very arguments (a custom plan), never by a
-    generic plan cached with the prepared statement. Inside a transaction: the connection's
-    plan_cache_mode is as it was afterwards.
+@contextlib.asynccontextmanager
+async def planned_for_arguments(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """Inside it, every statement on conn is planned for its own arguments (a custom plan),
+    never by a generic plan cached with the prepared statement. Inside a transaction: the
+    connection's plan_cache_mode is as it was after it (a failure fails the transaction,
+    and the setting with it).
 
     PostgreSQL plans a prepared statement for its arguments five times, then may keep one
     generic plan for good. Made while a table it probes was empty by its statistics (a fresh
@@ -193,13 +197,18 @@ async def fetch_planned_for_arguments(conn: asyncpg.Connection, query: str, *arg
     goes on doing so as the table grows, until autovacuum's next ANALYZE (a minute or more):
     the cases service's trigger lookup took 370 us a probe, 578 ms a batch, and triggers
     backed up to a p99 of 37 s. Costs two round trips and the planning (about 0.7 ms for the
-    trigger lookup)."""
+    trigger lookup, 1-4 ms for a caseload refresh)."""
     was = await conn.fetchval(
         "SELECT w.was FROM (SELECT current_setting('plan_cache_mode') AS was OFFSET 0) w, "
         "LATERAL set_config('plan_cache_mode', 'force_custom_plan', true)")
-    rows = await conn.fetch(query, *args)  # (failing, it fails the transaction, and its SET LOCAL with it)
+    yield
     await conn.execute("SELECT set_config('plan_cache_mode', $1, true)", was)
-    return rows
+
+
+async def fetch_planned_for_arguments(conn: asyncpg.Connection, query: str, *args) -> list[asyncpg.Record]:
+    """conn.fetch(query, *args) planned for these arguments (planned_for_arguments)."""
+    async with planned_for_arguments(conn):
+        return await conn.fetch(query, *args)
 
 
 def _text(key) -> str:

@@ -53,3 +53,23 @@ async def test_the_connections_plan_cache_mode_is_as_it_was_after_the_lookup(ser
             await db.fetch_planned_for_arguments(conn, "SELECT 1")
             assert await conn.fetchval("SELECT current_setting('plan_cache_mode')") == "force_generic_plan"
         assert await conn.fetchval("SELECT current_setting('plan_cache_mode')") == "auto"
+
+
+async def test_a_caseload_refresh_of_a_few_students_is_planned_for_them_on_a_fresh_service(service_db):
+    from datetime import UTC, datetime
+
+    from services.caseload import store as caseloads
+
+    pool = await service_db("caseload")
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE")  # every table empty, as on a fresh service
+        cause = caseloads.Cause(datetime.now(UTC).isoformat(), None)
+        for _ in range(12):  # live changes: a few students at a time
+            async with conn.transaction():
+                students = [uuid.uuid4() for _ in range(3)]
+                await caseloads.refresh_caseloads(conn, students, topic="caseload.memberships.v1", cause=cause)
+                await caseloads.refresh_caseloads(conn, (), topic="caseload.memberships.v1", cause=cause,
+                                                  in_classes=[(s, uuid.uuid4()) for s in students])
+        for fragment in ("unnest($1::uuid[]) AS p(student_id)", "unnest($9::uuid[], $10::uuid[])"):
+            generic, custom = await _plans(conn, fragment)
+            assert (generic, custom) == (0, 12)
