@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from datetime import datetime
 from operator import attrgetter
@@ -341,6 +342,7 @@ _REFRESH = {(in_classes, report): _refresh(in_classes=in_classes) + (_REPORTING 
 
 REFRESH_STUDENTS = 5_000  # students brought in line by one statement
 REFRESH_PAIRS = 10_000  # (student, class) pairs brought in line by one statement
+CUSTOM_PLAN_ABOVE = 200  # students: a refresh of more is planned for its own arrays
 
 
 _as_int = attrgetter("int")
@@ -388,12 +390,18 @@ async def refresh_caseloads(conn: asyncpg.Connection, student_ids: Iterable[UUID
         pairs = sorted(set(in_classes), key=lambda p: (p[0].int, p[1].int))
         parts = [[sorted({s for s, _ in chunk}, key=_as_int), [s for s, _ in chunk], [c for _, c in chunk]]
                  for chunk in (pairs[i:i + REFRESH_PAIRS] for i in range(0, len(pairs), REFRESH_PAIRS))]
-    # Planned for the arrays at hand, every time (db.planned_for_arguments). A generic plan
-    # guesses 10 elements: for 10,000 pairs its nested loops ran for minutes. And one made
+    # Probes by index whatever the statistics say (db.probing_by_index): a generic plan made
     # while the service's tables were empty by their statistics (a fresh service's first
-    # changes) reads every membership, class list and student for each student it refreshes,
-    # for as long as the plan is kept. Planning costs 1 ms (pairs) to 4 ms (whole students).
-    async with db.planned_for_arguments(conn):
+    # changes) read every membership, class list and student for each student refreshed, for
+    # as long as it was kept. More than CUSTOM_PLAN_ABOVE students are also planned for their
+    # own arrays (db.planned_for_arguments): a generic plan guesses 10 elements, and for
+    # 10,000 pairs its nested loops ran for minutes. A few students (a live change) keep the
+    # plan prepared once: planning it costs 1 ms (pairs) to 4 ms (whole students), more than
+    # running it for them.
+    async with contextlib.AsyncExitStack() as settings:
+        await settings.enter_async_context(db.probing_by_index(conn))
+        if len(ids) > CUSTOM_PLAN_ABOVE:
+            await settings.enter_async_context(db.planned_for_arguments(conn))
         for part in parts:
             args = [part[0], list(AUTOMATIC_GRADES), *why, *part[1:]]
             if report:

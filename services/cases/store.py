@@ -139,10 +139,10 @@ async def set_entry(conn: asyncpg.Connection, district_id: str, kind: str, enabl
 async def open_cases(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> dict[UUID, UUID]:
     """The case each student's triggers join (domain.trigger_case), for the students with an
     open case."""
-    rows = await db.fetch_planned_for_arguments(
-        conn, f"SELECT k.id AS student_id, {_OPEN_CASE_COLUMNS} FROM unnest($1::uuid[]) AS k(id) "
-              f"JOIN LATERAL ({_OPEN_CASES_OF.format(student='k.id')}) c ON true",
-        list(set(student_ids)))
+    async with db.probing_by_index(conn):
+        rows = await conn.fetch(f"SELECT k.id AS student_id, {_OPEN_CASE_COLUMNS} FROM unnest($1::uuid[]) AS k(id) "
+                                f"JOIN LATERAL ({_OPEN_CASES_OF.format(student='k.id')}) c ON true",
+                                list(set(student_ids)))
     return _trigger_cases(rows)
 
 
@@ -153,9 +153,9 @@ async def open_cases(conn: asyncpg.Connection, student_ids: Iterable[UUID]) -> d
 # cases" and scanned every open case for each batch (a bitmap of cases_open_by_school,
 # filtered by the array): 68 ms a batch at 90,000 open cases, and more with every case
 # opened (bench/cases.py --only throughput). OFFSET 0 keeps the probe a probe: a subquery
-# the planner may not flatten into a join it could answer by scanning the table. And each is
-# planned for its arguments (db.fetch_planned_for_arguments): a generic plan cached while
-# cases was empty probed by reading every case, for each student, as a burst opened them.
+# the planner may not flatten into a join it could answer by scanning the table. And with
+# sequential scans off (db.probing_by_index): a generic plan cached while cases was empty
+# probed by reading every case, for each student, as a burst opened them.
 _OPEN_CASE_COLUMNS = "c.case_id, c.transferred_in, c.opened_at"
 _OPEN_CASES_OF = ("SELECT oc.case_id, oc.transferred_in_from IS NOT NULL AS transferred_in, oc.opened_at "
                   "FROM cases oc WHERE oc.student_id = {student} AND oc.status = 'open' OFFSET 0")
@@ -179,17 +179,17 @@ async def students_for_triggers(conn: asyncpg.Connection, pairs: set[tuple[str, 
     if not pairs:
         return {}, {}
     districts, sources = zip(*pairs, strict=True)
-    # Planned for each batch's keys (db.fetch_planned_for_arguments): a generic plan made while
-    # cases was empty scanned every case for each probe as a burst of triggers opened them.
-    rows = await db.fetch_planned_for_arguments(
-        conn,
-        f"""SELECT s.student_id, s.district_id, s.source_id, s.school_id, {_OPEN_CASE_COLUMNS}
-            FROM unnest($1::text[], $2::text[]) AS k(d, src)
-            JOIN LATERAL (SELECT st.student_id, st.district_id, st.source_id, st.school_id FROM students st
-                          WHERE st.district_id = k.d AND st.source_id = k.src OFFSET 0) s ON true
-            LEFT JOIN LATERAL ({_OPEN_CASES_OF.format(student='s.student_id')}) c ON true""",
-        list(districts), list(sources),
-    )
+    # Probes by index whatever the statistics say (db.probing_by_index): a generic plan made
+    # while cases was empty read every case for each probe as a burst of triggers opened them.
+    async with db.probing_by_index(conn):
+        rows = await conn.fetch(
+            f"""SELECT s.student_id, s.district_id, s.source_id, s.school_id, {_OPEN_CASE_COLUMNS}
+                FROM unnest($1::text[], $2::text[]) AS k(d, src)
+                JOIN LATERAL (SELECT st.student_id, st.district_id, st.source_id, st.school_id FROM students st
+                              WHERE st.district_id = k.d AND st.source_id = k.src OFFSET 0) s ON true
+                LEFT JOIN LATERAL ({_OPEN_CASES_OF.format(student='s.student_id')}) c ON true""",
+            list(districts), list(sources),
+        )
     return {(r["district_id"], r["source_id"]): r for r in rows}, _trigger_cases(rows)
 
 

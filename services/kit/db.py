@@ -185,30 +185,37 @@ async def lock_until_commit(conn: asyncpg.Connection, namespace: int, keys, *, b
 
 
 @contextlib.asynccontextmanager
-async def planned_for_arguments(conn: asyncpg.Connection) -> AsyncIterator[None]:
-    """Inside it, every statement on conn is planned for its own arguments (a custom plan),
-    never by a generic plan cached with the prepared statement. Inside a transaction: the
-    connection's plan_cache_mode is as it was after it (a failure fails the transaction,
-    and the setting with it).
-
-    PostgreSQL plans a prepared statement for its arguments five times, then may keep one
-    generic plan for good. Made while a table it probes was empty by its statistics (a fresh
-    service, a district's first burst), that plan reads the whole table for every probe, and
-    goes on doing so as the table grows, until autovacuum's next ANALYZE (a minute or more):
-    the cases service's trigger lookup took 370 us a probe, 578 ms a batch, and triggers
-    backed up to a p99 of 37 s. Costs two round trips and the planning (about 0.7 ms for the
-    trigger lookup, 1-4 ms for a caseload refresh)."""
+async def _set_locally(conn: asyncpg.Connection, name: str, value: str) -> AsyncIterator[None]:
+    """The setting `name` at `value` for the statements inside, as it was after them (in a
+    transaction: a failure fails it, and the setting with it)."""
     was = await conn.fetchval(
-        "SELECT w.was FROM (SELECT current_setting('plan_cache_mode') AS was OFFSET 0) w, "
-        "LATERAL set_config('plan_cache_mode', 'force_custom_plan', true)")
+        "SELECT w.was FROM (SELECT current_setting($1) AS was OFFSET 0) w, LATERAL set_config($1, $2, true)",
+        name, value)
     yield
-    await conn.execute("SELECT set_config('plan_cache_mode', $1, true)", was)
+    await conn.execute("SELECT set_config($1, $2, true)", name, was)
 
 
-async def fetch_planned_for_arguments(conn: asyncpg.Connection, query: str, *args) -> list[asyncpg.Record]:
-    """conn.fetch(query, *args) planned for these arguments (planned_for_arguments)."""
-    async with planned_for_arguments(conn):
-        return await conn.fetch(query, *args)
+def probing_by_index(conn: asyncpg.Connection) -> contextlib.AbstractAsyncContextManager[None]:
+    """Inside it, no statement on conn reads a whole table where an index can answer
+    (enable_seqscan off, in a transaction): for statements written as probes, key by key.
+
+    Their plans otherwise follow the statistics, and statistics taken while a table was empty
+    (a fresh service, a district's first burst) say a scan of it costs nothing. PostgreSQL
+    plans a prepared statement for its arguments five times, then may keep one generic plan
+    for good: that plan then read the whole table for every probe as it grew, until
+    autovacuum's next ANALYZE (a minute or more). The cases service's trigger lookup took
+    370 us a probe, 578 ms a batch, and triggers backed up to a p99 of 37 s. A generic plan
+    made with the scans off probes by index whatever the statistics say, and costs no
+    planning per call. Two round trips."""
+    return _set_locally(conn, "enable_seqscan", "off")
+
+
+def planned_for_arguments(conn: asyncpg.Connection) -> contextlib.AbstractAsyncContextManager[None]:
+    """Inside it, every statement on conn is planned for its own arguments (a custom plan,
+    plan_cache_mode), never by the generic plan PostgreSQL may keep for a prepared statement
+    after five calls, which guesses an array parameter at 10 elements (for 10,000 a
+    caseload refresh's nested loops ran for minutes). Two round trips, and the planning."""
+    return _set_locally(conn, "plan_cache_mode", "force_custom_plan")
 
 
 def _text(key) -> str:
