@@ -639,12 +639,11 @@ async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID, *, use
                 district_id, entity, timeout=_LONG)
             await conn.execute("DELETE FROM file_lines WHERE district_id = $1 AND entity = $2", district_id, entity)
         await conn.execute(
-            f"""WITH x AS MATERIALIZED ({staged}),
-                     n AS (SELECT {store.file_lines_buckets_sql("count(*)")} AS buckets FROM x)
-                INSERT INTO file_lines (district_id, entity, import_id, bucket, source_ids, lines)
+            f"""INSERT INTO file_lines (district_id, entity, import_id, bucket, source_ids, lines)
                 SELECT $1, $2, $3::uuid, {store.file_lines_bucket_sql("x.source_id", "n.buckets")},
                        array_agg(x.source_id), array_agg(x.line)
-                FROM x, n GROUP BY 4""",
+                FROM ({staged}) x, (SELECT {store.file_lines_buckets_sql("count(*)")} AS buckets FROM ({staged}) y) n
+                GROUP BY 4""",
             district_id, entity, import_id, timeout=_LONG)
     # Only rows whose content is new or changed reach ON CONFLICT: it would lock (and so
     # write) every row it meets, even one its WHERE then leaves as it is.
