@@ -38,7 +38,9 @@ def _summary(times: list[float]) -> str:
 
 async def probe(pool, label: str, lookups: int) -> None:
     async with pool.acquire() as conn:
-        ids = [r[0] for r in await conn.fetch("SELECT source_id FROM students WHERE district_id = $1", DISTRICT)]
+        ids = [r[0] for r in await conn.fetch(  # the latest file holds them (a withdrawn one: not)
+            "SELECT source_id FROM students WHERE district_id = $1 AND status = 'active' ORDER BY source_id",
+            DISTRICT)]
         held, buckets = await conn.fetchrow("SELECT coalesce(sum(cardinality(source_ids)), 0), count(*) "
                                             "FROM file_lines WHERE district_id = $1", DISTRICT)
         sample = random.Random(1).sample(ids, min(lookups, len(ids)))
