@@ -7,7 +7,8 @@ Imports bench/roster_import.py's cached package at --scale (stored, not publishe
 times store.reconciliation for --lookups students chosen at random (seeded), after the first
 import and again after the 1%-changed bulk import. Baseline: the same students' rows of
 last_file_rows read by their primary key alone (what the lookup would cost without finding
-the row's line in file_lines, whose arrays of sourcedIds it scans). Prints p50/p99/max in ms.
+the row's line in file_lines, where it reads the sourcedId's bucket of each file: migration
+006). Prints p50/p99/max in ms.
 Nothing here asserts a time. Backends as bench/roster_import.py (its PostgreSQL folder).
 """
 
@@ -37,9 +38,11 @@ def _summary(times: list[float]) -> str:
 
 async def probe(pool, label: str, lookups: int) -> None:
     async with pool.acquire() as conn:
-        ids = [r[0] for r in await conn.fetch("SELECT source_id FROM students WHERE district_id = $1", DISTRICT)]
-        held = await conn.fetchval("SELECT coalesce(sum(cardinality(source_ids)), 0) FROM file_lines "
-                                   "WHERE district_id = $1", DISTRICT)
+        ids = [r[0] for r in await conn.fetch(  # the latest file holds them (a withdrawn one: not)
+            "SELECT source_id FROM students WHERE district_id = $1 AND status = 'active' ORDER BY source_id",
+            DISTRICT)]
+        held, buckets = await conn.fetchrow("SELECT coalesce(sum(cardinality(source_ids)), 0), count(*) "
+                                            "FROM file_lines WHERE district_id = $1", DISTRICT)
         sample = random.Random(1).sample(ids, min(lookups, len(ids)))
         raw, view = [], []
         for sid in sample:
@@ -52,7 +55,7 @@ async def probe(pool, label: str, lookups: int) -> None:
                                                             source_id=sid)
             view.append((time.perf_counter() - started) * 1000)
             assert file_row is not None and held_row is not None, sid
-    print(f"  {label}: file_lines holds {held:,} sourcedIds; {len(sample)} students; load "
+    print(f"  {label}: file_lines holds {held:,} sourcedIds in {buckets:,} rows; {len(sample)} students; load "
           + " ".join(f"{x:.2f}" for x in load_average()))
     print(f"    raw baseline: last_file_rows by primary key   {_summary(raw)}")
     print(f"    store.reconciliation (the view's lookup)      {_summary(view)}"

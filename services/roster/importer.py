@@ -37,7 +37,7 @@ from contracts.topics import ROSTER_CLASSES, ROSTER_ENROLLMENTS, ROSTER_STAFF, R
 from services.kit import logs, outbox
 from services.kit.crash import crashpoint
 from services.kit.settings import HOME, KafkaSettings
-from services.roster import class_members, domain
+from services.roster import class_members, domain, store
 from services.roster.events_sql import IMPORT_EVENTS, SOURCE
 from services.roster.oneroster import Known, Package, PackageRejected, Problem, Reader
 
@@ -625,8 +625,9 @@ async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID, *, use
     include them).
 
     What a row said (last_file_rows) is written only where it changed; where each row is
-    goes in one row per file (file_lines), so rows that only moved (a line added above
-    them) cost nothing each."""
+    goes in file_lines, a row per bucket of the file (store.file_lines_bucket_sql: about
+    FILE_LINES_PER_BUCKET sourcedIds each), so rows that only moved (a line added above
+    them) cost a bucket's share each, not a row."""
     for entity, bulk, staged in (("user", users_bulk, "SELECT source_id, line FROM stage_students UNION ALL "
                                                      "SELECT source_id, line FROM stage_staff"),
                                  ("class", classes_bulk, "SELECT source_id, line FROM stage_classes")):
@@ -638,9 +639,11 @@ async def _record_file_rows(conn, district_id: str, import_id: uuid.UUID, *, use
                 district_id, entity, timeout=_LONG)
             await conn.execute("DELETE FROM file_lines WHERE district_id = $1 AND entity = $2", district_id, entity)
         await conn.execute(
-            f"""INSERT INTO file_lines (district_id, entity, import_id, source_ids, lines)
-                SELECT $1, $2, $3::uuid, array_agg(source_id), array_agg(line) FROM ({staged}) x
-                HAVING count(*) > 0""",
+            f"""INSERT INTO file_lines (district_id, entity, import_id, bucket, source_ids, lines)
+                SELECT $1, $2, $3::uuid, {store.file_lines_bucket_sql("x.source_id", "n.buckets")},
+                       array_agg(x.source_id), array_agg(x.line)
+                FROM ({staged}) x, (SELECT {store.file_lines_buckets_sql("count(*)")} AS buckets FROM ({staged}) y) n
+                GROUP BY 4""",
             district_id, entity, import_id, timeout=_LONG)
     # Only rows whose content is new or changed reach ON CONFLICT: it would lock (and so
     # write) every row it meets, even one its WHERE then leaves as it is.

@@ -192,22 +192,66 @@ async def enrollments_page(conn, *, district_id: str, schools: list[str] | None,
     )
 
 
+# Where each row of a file is (file_lines, migrations 005 and 006) is split into buckets by
+# a hash of the sourcedId, so the reconcile view reads one bucket of a file, not the file.
+# A file of n rows has 2^k buckets, the fewest holding at most FILE_LINES_PER_BUCKET rows
+# on average (k at most FILE_LINES_LEVELS); bucket b of 2^k is numbered 2^k + b, so one
+# number names both, and a lookup, not knowing a file's k, asks for the sourcedId's bucket
+# at every k (FILE_LINES_LEVELS + 1 numbers, an index scan each). Changing how many buckets
+# a file gets needs nothing else; changing the hash or the numbering needs a migration
+# that re-splits file_lines (006 holds a copy of both, as they were when it was written).
+FILE_LINES_PER_BUCKET = 128
+FILE_LINES_LEVELS = 20
+
+
+def sourced_id_hash_sql(source_id: str) -> str:
+    """SQL for a sourcedId's hash, an integer in [0, 2^28): the first 28 bits of its MD5
+    (stable across PostgreSQL versions, which hashtext is not promised to be). `source_id`
+    is an SQL expression of type text."""
+    return f"('x' || substr(md5({source_id}), 1, 7))::bit(28)::int"
+
+
+def file_lines_buckets_sql(rows: str) -> str:
+    """SQL for how many buckets (2^k, an integer) a file of `rows` rows (an SQL count) has."""
+    return (f"(1 << least({FILE_LINES_LEVELS}, greatest(0, "
+            f"ceil(log(2, greatest({rows}, 1)::numeric / {FILE_LINES_PER_BUCKET}))))::int)")
+
+
+def file_lines_bucket_sql(source_id: str, buckets: str) -> str:
+    """SQL for the file_lines bucket number (buckets + hash mod buckets) of `source_id` (SQL
+    text) in a file of `buckets` buckets (SQL integer, file_lines_buckets_sql)."""
+    return f"({buckets} + ({sourced_id_hash_sql(source_id)} & ({buckets} - 1)))"
+
+
+def _file_lines_buckets_of(source_id: str) -> str:
+    """SQL for the array of `source_id`'s bucket at every k, 0 to FILE_LINES_LEVELS."""
+    return (f"ARRAY(SELECT (1 << k) + ({sourced_id_hash_sql(source_id)} & ((1 << k) - 1)) "
+            f"FROM generate_series(0, {FILE_LINES_LEVELS}) k)")
+
+
+# The line (and the import whose file it is) from the newest file_lines holding the row,
+# read in the sourcedId's buckets alone; last_file_rows' own where none does (rows written
+# before file_lines was kept).
+_RECONCILED_FILE_ROW = f"""
+SELECT coalesce(l.import_id, f.import_id) AS import_id, f.file,
+       coalesce(l.lines[l.at], f.line) AS line, f.row_data, f.accepted, f.reasons
+FROM last_file_rows f
+LEFT JOIN LATERAL (
+    SELECT import_id, lines, array_position(source_ids, f.source_id) AS at FROM file_lines
+    WHERE district_id = f.district_id AND entity = f.entity AND bucket = ANY({_file_lines_buckets_of("$3::text")})
+      AND f.source_id = ANY(source_ids)
+    ORDER BY seq DESC LIMIT 1) l ON true
+WHERE f.district_id = $1 AND f.entity = $2 AND f.source_id = $3"""
+
+
 async def reconciliation(conn, *, district_id: str, entity: str, source_id: str):
     """(what the latest file said, accepted or not; what the roster holds) for a student,
-    staff member or class."""
-    # The line (and the import whose file it is) from the newest file_lines holding the row;
-    # last_file_rows' own where none does (rows written before file_lines was kept).
+    staff member or class (`entity`: student, staff or class), each a dict or None.
+
+    What the file said: import_id, file (users.csv, classes.csv), line (header = 1),
+    row_data, accepted, reasons; None where the latest bulk file left the row out."""
     file_row = await conn.fetchrow(
-        """SELECT coalesce(l.import_id, f.import_id) AS import_id, f.file,
-                  coalesce(l.lines[l.at], f.line) AS line, f.row_data, f.accepted, f.reasons
-           FROM last_file_rows f
-           LEFT JOIN LATERAL (
-               SELECT import_id, lines, array_position(source_ids, f.source_id) AS at FROM file_lines
-               WHERE district_id = f.district_id AND entity = f.entity AND f.source_id = ANY(source_ids)
-               ORDER BY seq DESC LIMIT 1) l ON true
-           WHERE f.district_id = $1 AND f.entity = $2 AND f.source_id = $3""",
-        district_id, "class" if entity == "class" else "user", source_id,
-    )
+        _RECONCILED_FILE_ROW, district_id, "class" if entity == "class" else "user", source_id)
     if entity == "student":
         held = await conn.fetchrow(
             "SELECT student_id, source_id, school_id, school_ids, grade, status, withdrawn_at, updated_at "
