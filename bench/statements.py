@@ -1,9 +1,10 @@
 """Where PostgreSQL's time goes under a bench: its statements, heaviest first.
 
-    python bench/statements.py [--top 20] [--width 160] -- python bench/caseload.py --only materialize --scale 0.05
+    python bench/statements.py [--top 20] [--width 160] [--big] -- python bench/caseload.py --only materialize --scale 0.05
 
 Starts an embedded PostgreSQL of its own (.caseflow/bench-statements-postgres) with
-pg_stat_statements loaded, runs the bench command against it (DATABASE_URL), then prints
+pg_stat_statements loaded (and, with --big, the settings the import and materialisation
+benches give their own: harness.BIG_POSTGRES), runs the bench command against it (DATABASE_URL), then prints
 each statement's calls, total and mean execution time (ms), rows and WAL bytes, heaviest
 first, summed over everything the command ran (its setup too: the roster import before a
 materialisation, for instance). Times are the server's wall time in the statement, so they
@@ -22,7 +23,7 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT  # noqa: E402
+from harness import BIG_POSTGRES, ROOT  # noqa: E402
 
 from deploy.local.embedded import EmbeddedPostgres  # noqa: E402
 
@@ -49,13 +50,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--width", type=int, default=160, help="characters of each statement's text")
+    parser.add_argument("--big", action="store_true", help="the large benches' PostgreSQL settings (BIG_POSTGRES)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the bench command, after --")
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the bench command after --")
     server = EmbeddedPostgres(ROOT / ".caseflow" / "bench-statements-postgres",
-                              settings={"shared_preload_libraries": "pg_stat_statements",
+                              settings={**(BIG_POSTGRES if args.big else {}),
+                                        "shared_preload_libraries": "pg_stat_statements",
                                         "pg_stat_statements.track": "top", "pg_stat_statements.max": "5000"})
     dsn = server.start()
     try:
