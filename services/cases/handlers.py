@@ -30,7 +30,7 @@ from contracts.transfers import (
     TransferRequested,
 )
 from services.cases import domain, store
-from services.kit import logs
+from services.kit import db, logs
 from services.kit.consumer import UnitOfWork
 from services.kit.outbox import Unpublishable
 
@@ -38,6 +38,13 @@ log = logs.get("caseflow.cases.transfers")
 
 
 async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | StudentUpdated | StudentWithdrawn]) -> None:
+    # Every statement here is a probe, key by key: by index whatever the statistics say
+    # (db.probing_by_index; the tables' triggers too, migration 012).
+    async with db.probing_by_index(uow.conn):
+        await _project_students(uow, events)
+
+
+async def _project_students(uow: UnitOfWork, events: list[StudentEnrolled | StudentUpdated | StudentWithdrawn]) -> None:
     latest = {}
     withdrawn = []
     for e in events:  # one student's events arrive in order: the last one stands
@@ -64,7 +71,10 @@ async def on_roster_students(uow: UnitOfWork, events: list[StudentEnrolled | Stu
 
 
 async def on_triggers(uow: UnitOfWork, triggers: list) -> None:
-    await apply_triggers(uow, triggers)
+    # Every statement here is a probe, key by key: by index whatever the statistics say
+    # (db.probing_by_index; the tables' triggers too, migration 012).
+    async with db.probing_by_index(uow.conn):
+        await apply_triggers(uow, triggers)
 
 
 async def apply_triggers(uow: UnitOfWork, triggers: list) -> None:
