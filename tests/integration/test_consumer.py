@@ -411,3 +411,30 @@ async def _committed(system: Stack, broker: KafkaBroker) -> int | None:
     subscriber = next(iter(broker.subscribers))
     consumer = subscriber.consumer
     return await consumer.committed(TopicPartition(system.topic(MARKS.name), 0))
+
+
+async def test_a_batchs_statements_probe_by_index_and_the_connection_is_as_it_was_after(system: Stack, tmp_path: Path):
+    """Every batch's transaction runs with sequential scans off (consumer.PROBES: plans kept
+    from a fresh service's empty tables read them whole for every probe as they grew); the
+    setting ends with the transaction, so the pool's connections are as they were."""
+    async def record_the_setting(uow: UnitOfWork, events: list[MarkRecorded]) -> None:
+        setting = await uow.conn.fetchval("SELECT current_setting('enable_seqscan')")
+        for e in events:
+            await uow.conn.execute("INSERT INTO marks (student, mark) VALUES ($1, $2)", e.student,
+                                   0 if setting == "off" else 1)
+
+    conn, pool, broker, _ = await marks_service(system, tmp_path, record_the_setting)
+    for student in ("a", "b"):
+        await system.publish_to(MARKS, MarkRecorded(district_id="d", student=student, mark=1))
+    await broker.start()
+    try:
+        await eventually(lambda: conn.fetchval("SELECT count(*) = 2 FROM marks"), what="both marks")
+        assert await conn.fetchval("SELECT sum(mark) FROM marks") == 0  # both handled with the scans off
+        for _ in range(pool.get_size()):
+            async with pool.acquire() as c:
+                assert await c.fetchval("SELECT current_setting('enable_seqscan')") == "on"
+    finally:
+        await broker.stop()
+        await pool.close()
+        await conn.close()
+        await asyncio.sleep(0)
