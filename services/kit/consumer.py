@@ -4,7 +4,7 @@ One consumed batch is handled in one database transaction:
   decode every record (bad ones become dead letters)
   -> claim the event ids in the inbox (ids already there are skipped: duplicates)
   -> run the service's handlers on runs of same-type events, in order, their statements
-     probing by index (PROBES)
+     probing by index (db.PROBES)
   -> write emitted events and dead letters to the outbox
   -> commit -> only then commit the Kafka offsets of that batch.
 A crash anywhere before the offset commit redelivers the batch, and the inbox turns the
@@ -44,7 +44,7 @@ from faststream.kafka.annotations import KafkaMessage
 from contracts import cloudevents
 from contracts.envelope import Event
 from contracts.topics import Topic
-from services.kit import logs, outbox
+from services.kit import db, logs, outbox
 from services.kit import records as kafka_records
 from services.kit.crash import crashpoint
 from services.kit.metrics import Metrics
@@ -323,7 +323,7 @@ class EventConsumer:
 
     async def _apply(self, batch: _Batch, *, isolate: bool) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(PROBES)
+            await conn.execute(db.PROBES)  # a handler touches what its events name: probes, key by key
             fresh = await self._claim(conn, batch.events)
             uow = UnitOfWork(conn, source=self._source, settings=self._settings)
             dead = list(batch.dead)
@@ -452,17 +452,6 @@ class EventConsumer:
             if end is not None:
                 self._metrics.lag.labels(topic=topic, partition=str(partition)).set(max(end - offset - 1, 0))
 
-
-# A handler touches what its events name: every statement of a batch's transaction is a probe,
-# key by key, and reads no table whole where an index can answer (as db.probing_by_index,
-# for the transaction). Its plans otherwise follow the statistics, and statistics taken while
-# a table was empty (a fresh service, a district's first burst) say a scan of it costs
-# nothing; PostgreSQL keeps one generic plan for a prepared statement after five calls, in
-# the service's own statements and in the functions its tables' triggers run. Kept on a fresh
-# service, such plans read all of cases for every task a trigger stored, all memberships for
-# every student written, all students for every batch (tests/integration/test_probes_by_index.py):
-# the cases service fell from 4,800 to 2,100 triggers a second at 5,000 offered.
-PROBES = "SET LOCAL enable_seqscan = off"
 
 _CLAIM_ALL = """INSERT INTO inbox (consumer, event_id, topic, partition, "offset")
                  SELECT $1, u.event_id, $2, u.partition, u.off

@@ -195,6 +195,22 @@ async def _set_locally(conn: asyncpg.Connection, name: str, value: str) -> Async
     await conn.execute("SELECT set_config($1, $2, true)", name, was)
 
 
+# Every statement of a transaction that begins with this reads no table whole where an index
+# can answer: for the consumer's batches (a handler touches what its events name) and the
+# outbox relay's passes (rows by id), whose statements are all probes, key by key. Their
+# plans otherwise follow the statistics, and statistics taken while a table was empty (a
+# fresh service, a district's first burst) say a scan of it costs nothing; PostgreSQL keeps
+# one generic plan for a prepared statement after five calls, in a service's own statements
+# and in the functions its tables' triggers run. Kept on a fresh service, such plans read all
+# of cases for every task a trigger stored (the cases service fell from 4,800 to 2,100
+# triggers a second at 5,000 offered), all memberships for every student written, all
+# students every batch (tests/integration/test_probes_by_index.py). And even planned for its
+# own arguments, a statement probing thousands of keys may be costed as a scan, PostgreSQL's
+# model expecting pages read from disk: the relay took every pass's rows out of the outbox
+# by reading all of it (tests/integration/test_relay.py).
+PROBES = "SET LOCAL enable_seqscan = off"
+
+
 def probing_by_index(conn: asyncpg.Connection) -> contextlib.AbstractAsyncContextManager[None]:
     """Inside it, no statement on conn reads a whole table where an index can answer
     (enable_seqscan off, in a transaction): for statements written as probes, key by key.

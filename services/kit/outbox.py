@@ -41,7 +41,7 @@ from murmurhash2 import murmurhash2
 from contracts import cloudevents
 from contracts.envelope import Event
 from contracts.topics import topic_for
-from services.kit import logs
+from services.kit import db, logs
 from services.kit.crash import crashpoint, failpoint
 from services.kit.metrics import Metrics
 from services.kit.settings import KafkaSettings
@@ -271,9 +271,11 @@ class OutboxRelay:
     async def publish_once(self, producer: AIOKafkaProducer) -> int:
         """Publish the oldest rows (up to a batch); return how many left the outbox."""
         failpoint("relay.publish")
-        rows = await self._pool.fetch(
-            "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1", self._batch_size
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(db.PROBES)  # by the primary key, however the outbox has grown
+            rows = await conn.fetch(
+                "SELECT id, topic, key, payload, headers FROM outbox ORDER BY id LIMIT $1", self._batch_size
+            )
         self._metrics.outbox_backlog.set(len(rows))
         if not rows:
             return 0
@@ -286,7 +288,9 @@ class OutboxRelay:
             gone = {r.row[0] for r in refused}
             per_topic = Counter(r[1] for r in rows if r[0] not in gone)
         else:
-            await self._pool.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(db.PROBES)
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", ids)
             per_topic = Counter(r[1] for r in rows)
         for topic, n in per_topic.items():
             self._metrics.published.labels(topic=topic).inc(n)
@@ -325,6 +329,7 @@ class OutboxRelay:
         refused.sort(key=lambda r: r.row[0])
         copies = [self._dead_letter_copy(r) for r in refused]
         async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(db.PROBES)
             await conn.execute(
                 """INSERT INTO outbox_refused (id, topic, key, payload, headers, created_at, reason, dead_letter_topic)
                    SELECT o.id, o.topic, o.key, o.payload, o.headers, o.created_at, r.reason, r.dead_letter_topic

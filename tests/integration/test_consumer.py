@@ -414,7 +414,7 @@ async def _committed(system: Stack, broker: KafkaBroker) -> int | None:
 
 
 async def test_a_batchs_statements_probe_by_index_and_the_connection_is_as_it_was_after(system: Stack, tmp_path: Path):
-    """Every batch's transaction runs with sequential scans off (consumer.PROBES: plans kept
+    """Every batch's transaction runs with sequential scans off (db.PROBES: plans kept
     from a fresh service's empty tables read them whole for every probe as they grew); the
     setting ends with the transaction, so the pool's connections are as they were."""
     async def record_the_setting(uow: UnitOfWork, events: list[MarkRecorded]) -> None:

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 
 from services.kit import db
-from services.kit.consumer import PROBES
+from services.kit.db import PROBES
 
 
 async def _sequential_scans(conn, tables: tuple[str, ...]) -> dict[str, int]:
@@ -69,7 +69,7 @@ async def _every_table_scanned(conn) -> dict[str, int]:
 
 
 async def test_the_trigger_path_reads_no_table_whole_on_a_fresh_service(service_db):
-    """The whole path of a trigger as the consumer runs it (services/kit/consumer.py PROBES),
+    """The whole path of a trigger as the consumer runs it (services/kit/db.py PROBES),
     the handlers' statements and the functions PostgreSQL runs on their rows: students
     arrive, then batches of triggers of every kind (one in seven assigns a task, whose row
     looks up its case: migration 012). Before, cases was read whole 862 times here (once
