@@ -190,8 +190,11 @@ class ServiceRuntime:
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
         """One transaction for an HTTP action: its state change and the events it emits
-        commit together (the outbox), as in a consumer's batch."""
+        commit together (the outbox), as in a consumer's batch; and as there, its statements
+        probe by index (db.PROBES: an action touches what its request names, and shares
+        statements, and so their kept plans, with the handlers)."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(db.PROBES)
             uow = UnitOfWork(conn, source=f"caseflow.{self.settings.service}", settings=self.settings)
             yield uow
             await outbox.write(conn, uow.outgoing)
