@@ -229,6 +229,36 @@ async def test_the_caseload_roster_path_reads_no_table_whole_on_a_fresh_service(
         assert await conn.fetchval("SELECT count(*) FROM memberships") > 3000  # the rules ran
 
 
+async def test_the_roster_sis_path_reads_no_table_whole_on_a_fresh_service(service_db):
+    """SIS facts as the consumer runs them: students enrolled, some changed, some withdrawn
+    (a withdrawal takes the student's class memberships and enrolment records along). Before
+    (without PROBES), each withdrawal read class_members whole twice and enrollments once."""
+    from contracts.sis import SisStudentWithdrawn
+    from services.kit.consumer import UnitOfWork
+    from services.roster import handlers
+    from tests.integration.test_sis_roster_facts import SETTINGS, T0, fact
+
+    pool = await service_db("roster")
+    async with pool.acquire() as conn:
+        await conn.execute("ANALYZE")  # every table empty, as on a fresh service
+
+        async def batch(handler, facts) -> None:
+            async with conn.transaction():
+                await conn.execute(PROBES)  # as the consumer begins every batch
+                await handler(UnitOfWork(conn, source="caseflow.roster", settings=SETTINGS), facts)
+
+        before = await _every_table_scanned(conn)
+        for wave in range(10):  # well past five calls of every statement
+            await batch(handlers.on_sis_students_enrolled, [fact(f"S-{wave}-{i}") for i in range(300)])
+            await batch(handlers.on_sis_students_enrolled, [fact(f"S-{wave}-{i}", grade="06")
+                                                            for i in range(0, 300, 7)])
+            await batch(handlers.on_sis_students_withdrawn, [
+                SisStudentWithdrawn(district_id="d1", source_id=f"S-{wave}-{i}", occurred_at=T0) for i in range(3)])
+        after = await _every_table_scanned(conn)
+        assert {t: after[t] - before[t] for t in after if after[t] != before[t]} == {}
+        assert await conn.fetchval("SELECT count(*) FROM students WHERE status = 'withdrawn'") == 30
+
+
 async def test_the_settings_are_as_they_were_after_the_probes(service_db):
     pool = await service_db("cases")
     async with pool.acquire() as conn:
