@@ -16,9 +16,11 @@ Parts, in this order (--only picks some: import, slice, caseload, triggers, dash
 - caseload: a seeded district; roster changes at 1,000/s, roster event -> membership event
   read back, beside the same records through Kafka alone; then 50 readers of
   GET /v1/caseloads/me, beside GET /healthz (bench/caseload.py).
-- triggers: the seven trigger kinds interleaved at 5,000/s offered (--trigger-rate), for
-  20 s; the rate handled (first send to every trigger committed) and trigger -> CaseOpened
-  read back, beside the same records through Kafka alone (bench/cases.py).
+- triggers: the seven trigger kinds interleaved for 20 s, beside the same records through
+  Kafka alone (bench/cases.py): the rate the service sustains, handled over first send to
+  every trigger committed, at 1.4x the goal offered (7,000/s: at exactly the goal this count
+  is under it by construction, the last batch's tail counted against it); and trigger ->
+  CaseOpened read back at the goal, 5,000/s offered (--trigger-rate).
 - dashboard: 2,000,000 x --scale cases bulk-loaded, 20 readers of GET /v1/dashboard as a
   district admin, beside the same for one school (bench/cases.py).
 
@@ -249,23 +251,37 @@ async def caseload_part(b: Backends, sizes: Sizes, ports: Ports, keep: bool) -> 
     ]
 
 
+# A rate is shown only by offering more than it: handled / (first send to all committed)
+# at exactly the goal's rate counts the last batch's tail against it, and is under the goal
+# by construction however fast the service. So the rate is measured at this share above the
+# goal, the latency at the goal.
+CAPACITY_OFFERED = 1.4
+
+
 async def triggers_part(b: Backends, sizes: Sizes, ports: Ports, keep: bool) -> list[Row]:
     from cases import throughput
 
     rate, seconds = sizes.trigger_rate, sizes.trigger_seconds
-    students = int(rate * seconds * 0.9) + 2_000
-    print(f"\n== trigger -> CaseOpened, mixed kinds, {rate:,.0f}/s offered for {seconds:g} s", flush=True)
-    t = await throughput(b, students, rate, seconds, 0.1, "mixed", sizes.trigger_drain, ports=ports, keep=keep)
-    behind = "" if t["caught_up"] else f"; NOT caught up {sizes.trigger_drain:g} s after the load"
+    over = rate * CAPACITY_OFFERED
+    print(f"\n== trigger -> CaseOpened, mixed kinds, {over:,.0f}/s offered for {seconds:g} s (the rate the service "
+          "sustains)", flush=True)
+    c = await throughput(b, int(over * seconds * 0.9) + 2_000, over, seconds, 0.1, "mixed", sizes.trigger_drain,
+                         ports=ports, keep=keep)
+    print(f"\n== trigger -> CaseOpened, mixed kinds, {rate:,.0f}/s offered for {seconds:g} s (latency at the goal)",
+          flush=True)
+    t = await throughput(b, int(rate * seconds * 0.9) + 2_000, rate, seconds, 0.1, "mixed", sizes.trigger_drain,
+                         ports=ports, keep=keep)
+    behind = "" if c["caught_up"] else f"; NOT caught up {sizes.trigger_drain:g} s after the load"
     return [
-        Row("Trigger -> CaseOpened, mixed kinds: rate", ">= 5,000/s", t["processed_rate"], "/s", t["baseline_rate"],
-            "Kafka alone", t["processed_rate"] >= 5_000 and t["caught_up"],
-            f"{t['handled']:,} triggers handled / first send to all committed; offered {rate:,.0f}/s, sent "
-            f"{t['input_rate']:,.0f}/s{behind}"),
+        Row("Trigger -> CaseOpened, mixed kinds: rate", ">= 5,000/s", c["processed_rate"], "/s",
+            c["baseline_rate"], "Kafka alone", c["processed_rate"] >= 5_000 and c["caught_up"],
+            f"{c['handled']:,} triggers handled / first send to all committed, offered {over:,.0f}/s "
+            f"({CAPACITY_OFFERED:g}x the goal: a rate shows only when more is offered), sent {c['input_rate']:,.0f}/s"
+            f"{behind}; at {rate:,.0f}/s offered: {t['processed_rate']:,.0f}/s by the same count"),
         Row("Trigger -> CaseOpened, mixed kinds: p99", "< 500 ms", t["p99_seen"] * 1000, "ms",
             t["baseline_p99"] * 1000, "Kafka alone", t["p99_seen"] < 0.5 and not t["missing"],
-            f"read back by a consumer; to the record's timestamp p99 {t['p99_published'] * 1000:,.0f} ms"
-            + (f"; {t['missing']:,} NOT SEEN" if t["missing"] else "")),
+            f"at {rate:,.0f}/s offered, read back by a consumer; to the record's timestamp p99 "
+            f"{t['p99_published'] * 1000:,.0f} ms" + (f"; {t['missing']:,} NOT SEEN" if t["missing"] else "")),
     ]
 
 
